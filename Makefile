@@ -1,0 +1,40 @@
+# The two commands of a fresh machine are `make demo` and `make test`.
+# Both create .venv and install what they need; nothing is assumed installed.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test lint typecheck unit bench system-deps clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+# Debian packages that tests and benchmarks start for real (proxies, sshd,
+# PostgreSQL, Chromium, nftables). Installed only when missing and only as root;
+# without root the tests that need them skip and say why.
+system-deps:
+	@bash scripts/system-deps.sh
+
+demo: $(STAMP)
+	$(PY) -m qanat.demo
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests bench scripts
+	$(VENV)/bin/ruff format --check src tests bench scripts
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+test: $(STAMP) system-deps lint typecheck
+	$(VENV)/bin/pytest -q
+
+bench: $(STAMP) system-deps
+	$(PY) bench/run.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
