@@ -1,0 +1,5 @@
+import sys
+
+from qanat.cli import main
+
+sys.exit(main())

@@ -1,0 +1,65 @@
+"""Dialling endpoints on the private side, one per ``chisel`` channel."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Callable
+from typing import Any
+
+from qanat.errors import ChannelOpenFailed
+from qanat.net.splice import Splice
+
+
+def split_target(target: str) -> tuple[str, int]:
+    """``host:port`` or ``[v6]:port`` -> (host, port).
+
+    Raises:
+        ChannelOpenFailed: the target is not host:port.
+    """
+    host, sep, port = target.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise ChannelOpenFailed(f"bad target {target!r}", reason=f"bad target {target!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host, int(port)
+
+
+class Dialer:
+    """Turns a channel's target into a connected splice, or a refusal reason."""
+
+    def __init__(
+        self,
+        timeout_s: float,
+        on_splice: Callable[[Splice], None],
+        on_done: Callable[[Splice], None],
+    ) -> None:
+        self.timeout_s = timeout_s
+        self.on_splice = on_splice
+        self.on_done = on_done
+
+    async def __call__(self, target: str) -> Any:
+        if target.endswith("/udp"):
+            raise ChannelOpenFailed(
+                "udp", reason=f"UDP target {target} is not supported by this connector yet"
+            )
+        host, port = split_target(target)
+        splice = Splice(on_done=self.on_done)
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                await loop.create_connection(lambda: splice.tcp_end, host, port)
+        except TimeoutError:
+            raise ChannelOpenFailed(
+                "dial timeout", reason=f"dial {target}: no answer within {self.timeout_s:g}s"
+            ) from None
+        except socket.gaierror as exc:
+            raise ChannelOpenFailed(
+                "dial failed", reason=f"dial {target}: cannot resolve {host!r} ({exc.strerror})"
+            ) from None
+        except OSError as exc:
+            raise ChannelOpenFailed(
+                "dial failed", reason=f"dial {target}: {exc.strerror or exc}"
+            ) from None
+        self.on_splice(splice)
+        return splice.chan_end

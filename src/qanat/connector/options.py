@@ -1,0 +1,197 @@
+"""``qanat connect`` options: the outsystemscc command line, parsed once into a frozen object."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from qanat.errors import ConfigError
+from qanat.wire.remotes import Remote, decode_remotes
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
+_UNIT_S = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str, what: str) -> float:
+    """Parse a Go-style duration (``25s``, ``5m``, ``1h30m``, ``0s``) into seconds.
+
+    A bare number means seconds.
+
+    Raises:
+        ConfigError: naming the option and the accepted forms.
+    """
+    text = text.strip()
+    try:
+        return float(text) if text and text.replace(".", "", 1).isdigit() else _go_duration(text)
+    except ValueError:
+        raise ConfigError(
+            f"{what}: {text!r} is not a duration (examples: 25s, 5m, 1h30m, 0s)"
+        ) from None
+
+
+def _go_duration(text: str) -> float:
+    pos, total = 0, 0.0
+    if not text:
+        raise ValueError(text)
+    for match in _DURATION_PART.finditer(text):
+        if match.start() != pos:
+            raise ValueError(text)
+        total += float(match.group(1)) * _UNIT_S[match.group(2)]
+        pos = match.end()
+    if pos != len(text):
+        raise ValueError(text)
+    return total
+
+
+def parse_header(text: str) -> tuple[str, str]:
+    """``"Name: value"`` -> (name, value).
+
+    Raises:
+        ConfigError: when there is no ``:`` or the name is empty.
+    """
+    name, sep, value = text.partition(":")
+    name = name.strip()
+    if not sep or not name or not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", name):
+        raise ConfigError(f"--header {text!r}: expected 'Name: value' (for example 'token: abc')")
+    return name, value.strip()
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectOptions:
+    """Everything one ``qanat connect`` run needs.
+
+    Attributes:
+        address: the stage address, as given (``https://gw.example.com/sg_<id>``).
+        remotes: the decoded remotes.
+        headers: extra request headers, in order (the token is one of them).
+        keepalive_s: ping interval (0 disables).
+        keepalive_timeout_s: a ping without answer in this time ends the session.
+        max_retry_count: attempts before giving up (None = unlimited).
+        max_retry_interval_s: cap of the backoff.
+        proxy: proxy URL (HTTP CONNECT or SOCKS5), or None.
+        pid_file: where to write the process id, or None.
+        fingerprint: expected gateway host key fingerprint, or None.
+        auth: ``user:pass`` for SSH password auth (chisel's --auth), or "".
+        connect_timeout_s: TCP + TLS + upgrade + SSH handshake bound.
+        dial_timeout_s: bound for dialling one endpoint.
+        verbose: log level step.
+    """
+
+    address: str
+    remotes: tuple[Remote, ...]
+    headers: tuple[tuple[str, str], ...] = ()
+    keepalive_s: float = 25.0
+    keepalive_timeout_s: float = 5.0
+    max_retry_count: int | None = None
+    max_retry_interval_s: float = 300.0
+    proxy: str | None = None
+    pid_file: str | None = None
+    fingerprint: str | None = None
+    auth: str = ""
+    connect_timeout_s: float = 30.0
+    dial_timeout_s: float = 10.0
+    verbose: int = 0
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+
+
+def add_connect_arguments(parser: argparse.ArgumentParser) -> None:
+    """The outsystemscc-compatible options (plus a few of chisel's)."""
+    parser.add_argument(
+        "address", help="stage address from the portal, e.g. https://gw.example.com/sg_<id>"
+    )
+    parser.add_argument(
+        "remotes",
+        nargs="+",
+        metavar="remote",
+        help="R:<gateway-port>:<host>:<port>[/udp], e.g. R:8081:10.0.0.5:8393",
+    )
+    parser.add_argument(
+        "--header",
+        action="append",
+        default=[],
+        metavar='"Name: value"',
+        help='extra request header, repeatable; the token goes here: --header "token: <token>"',
+    )
+    parser.add_argument(
+        "--keepalive", default="25s", help="keepalive interval (default 25s, 0s disables)"
+    )
+    parser.add_argument(
+        "--max-retry-count",
+        type=int,
+        default=-1,
+        help="retries before giving up (default unlimited)",
+    )
+    parser.add_argument(
+        "--max-retry-interval", default="5m", help="longest wait between retries (default 5m)"
+    )
+    parser.add_argument(
+        "--proxy", default=None, help="HTTP CONNECT or SOCKS5 proxy URL (credentials in the URL)"
+    )
+    parser.add_argument(
+        "--pid",
+        action="store_true",
+        help="write a pid file (qanat-connect.pid) in the working directory",
+    )
+    parser.add_argument("--pid-file", default=None, help="write the process id to this file")
+    parser.add_argument(
+        "--fingerprint",
+        default=None,
+        help="expected gateway host key fingerprint (SHA-256, base64)",
+    )
+    parser.add_argument(
+        "--auth", default="", help="user:pass for SSH password auth (chisel compatibility)"
+    )
+    parser.add_argument(
+        "--tls-ca", default=None, help="CA bundle to verify the gateway certificate"
+    )
+    parser.add_argument("--tls-cert", default=None, help="client certificate for mutual TLS")
+    parser.add_argument("--tls-key", default=None, help="client key for mutual TLS")
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="more logging (repeat for more)"
+    )
+
+
+def options_from_args(args: argparse.Namespace) -> ConnectOptions:
+    """Validate the parsed arguments into :class:`ConnectOptions`.
+
+    Raises:
+        ConfigError: for the first invalid value, naming it.
+    """
+    address = args.address.strip()
+    parts = urlsplit(address if "://" in address else f"http://{address}")
+    if parts.scheme not in ("http", "https", "ws", "wss") or not parts.hostname:
+        raise ConfigError(
+            f"address {args.address!r}: expected http(s)://host[:port]/sg_<id> "
+            "as shown in the portal"
+        )
+    remotes = tuple(decode_remotes(args.remotes))
+    headers = tuple(parse_header(h) for h in args.header)
+    keepalive_s = parse_duration(args.keepalive, "--keepalive")
+    max_interval = parse_duration(args.max_retry_interval, "--max-retry-interval")
+    if max_interval <= 0:
+        raise ConfigError("--max-retry-interval must be positive")
+    retries = (
+        None if args.max_retry_count is None or args.max_retry_count < 0 else args.max_retry_count
+    )
+    pid_file = args.pid_file or ("qanat-connect.pid" if args.pid else None)
+    return ConnectOptions(
+        address=address if "://" in address else f"http://{address}",
+        remotes=remotes,
+        headers=headers,
+        keepalive_s=keepalive_s,
+        keepalive_timeout_s=min(5.0, keepalive_s) if keepalive_s > 0 else 5.0,
+        max_retry_count=retries,
+        max_retry_interval_s=max_interval,
+        proxy=args.proxy,
+        pid_file=pid_file,
+        fingerprint=args.fingerprint,
+        auth=args.auth,
+        verbose=args.verbose,
+        tls_ca=args.tls_ca,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+    )

@@ -1,0 +1,181 @@
+"""The connector's main loop: sessions, retries, signals, pid file."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from collections.abc import Awaitable
+from pathlib import Path
+from typing import TypeVar
+
+from qanat.connector.backoff import Backoff
+from qanat.connector.options import ConnectOptions
+from qanat.connector.session import Session, Stats, tunnel_url
+from qanat.errors import AuthError, HandshakeError, QanatError, RemotesRejected
+from qanat.wire.handshake import new_client_id
+
+log = logging.getLogger("qanat.connector")
+T = TypeVar("T")
+
+#: A session that lasted this long resets the backoff.
+STABLE_AFTER_S = 30.0
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, AuthError):
+        return f"token rejected ({exc.status}): {exc.body or exc}"
+    if isinstance(exc, (HandshakeError, RemotesRejected, QanatError)):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
+class Connector:
+    """Runs sessions until stopped or out of retries."""
+
+    def __init__(self, options: ConnectOptions) -> None:
+        self.options = options
+        self.client_id = new_client_id()
+        self.stats = Stats()
+        self.backoff = Backoff(max_s=options.max_retry_interval_s)
+        self.stop_event = asyncio.Event()
+        self.skip_wait = asyncio.Event()
+        self.session: Session | None = None
+
+    def print_stats(self) -> None:
+        s = self.stats
+        since = (
+            f"connected for {time.time() - s.connected_since:.0f}s"
+            if s.connected_since
+            else "not connected"
+        )
+        rtt = f"{s.last_rtt_s * 1e3:.1f}ms" if s.last_rtt_s is not None else "-"
+        log.info(
+            "stats: %s, sessions %d, attempts %d, channels open %d / total %d, "
+            "keepalive rtt %s, bytes to gateway %d, from gateway %d",
+            since,
+            s.sessions,
+            s.attempts,
+            s.channels_open,
+            s.channels_total,
+            rtt,
+            s.bytes_up,
+            s.bytes_down,
+        )
+
+    def _install_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, self.skip_wait.set)
+        loop.add_signal_handler(signal.SIGUSR2, self.print_stats)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop_event.set)
+
+    async def run(self) -> int:
+        """Returns the process exit code: 0 when stopped, 1 when out of retries."""
+        opts = self.options
+        pid_path = Path(opts.pid_file) if opts.pid_file else None
+        if pid_path is not None:
+            pid_path.write_text(f"{os.getpid()}\n")
+        self._install_signals()
+        url = tunnel_url(opts.address, self.client_id, opts)
+        remotes = ", ".join(r.describe() for r in opts.remotes)
+        log.info("qanat connect %s: %s (id %s)", opts.address, remotes, self.client_id)
+        try:
+            return await self._loop(url)
+        finally:
+            if pid_path is not None:
+                with contextlib.suppress(OSError):
+                    pid_path.unlink()
+
+    async def _loop(self, url: str) -> int:
+        opts = self.options
+        failures = 0
+        while not self.stop_event.is_set():
+            self.stats.attempts += 1
+            session = Session(opts, self.client_id, self.stats, url)
+            self.session = session
+            try:
+                latency = await self._until_stop(session.connect())
+            except asyncio.CancelledError:
+                raise
+            except BaseException as exc:
+                await session.close()
+                if self.stop_event.is_set():
+                    break
+                failures += 1
+                log.warning("Connection failed: %s", _describe(exc))
+                if opts.max_retry_count is not None and failures > opts.max_retry_count:
+                    log.error(
+                        "Giving up after %d attempts (--max-retry-count %d)",
+                        failures,
+                        opts.max_retry_count,
+                    )
+                    return 1
+                await self._wait_retry(failures)
+                continue
+            if latency is None:  # stopped while connecting
+                await session.close()
+                break
+            self.stats.sessions += 1
+            started = time.monotonic()
+            self.stats.connected_since = time.time()
+            log.info("Connected (latency %.1fms)", latency * 1e3)
+            reason = await self._until_stop(asyncio.shield(session.ended))
+            await session.close()
+            self.stats.connected_since = None
+            if reason is None or self.stop_event.is_set():
+                break
+            log.warning("Disconnected: %s", reason)
+            if time.monotonic() - started >= STABLE_AFTER_S:
+                self.backoff.reset()
+                failures = 0
+            failures += 1
+            if opts.max_retry_count is not None and failures > opts.max_retry_count:
+                log.error(
+                    "Giving up after %d attempts (--max-retry-count %d)",
+                    failures,
+                    opts.max_retry_count,
+                )
+                return 1
+            await self._wait_retry(failures)
+        log.info("Stopped")
+        return 0
+
+    async def _until_stop(self, aw: Awaitable[T]) -> T | None:
+        """Await ``aw`` unless a stop signal comes first (then return None)."""
+        task = asyncio.ensure_future(aw)
+        stopper = asyncio.ensure_future(self.stop_event.wait())
+        try:
+            done, _ = await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopper.cancel()
+        if task in done:
+            return task.result()
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
+        return None
+
+    async def _wait_retry(self, failures: int) -> None:
+        delay = self.backoff.next_delay()
+        total = (
+            "unlimited"
+            if self.options.max_retry_count is None
+            else str(self.options.max_retry_count)
+        )
+        log.info("Retrying in %.1fs (attempt %d/%s)", delay, failures, total)
+        self.skip_wait.clear()
+        waiters = {
+            asyncio.ensure_future(self.skip_wait.wait()),
+            asyncio.ensure_future(self.stop_event.wait()),
+        }
+        try:
+            await asyncio.wait(waiters, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+        if self.skip_wait.is_set() and not self.stop_event.is_set():
+            log.info("SIGHUP: retrying now")

@@ -1,0 +1,194 @@
+"""One connector session: from TCP connect to the end of the tunnel."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl
+import time
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit, urlunsplit
+
+from qanat import __version__
+from qanat.connector.dialer import Dialer
+from qanat.connector.options import ConnectOptions
+from qanat.errors import HandshakeError, TunnelError
+from qanat.net.splice import Splice
+from qanat.net.ssh import SshTunnel, connect_tunnel, same_fingerprint, send_config
+from qanat.net.websocket import client_handshake
+from qanat.runtime import TaskOwner
+from qanat.wire.configmsg import encode_config
+from qanat.wire.handshake import tunnel_query
+from qanat.wire.remotes import ports_query
+
+log = logging.getLogger("qanat.connector")
+
+
+@dataclass
+class Stats:
+    """Counters printed on SIGUSR2 and kept across sessions."""
+
+    started_at: float = field(default_factory=time.time)
+    attempts: int = 0
+    sessions: int = 0
+    connected_since: float | None = None
+    last_rtt_s: float | None = None
+    channels_open: int = 0
+    channels_total: int = 0
+    channels_refused: int = 0
+    bytes_up: int = 0
+    bytes_down: int = 0
+
+
+def tunnel_url(address: str, client_id: str, options: ConnectOptions) -> str:
+    """The WebSocket URL of the tunnel: ws(s)://host/path?id=..&ports=.."""
+    parts = urlsplit(address)
+    scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
+    query = tunnel_query(client_id, ports_query(options.remotes).split(","))
+    return urlunsplit((scheme, parts.netloc, parts.path or "/", query, ""))
+
+
+def make_ssl_context(options: ConnectOptions) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=options.tls_ca)
+    if options.tls_cert:
+        ctx.load_cert_chain(options.tls_cert, options.tls_key)
+    return ctx
+
+
+class _Placeholder(asyncio.Protocol):
+    """Owns the socket between connect and the WebSocket handshake."""
+
+
+class Session:
+    """One attempt: connect, authenticate, declare remotes, serve until the end."""
+
+    def __init__(self, options: ConnectOptions, client_id: str, stats: Stats, url: str) -> None:
+        self.options = options
+        self.client_id = client_id
+        self.stats = stats
+        self.url = url
+        self.tunnel: SshTunnel | None = None
+        self.splices: set[Splice] = set()
+        self.tasks = TaskOwner("session")
+        self.ended: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    async def connect(self) -> float:
+        """Establish the tunnel; return the handshake latency in seconds.
+
+        Raises:
+            HandshakeError / AuthError / RemotesRejected / TunnelError: what failed,
+            worded for the operator.
+        """
+        opts = self.options
+        parts = urlsplit(self.url)
+        secure = parts.scheme == "wss"
+        host = parts.hostname or ""
+        port = parts.port or (443 if secure else 80)
+        loop = asyncio.get_running_loop()
+        start = time.perf_counter()
+        try:
+            async with asyncio.timeout(opts.connect_timeout_s):
+                tcp, _ = await loop.create_connection(
+                    _Placeholder,
+                    host,
+                    port,
+                    ssl=make_ssl_context(opts) if secure else None,
+                    server_hostname=host if secure else None,
+                )
+        except TimeoutError:
+            raise TunnelError(
+                f"cannot reach {host}:{port}: no answer within {opts.connect_timeout_s:g}s"
+            ) from None
+        except socket.gaierror as exc:
+            raise TunnelError(f"cannot resolve gateway host {host!r}: {exc.strerror}") from None
+        except ssl.SSLCertVerificationError as exc:
+            raise TunnelError(f"TLS certificate of {host} rejected: {exc.verify_message}") from None
+        except OSError as exc:
+            raise TunnelError(f"cannot connect to {host}:{port}: {exc.strerror or exc}") from None
+
+        headers = [("User-Agent", f"qanat/{__version__}"), *opts.headers]
+        user, _, password = opts.auth.partition(":")
+        dialer = Dialer(opts.dial_timeout_s, self._splice_started, self._splice_done)
+
+        async def attach(upper: asyncio.Protocol) -> asyncio.BaseTransport:
+            transport, _response = await client_handshake(
+                tcp, self.url, headers, upper, timeout_s=opts.connect_timeout_s
+            )
+            return transport
+
+        try:
+            self.tunnel = await connect_tunnel(
+                attach, dialer, username=user, password=password, timeout_s=opts.connect_timeout_s
+            )
+        except BaseException:
+            tcp.abort()
+            raise
+        try:
+            if opts.fingerprint and not same_fingerprint(
+                opts.fingerprint, self.tunnel.server_fingerprint
+            ):
+                raise HandshakeError(
+                    f"gateway host key fingerprint is {self.tunnel.server_fingerprint}, "
+                    f"expected {opts.fingerprint}: wrong gateway, or its key changed"
+                )
+            await send_config(self.tunnel, encode_config(f"qanat-{__version__}", opts.remotes))
+        except BaseException:
+            self.tunnel.abort()
+            raise
+        latency = time.perf_counter() - start
+        self.tasks.spawn(self._watch_closed(), name="watch-closed")
+        if opts.keepalive_s > 0:
+            self.tasks.spawn(self._keepalive(), name="keepalive")
+        return latency
+
+    async def _watch_closed(self) -> None:
+        assert self.tunnel is not None
+        await self.tunnel.wait_closed()
+        self._end("tunnel closed by the gateway or the network")
+
+    async def _keepalive(self) -> None:
+        opts = self.options
+        assert self.tunnel is not None
+        while True:
+            await asyncio.sleep(opts.keepalive_s)
+            try:
+                self.stats.last_rtt_s = await self.tunnel.ping(opts.keepalive_timeout_s)
+            except TimeoutError:
+                self._end(
+                    f"keepalive: no answer from the gateway within {opts.keepalive_timeout_s:g}s"
+                )
+                return
+            except TunnelError as exc:
+                self._end(f"keepalive failed: {exc}")
+                return
+            log.debug("keepalive round trip %.1fms", self.stats.last_rtt_s * 1e3)
+
+    def _end(self, reason: str) -> None:
+        if not self.ended.done():
+            self.ended.set_result(reason)
+
+    def _splice_started(self, splice: Splice) -> None:
+        self.splices.add(splice)
+        self.stats.channels_open += 1
+        self.stats.channels_total += 1
+
+    def _splice_done(self, splice: Splice) -> None:
+        self.splices.discard(splice)
+        self.stats.channels_open -= 1
+        self.stats.bytes_up += splice.sent
+        self.stats.bytes_down += splice.received
+
+    async def close(self) -> None:
+        """Tear the session down (bounded)."""
+        if self.tunnel is not None:
+            self.tunnel.close()
+            try:
+                async with asyncio.timeout(2.0):
+                    await self.tunnel.wait_closed()
+            except TimeoutError:
+                self.tunnel.abort()
+        for splice in list(self.splices):
+            splice.close()
+        await self.tasks.close()
+        self._end("closed")

@@ -1,0 +1,128 @@
+"""The gateway process: front door, tunnels, endpoints and the stage source."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from typing import Any
+
+from qanat.gateway.frontdoor import FrontDoor, HttpFallback
+from qanat.gateway.ports import PortTable
+from qanat.gateway.ratelimit import FailureLimiter
+from qanat.gateway.settings import GatewaySettings
+from qanat.gateway.stages import StageEvent, StageEventKind, StageSource
+from qanat.gateway.tunnel import Tunnel, TunnelState
+from qanat.net.ssh import HostKey
+from qanat.runtime import TaskOwner
+
+log = logging.getLogger("qanat.gateway")
+
+
+class Gateway:
+    """Serves connector tunnels for the stages of one :class:`StageSource`."""
+
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        stages: StageSource,
+        *,
+        host_key: HostKey | None = None,
+        http_fallback: HttpFallback | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self.settings = settings
+        self.stages = stages
+        self.host_key = host_key or HostKey.load_or_create(settings.host_key_path)
+        self.http_fallback = http_fallback
+        self.ssl_context = ssl_context
+        self.ports = PortTable(self)
+        self.tunnels: dict[int, Tunnel] = {}
+        self.tasks = TaskOwner("gateway")
+        self.auth_limiter = FailureLimiter()
+        self.server: asyncio.Server | None = None
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The actual listen address (useful with port 0)."""
+        assert self.server is not None
+        sockname = self.server.sockets[0].getsockname()
+        return str(sockname[0]), int(sockname[1])
+
+    async def start(self) -> None:
+        """Load stages and start accepting connections."""
+        await self.stages.start()
+        self.stages.subscribe(self._on_stage_event)
+        loop = asyncio.get_running_loop()
+        self.server = await loop.create_server(
+            lambda: FrontDoor(self),
+            self.settings.listen_host,
+            self.settings.listen_port,
+            ssl=self.ssl_context,
+            reuse_address=True,
+            backlog=1024,
+        )
+
+    async def close(self, drain_s: float = 5.0) -> None:
+        """Stop accepting, close every tunnel, wait (bounded) for the rest."""
+        if self.server is not None:
+            self.server.close()
+        for tunnel in list(self.tunnels.values()):
+            tunnel.close("gateway shutting down")
+        self.ports.close_all()
+        await self.tasks.close(timeout_s=drain_s)
+        await self.stages.close()
+        if self.server is not None:
+            await asyncio.wait_for(self.server.wait_closed(), timeout=drain_s)
+            self.server = None
+
+    # -- tunnel bookkeeping (called by Tunnel) --------------------------------
+
+    def tunnel_started(self, tunnel: Tunnel) -> None:
+        self.tunnels[tunnel.id] = tunnel
+
+    def tunnel_active(self, tunnel: Tunnel) -> None:
+        pass
+
+    def tunnel_closed(self, tunnel: Tunnel) -> None:
+        self.tunnels.pop(tunnel.id, None)
+
+    def _on_stage_event(self, event: StageEvent) -> None:
+        stage = event.stage
+        if event.kind is StageEventKind.REMOVED or not stage.active:
+            reason = (
+                "stage removed" if event.kind is StageEventKind.REMOVED else "stage deactivated"
+            )
+            self.close_stage(stage.key, reason)
+            return
+        # Tunnels keep the StageConfig they were admitted with, except for a
+        # change of bind address, which needs new listeners: drop them and let
+        # the connectors come back.
+        for tunnel in list(self.tunnels.values()):
+            if tunnel.stage.key == stage.key:
+                if tunnel.stage.bind_host != stage.bind_host:
+                    tunnel.close("stage bind address changed")
+                else:
+                    tunnel.stage = stage
+
+    def close_stage(self, stage_key: str, reason: str) -> int:
+        """Close every tunnel of a stage now; returns how many."""
+        doomed = [t for t in self.tunnels.values() if t.stage.key == stage_key]
+        for tunnel in doomed:
+            tunnel.close(reason)
+        return len(doomed)
+
+    # -- status -----------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """A snapshot for the portal, metrics and `qanat gateway status`."""
+        stages: dict[str, dict[str, Any]] = {}
+        for tunnel in self.tunnels.values():
+            if tunnel.state is TunnelState.CLOSED:
+                continue
+            entry = stages.setdefault(tunnel.stage.key, {"connectors": [], "endpoints": []})
+            entry["connectors"].append(tunnel.snapshot())
+        for endpoint in self.ports.endpoints.values():
+            entry = stages.setdefault(endpoint.stage_key, {"connectors": [], "endpoints": []})
+            entry["endpoints"].append(endpoint.snapshot())
+        return {"stages": stages, "fingerprint": self.host_key.fingerprint}

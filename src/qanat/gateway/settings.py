@@ -1,0 +1,53 @@
+"""Gateway settings: parsed once at the edge, frozen, every limit named with its unit."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from qanat.net.ssh import DEFAULT_WINDOW_BYTES
+from qanat.net.websocket import DEFAULT_MAX_FRAME_BYTES
+from qanat.wire.configmsg import MAX_REMOTES
+
+
+@dataclass(frozen=True, slots=True)
+class GatewaySettings:
+    """Everything the gateway's data plane can be tuned with.
+
+    Attributes:
+        listen_host / listen_port: where connectors (and the portal) are served.
+        data_dir: holds the persisted host key.
+        keepalive_s: interval between the gateway's pings to each connector
+            (0 disables them).
+        keepalive_timeout_s: how long one ping may take before it counts as missed.
+        keepalive_misses: missed pings in a row that close a tunnel.
+        request_head_timeout_s / max_request_head_bytes: bounds on the HTTP
+            request a client must send first.
+        setup_timeout_s: from the upgrade to a successful ``config``.
+        channel_open_timeout_s: how long an app connection waits for one
+            connector to open its channel before trying the next.
+        max_frame_bytes: largest WebSocket frame accepted.
+        max_remotes: most remotes one connector may declare.
+        ssh_window_bytes: per-channel SSH receive window.
+        redirect_url: when set, a plain GET of an address answers 302 to it
+            (outsystemscc then tunnels there).
+    """
+
+    data_dir: Path
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 8080
+    keepalive_s: float = 25.0
+    keepalive_timeout_s: float = 5.0
+    keepalive_misses: int = 3
+    request_head_timeout_s: float = 10.0
+    max_request_head_bytes: int = 16 * 1024
+    setup_timeout_s: float = 30.0
+    channel_open_timeout_s: float = 5.0
+    max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
+    max_remotes: int = MAX_REMOTES
+    ssh_window_bytes: int = DEFAULT_WINDOW_BYTES
+    redirect_url: str | None = None
+
+    @property
+    def host_key_path(self) -> Path:
+        return self.data_dir / "host_key"

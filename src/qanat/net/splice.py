@@ -1,0 +1,213 @@
+"""Join one TCP connection and one SSH channel, with callbacks only.
+
+Bytes flow both ways without a task or a queue. Back-pressure:
+
+- the TCP peer reads slowly -> its transport's buffer passes the high-water
+  mark -> asyncio calls ``pause_writing`` on the TCP end -> we stop reading
+  the channel -> the SSH window is not replenished -> the far side stops.
+- the channel's send buffer fills (window exhausted) -> asyncssh calls the
+  session's ``pause_writing`` -> we stop reading the TCP socket.
+
+So a slow reader costs at most one window plus one socket buffer of memory.
+
+EOF is half-close: EOF from the TCP side becomes channel EOF and the reverse;
+the splice ends when both directions have ended or either side fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any, Protocol
+
+
+class ByteChannel(Protocol):
+    """The part of an SSH channel the splice uses."""
+
+    def write(self, data: bytes) -> None: ...
+    def write_eof(self) -> None: ...
+    def close(self) -> None: ...
+    def pause_reading(self) -> None: ...
+    def resume_reading(self) -> None: ...
+
+
+class Splice:
+    """One app or endpoint connection spliced to one channel.
+
+    Attributes:
+        sent: bytes read from TCP and written to the channel.
+        received: bytes read from the channel and written to TCP.
+    """
+
+    __slots__ = (
+        "_chan_eof",
+        "_done",
+        "_on_done",
+        "_tcp_eof",
+        "chan",
+        "chan_end",
+        "early",
+        "owner",
+        "received",
+        "sent",
+        "tcp",
+        "tcp_end",
+    )
+
+    def __init__(self, on_done: Callable[[Splice], None] | None = None) -> None:
+        self.tcp: asyncio.Transport | None = None
+        self.chan: Any = None
+        self.sent = 0
+        self.received = 0
+        self._tcp_eof = False
+        self._chan_eof = False
+        self._done = False
+        self._on_done = on_done
+        self.owner: Any = None  # whoever tracks this splice (a gateway tunnel)
+        # Bytes read from TCP before the channel existed. uvloop ignores
+        # pause_reading() inside connection_made, so the first read can come
+        # before the pause takes effect; it is kept here, and reading is
+        # paused right after it, so this holds at most one read.
+        self.early: list[bytes] = []
+        self.tcp_end = _TcpEnd(self)
+        self.chan_end = _ChanEnd(self)
+
+    def attach_tcp(
+        self, transport: asyncio.Transport, early: list[bytes] | None = None, eof: bool = False
+    ) -> None:
+        """Make an already-open TCP transport feed this (open) splice.
+
+        ``early`` and ``eof`` are what the previous protocol received while
+        the channel was being opened; they are passed on first.
+        """
+        self.tcp = transport
+        transport.set_protocol(self.tcp_end)
+        for chunk in early or ():
+            self.tcp_end.data_received(chunk)
+        if eof:
+            self.tcp_end.eof_received()
+        elif not transport.is_closing():
+            transport.resume_reading()
+
+    def _channel_ready(self) -> None:
+        tcp = self.tcp
+        early, self.early = self.early, []
+        for chunk in early:
+            self.tcp_end.data_received(chunk)
+        if tcp is not None and not tcp.is_closing() and not self._tcp_eof:
+            tcp.resume_reading()
+
+    def close(self) -> None:
+        """Tear both sides down now (tunnel closing, deactivation)."""
+        if self.tcp is not None:
+            self.tcp.abort()
+        if self.chan is not None:
+            self.chan.close()
+        self._finish()
+
+    def _finish(self) -> None:
+        if not self._done:
+            self._done = True
+            if self._on_done is not None:
+                self._on_done(self)
+
+    def _both_eof(self) -> None:
+        if self._tcp_eof and self._chan_eof:
+            if self.tcp is not None:
+                self.tcp.close()
+            if self.chan is not None:
+                self.chan.close()
+
+
+class _TcpEnd(asyncio.Protocol):
+    __slots__ = ("s",)
+
+    def __init__(self, splice: Splice) -> None:
+        self.s = splice
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # Dialled before the channel exists (connector side): hold the
+        # endpoint's first bytes (an SMTP banner) until the channel is open.
+        self.s.tcp = transport  # type: ignore[assignment]
+        if self.s.chan is None:
+            transport.pause_reading()  # type: ignore[attr-defined]
+
+    def data_received(self, data: bytes) -> None:
+        s = self.s
+        chan = s.chan
+        if chan is None:
+            s.early.append(data)
+            s.tcp.pause_reading()  # type: ignore[union-attr]
+            return
+        s.sent += len(data)
+        chan.write(data)
+
+    def eof_received(self) -> bool:
+        s = self.s
+        s._tcp_eof = True
+        if s.chan is not None:
+            s.chan.write_eof()
+            s._both_eof()
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        s = self.s
+        if s.chan is not None:
+            s.chan.close()
+        s._finish()
+
+    def pause_writing(self) -> None:
+        self.s.chan.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.s.chan.resume_reading()
+
+
+class _ChanEnd:
+    """asyncssh session interface (duck-typed; asyncssh only calls these)."""
+
+    __slots__ = ("s",)
+
+    def __init__(self, splice: Splice) -> None:
+        self.s = splice
+
+    def connection_made(self, chan: Any) -> None:
+        s = self.s
+        s.chan = chan
+        if s.tcp is not None and s.tcp.get_protocol() is s.tcp_end:
+            s._channel_ready()
+            if s._tcp_eof:
+                chan.write_eof()
+
+    def session_started(self) -> None:
+        # asyncssh holds a new channel's data until its owner starts reading;
+        # inbound channels are never started for us, so start them here.
+        self.s.chan.resume_reading()
+
+    def data_received(self, data: bytes, datatype: Any = None) -> None:
+        s = self.s
+        s.received += len(data)
+        s.tcp.write(data)  # type: ignore[union-attr]
+
+    def eof_received(self) -> bool:
+        s = self.s
+        s._chan_eof = True
+        tcp = s.tcp
+        if tcp is not None and tcp.can_write_eof() and not tcp.is_closing():
+            tcp.write_eof()
+        s._both_eof()
+        return True
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        s = self.s
+        if s.tcp is not None:
+            s.tcp.close()
+        s._finish()
+
+    def pause_writing(self) -> None:
+        if self.s.tcp is not None:
+            self.s.tcp.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.s.tcp is not None:
+            self.s.tcp.resume_reading()

@@ -1,0 +1,327 @@
+"""WebSocket framing: websockets' sans-IO protocol driven by asyncio callbacks.
+
+After the HTTP upgrade a chisel tunnel is a byte stream carried in binary
+frames. :class:`FramedTransport` shows that stream to an upper
+:class:`asyncio.Protocol` (the SSH connection) as an ordinary transport:
+``write()`` sends one binary frame and every data frame received goes to
+``upper.data_received()``. Frame boundaries carry no meaning, exactly as the
+chisel peers treat them.
+
+Every callback runs to completion; there is no task and no queue between the
+socket and the SSH layer. Flow control passes straight through: the SSH layer
+pausing its reading pauses the socket, and the socket's write buffer filling
+up pauses the SSH layer.
+
+Handshakes: the gateway's front door parses the request with
+:class:`websockets.server.ServerProtocol` and then calls :func:`attach_server`;
+the connector uses :func:`client_handshake`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from websockets.client import ClientProtocol
+from websockets.datastructures import Headers
+from websockets.exceptions import InvalidStatus
+from websockets.frames import Opcode
+from websockets.http11 import Response
+from websockets.protocol import Protocol, State
+from websockets.server import ServerProtocol
+from websockets.uri import parse_uri
+
+from qanat.errors import AuthError, HandshakeError
+from qanat.wire.handshake import SUBPROTOCOL
+
+log = logging.getLogger("qanat.ws")
+
+#: Largest frame accepted. chisel peers send one SSH write per frame (at most
+#: ~35 KiB); 1 MiB leaves room without letting a peer make us buffer more.
+DEFAULT_MAX_FRAME_BYTES = 1 << 20
+#: Longest HTTP response head the connector reads during the handshake.
+MAX_RESPONSE_BYTES = 64 * 1024
+
+_DATA_OPCODES = (Opcode.BINARY, Opcode.CONT, Opcode.TEXT)
+
+
+class FramedTransport(asyncio.Transport):
+    """The tunnel's byte stream, as a transport for the upper protocol."""
+
+    def __init__(self, link: _Link) -> None:
+        super().__init__(extra=None)
+        self._link = link
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self._link.send(data)
+
+    def writelines(self, list_of_data: Any) -> None:
+        self._link.send(b"".join(list_of_data))
+
+    def can_write_eof(self) -> bool:
+        return False
+
+    def write_eof(self) -> None:
+        raise NotImplementedError("a WebSocket tunnel has no half-close")
+
+    def close(self) -> None:
+        self._link.close()
+
+    def abort(self) -> None:
+        self._link.abort()
+
+    def is_closing(self) -> bool:
+        return self._link.closing
+
+    def pause_reading(self) -> None:
+        self._link.tcp.pause_reading()
+
+    def resume_reading(self) -> None:
+        self._link.tcp.resume_reading()
+
+    def is_reading(self) -> bool:
+        return self._link.tcp.is_reading()
+
+    def get_write_buffer_size(self) -> int:
+        return self._link.tcp.get_write_buffer_size()
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self._link.tcp.set_write_buffer_limits(high, low)
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        # The SSH layer asks for the socket to set TCP options; give it the
+        # real one, and the real peer address for its logs.
+        return self._link.tcp.get_extra_info(name, default)
+
+
+class _Link(asyncio.Protocol):
+    """Lower protocol on the TCP transport once the upgrade is done."""
+
+    def __init__(self, tcp: asyncio.Transport, ws: Protocol, upper: asyncio.Protocol) -> None:
+        self.tcp = tcp
+        self.ws = ws
+        self.upper = upper
+        self.closing = False
+        self.transport = FramedTransport(self)
+        self.close_reason = ""
+
+    # -- upper -> wire -------------------------------------------------
+
+    def send(self, data: bytes | bytearray | memoryview) -> None:
+        if self.closing:
+            return
+        self.ws.send_binary(data)
+        self._flush()
+
+    def _flush(self) -> None:
+        for chunk in self.ws.data_to_send():
+            if chunk:
+                self.tcp.write(chunk)
+            elif self.tcp.can_write_eof() and not self.tcp.is_closing():
+                self.tcp.write_eof()
+
+    def close(self) -> None:
+        if self.closing:
+            return
+        self.closing = True
+        if self.ws.state is State.OPEN:
+            self.ws.send_close(1000)
+            self._flush()
+        self.tcp.close()
+
+    def abort(self) -> None:
+        self.closing = True
+        self.tcp.abort()
+
+    # -- wire -> upper -------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        self.ws.receive_data(data)
+        self.deliver(self.ws.events_received())
+
+    def deliver(self, events: list[Any]) -> None:
+        ws = self.ws
+        upper = self.upper
+        for frame in events:
+            if frame.opcode in _DATA_OPCODES:
+                if frame.data:
+                    upper.data_received(bytes(frame.data))
+            elif frame.opcode is Opcode.CLOSE:
+                self.close_reason = ws.close_reason or "peer closed the WebSocket"
+        self._flush()
+        if ws.state is State.CLOSED or ws.close_expected():
+            if ws.parser_exc is not None:
+                self.close_reason = f"invalid WebSocket data: {ws.parser_exc}"
+            self.closing = True
+            self.tcp.close()
+
+    def eof_received(self) -> bool:
+        self.ws.receive_eof()
+        self._flush()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        if exc is None and self.close_reason:
+            exc = ConnectionResetError(self.close_reason)
+        self.upper.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.upper.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.upper.resume_writing()
+
+
+def attach_server(
+    tcp: asyncio.Transport, ws: ServerProtocol, upper: asyncio.Protocol
+) -> FramedTransport:
+    """Switch an accepted, upgraded connection to framed streaming.
+
+    ``ws`` must be the ServerProtocol that produced the 101 response; bytes
+    it already buffered after the request head are delivered to ``upper``.
+    Returns the transport given to ``upper.connection_made``.
+    """
+    link = _Link(tcp, ws, upper)
+    tcp.set_protocol(link)
+    upper.connection_made(link.transport)
+    # Frames that arrived together with the request head, if any.
+    link.deliver(ws.events_received())
+    return link.transport
+
+
+def new_server_protocol(max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> ServerProtocol:
+    """A ServerProtocol offering ``chisel-v3`` and bounded frames."""
+    return ServerProtocol(subprotocols=[SUBPROTOCOL], max_size=max_frame_bytes)  # type: ignore[list-item]
+
+
+def http_response(
+    status: int,
+    body: bytes,
+    content_type: str = "text/plain; charset=utf-8",
+    headers: Mapping[str, str] | None = None,
+) -> Response:
+    """A complete, closing HTTP response for the front door."""
+    import email.utils
+    from http import HTTPStatus
+
+    h = Headers()
+    h["Date"] = email.utils.formatdate(usegmt=True)
+    h["Server"] = "qanat"
+    h["Content-Type"] = content_type
+    h["Content-Length"] = str(len(body))
+    h["Connection"] = "close"
+    for name, value in (headers or {}).items():
+        h[name] = value
+    return Response(status, HTTPStatus(status).phrase, h, body)
+
+
+class _ClientHandshake(asyncio.Protocol):
+    """Lower protocol while the connector waits for the 101 answer."""
+
+    def __init__(self, ws: ClientProtocol) -> None:
+        self.ws = ws
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.tcp: asyncio.Transport | None = None
+        self.received = 0
+        self.events: list[Any] = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.tcp = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.received += len(data)
+        self.ws.receive_data(data)
+        self.events.extend(self.ws.events_received())
+        if self.ws.handshake_exc is not None or self.events:
+            if not self.done.done():
+                self.done.set_result(None)
+        elif self.received > MAX_RESPONSE_BYTES and not self.done.done():
+            self.done.set_exception(HandshakeError("gateway sent an oversized HTTP response head"))
+
+    def eof_received(self) -> bool:
+        self.ws.receive_eof()
+        if not self.done.done():
+            if self.ws.handshake_exc is not None or self.ws.state is State.OPEN:
+                self.done.set_result(None)
+            else:
+                self.done.set_exception(
+                    HandshakeError("connection closed before the HTTP response was complete")
+                )
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.done.done():
+            self.done.set_exception(
+                HandshakeError(f"connection lost during the WebSocket upgrade: {exc or 'EOF'}")
+            )
+
+
+async def client_handshake(
+    tcp: asyncio.Transport,
+    url: str,
+    headers: Mapping[str, str] | list[tuple[str, str]],
+    upper: asyncio.Protocol,
+    *,
+    timeout_s: float,
+    max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+) -> tuple[FramedTransport, Response]:
+    """Upgrade an open connection to a chisel-v3 WebSocket.
+
+    ``url`` is the tunnel URL (``ws://`` or ``wss://``, path and query);
+    ``headers`` are added to the request (User-Agent, token, ``--header``).
+    The server may or may not echo ``Sec-WebSocket-Protocol``; both are fine.
+
+    Raises:
+        AuthError: the gateway answered 401 or 403.
+        HandshakeError: any other refusal, a malformed answer or a timeout.
+    """
+    ws = ClientProtocol(
+        parse_uri(url),
+        subprotocols=[SUBPROTOCOL],  # type: ignore[list-item]
+        max_size=max_frame_bytes,
+    )
+    request = ws.connect()
+    items = headers.items() if isinstance(headers, Mapping) else headers
+    for name, value in items:
+        if name.lower() in request.headers:
+            del request.headers[name]
+        request.headers[name] = value
+    hs = _ClientHandshake(ws)
+    tcp.set_protocol(hs)
+    hs.connection_made(tcp)
+    ws.send_request(request)
+    for chunk in ws.data_to_send():
+        if chunk:
+            tcp.write(chunk)
+    try:
+        async with asyncio.timeout(timeout_s):
+            await hs.done
+    except TimeoutError:
+        raise HandshakeError(f"no answer to the WebSocket upgrade within {timeout_s:g}s") from None
+    exc = ws.handshake_exc
+    if exc is not None:
+        if isinstance(exc, InvalidStatus):
+            response = exc.response
+            body = bytes(response.body or b"")[:512].decode("utf-8", "replace").strip()
+            status = response.status_code
+            cls = AuthError if status in (401, 403) else HandshakeError
+            raise cls(
+                f"gateway refused the tunnel: HTTP {status} {response.reason_phrase}"
+                + (f": {body}" if body else ""),
+                status=status,
+                body=body,
+            )
+        raise HandshakeError(f"WebSocket upgrade failed: {exc}") from exc
+    if ws.state is not State.OPEN:
+        raise HandshakeError("WebSocket upgrade failed: no 101 Switching Protocols")
+    response = hs.events[0]
+    assert isinstance(response, Response)
+    link = _Link(tcp, ws, upper)
+    tcp.set_protocol(link)
+    upper.connection_made(link.transport)
+    # Frames that came in the same read as the 101 (the server speaks first).
+    link.deliver(hs.events[1:])
+    return link.transport, response
