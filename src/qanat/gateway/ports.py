@@ -16,7 +16,7 @@ import asyncio
 import errno
 import ipaddress
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from qanat.errors import ChannelOpenFailed
 from qanat.logs import ContextLogger
@@ -116,7 +116,8 @@ class AppConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         ep = self.endpoint
-        assert isinstance(transport, asyncio.Transport)
+        # uvloop's transports are not asyncio.Transport subclasses, hence the cast.
+        transport = cast(asyncio.Transport, transport)
         self.transport = transport
         peer = transport.get_extra_info("peername") or ("?", 0)
         if not ep.allows(str(peer[0])):
