@@ -9,6 +9,7 @@ thing that went wrong and what to do about it::
     ├── ProtocolError          the peer broke the wire protocol
     │   ├── LocalProtocolError   we were asked to send something invalid
     │   └── RemoteProtocolError  the peer sent something invalid
+    │       └── GobError         a malformed UDP gob stream (qanat.wire.gob)
     ├── TunnelError            a tunnel could not be set up or was lost
     │   ├── HandshakeError     HTTP/WebSocket upgrade refused or malformed
     │   │   └── AuthError      the gateway rejected the token
@@ -45,6 +46,10 @@ class LocalProtocolError(ProtocolError):
 
 class RemoteProtocolError(ProtocolError):
     """The peer sent something the protocol does not allow."""
+
+
+class GobError(RemoteProtocolError):
+    """The peer's UDP channel is not a valid gob stream of ``udpPacket`` values."""
 
 
 class TunnelError(QanatError):

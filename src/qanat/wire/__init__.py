@@ -6,6 +6,8 @@
 - ``handshake``: names and formats of the HTTP upgrade (headers, query,
   version lines, channel type, keepalive request names).
 - ``tokens``: stage tokens, their hashes and the ``sg_<uuid>`` address ids.
+- ``gob``: the Go ``encoding/gob`` stream of ``udpPacket`` values that a UDP
+  channel carries, as an encoder and an incremental decoder.
 
 Everything here is tested byte for byte against ``shared/protocol`` and with
 hypothesis: parse it, or raise the documented error, never anything else.

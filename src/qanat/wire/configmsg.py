@@ -102,6 +102,10 @@ def decode_config(
         doc = json.loads(payload)
     except (ValueError, UnicodeDecodeError) as exc:
         raise RemoteProtocolError(f"config: not valid JSON ({exc})") from None
+    except RecursionError:
+        # The C scanner recurses once per nested array or object, so
+        # "[[[[..." well inside the size limit would escape as RecursionError.
+        raise RemoteProtocolError("config: JSON nested too deeply") from None
     if not isinstance(doc, dict):
         raise RemoteProtocolError("config: expected a JSON object")
     version = doc.get("Version", "")

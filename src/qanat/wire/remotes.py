@@ -64,16 +64,13 @@ class Remote:
 
     def __str__(self) -> str:
         """The canonical text form, which :func:`decode_remote` reads back."""
+        # Like chisel's Encode: the local half is "stdio" or host:port, the
+        # remote half "socks" or host:port with the protocol suffix.
         head = REVERSE_PREFIX if self.reverse else ""
-        if self.stdio:
-            return f"{head}stdio:{self.remote_host}:{self.remote_port}"
-        if self.socks:
-            return f"{head}{self.local_host}:{self.local_port}:socks"
+        local = "stdio" if self.stdio else f"{self.local_host}:{self.local_port}"
         suffix = "/udp" if self.remote_proto == "udp" else ""
-        return (
-            f"{head}{self.local_host}:{self.local_port}:"
-            f"{self.remote_host}:{self.remote_port}{suffix}"
-        )
+        remote = "socks" if self.socks else f"{self.remote_host}:{self.remote_port}{suffix}"
+        return f"{head}{local}:{remote}"
 
     def describe(self) -> str:
         """Operator-facing form: ``R:8081 => 10.0.0.5:8393``."""
@@ -169,6 +166,9 @@ def decode_remote(text: str) -> Remote:
         else:
             local_host = part
 
+    if not socks and not remote_port:
+        # Only a bare "stdio" gets here; chisel accepts it with no port at all.
+        raise RemoteSyntaxError(f"invalid remote {original!r}: missing port")
     if socks:
         local_host = local_host or "127.0.0.1"
         local_port = local_port or "1080"

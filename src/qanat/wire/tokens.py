@@ -35,11 +35,17 @@ def hash_token(token: str) -> str:
 def token_matches(token: str, stored_hash: str) -> bool:
     """Whether ``token`` hashes to ``stored_hash``, in constant time.
 
-    Oversized tokens are rejected without hashing them.
+    Oversized tokens are rejected without hashing them. Never raises: text
+    that cannot be encoded simply does not match.
     """
     if len(token) > MAX_TOKEN_CHARS or not stored_hash.startswith(HASH_PREFIX):
         return False
-    return hmac.compare_digest(hash_token(token), stored_hash)
+    try:
+        candidate = hash_token(token)
+    except UnicodeEncodeError:  # a lone surrogate no header decoder produces
+        return False
+    # compare_digest refuses str with non-ASCII characters, so compare bytes.
+    return hmac.compare_digest(candidate.encode(), stored_hash.encode("utf-8", "surrogatepass"))
 
 
 def new_address_id() -> str:
