@@ -52,8 +52,10 @@ from qanat.wire.handshake import (
 
 log = logging.getLogger("qanat.ssh")
 
-#: Per-channel receive window and packet size (asyncssh's defaults, which
-#: match OpenSSH and keep a loopback stream at full speed).
+#: Per-channel receive window and the largest data packet we ask peers to
+#: send (OpenSSH's and Go's value). Measured: 128 KiB and 224 KiB packets
+#: cost *more* CPU here (kernel time tripled on loopback), see
+#: docs/benchmarks.md.
 DEFAULT_WINDOW_BYTES = 2 * 1024 * 1024
 DEFAULT_MAX_PACKET_BYTES = 32 * 1024
 _MAX_VERSION_LINE = 255
@@ -244,7 +246,9 @@ class _ClientConnection(_ChiselDialect, asyncssh.SSHClientConnection):
 
     def _process_chisel_open(self, packet: Any) -> tuple[Any, Awaitable[Any]]:
         target = packet.get_remaining_payload().decode("utf-8", "replace")
-        chan = self.create_tcp_channel(window=self.qanat_window)
+        chan = self.create_tcp_channel(
+            window=self.qanat_window, max_pktsize=DEFAULT_MAX_PACKET_BYTES
+        )
         return chan, self._qanat_dial(target)
 
     async def _qanat_dial(self, target: str) -> Any:
@@ -283,7 +287,9 @@ class SshTunnel:
             ChannelOpenFailed: the peer refused (``reason`` carries its text)
                 or the connection is gone.
         """
-        chan = self._conn.create_tcp_channel(window=self._window)
+        chan = self._conn.create_tcp_channel(
+            window=self._window, max_pktsize=DEFAULT_MAX_PACKET_BYTES
+        )
         try:
             return await chan._open_forward(session_factory, CHANNEL_TYPE, extra)
         except asyncssh.ChannelOpenError as exc:
