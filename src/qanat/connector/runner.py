@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import TypeVar
 
 from qanat.connector.backoff import Backoff
+from qanat.connector.egress import Egress
 from qanat.connector.options import ConnectOptions
-from qanat.connector.session import Session, Stats, tunnel_url
+from qanat.connector.session import Session, Stats
 from qanat.errors import AuthError, HandshakeError, QanatError, RemotesRejected
 from qanat.wire.handshake import new_client_id
 
@@ -76,26 +77,29 @@ class Connector:
     async def run(self) -> int:
         """Returns the process exit code: 0 when stopped, 1 when out of retries."""
         opts = self.options
+        egress = Egress(opts)  # checks the TLS files before anything else
         pid_path = Path(opts.pid_file) if opts.pid_file else None
         if pid_path is not None:
             pid_path.write_text(f"{os.getpid()}\n")
         self._install_signals()
-        url = tunnel_url(opts.address, self.client_id, opts)
         remotes = ", ".join(r.describe() for r in opts.remotes)
         log.info("qanat connect %s: %s (id %s)", opts.address, remotes, self.client_id)
+        proxy = egress.proxy_for(opts.address)
+        if proxy is not None:
+            log.info("through proxy %s (from %s)", proxy, proxy.source)
         try:
-            return await self._loop(url)
+            return await self._loop(egress)
         finally:
             if pid_path is not None:
                 with contextlib.suppress(OSError):
                     pid_path.unlink()
 
-    async def _loop(self, url: str) -> int:
+    async def _loop(self, egress: Egress) -> int:
         opts = self.options
         failures = 0
         while not self.stop_event.is_set():
             self.stats.attempts += 1
-            session = Session(opts, self.client_id, self.stats, url)
+            session = Session(opts, self.client_id, self.stats, egress)
             self.session = session
             try:
                 latency = await self._until_stop(session.connect())

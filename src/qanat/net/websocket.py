@@ -246,6 +246,13 @@ class _ClientHandshake(asyncio.Protocol):
         if not self.done.done():
             if self.ws.handshake_exc is not None or self.ws.state is State.OPEN:
                 self.done.set_result(None)
+            elif self.received == 0:
+                self.done.set_exception(
+                    HandshakeError(
+                        "gateway closed the connection without answering the WebSocket upgrade",
+                        no_answer=True,
+                    )
+                )
             else:
                 self.done.set_exception(
                     HandshakeError("connection closed before the HTTP response was complete")
@@ -254,9 +261,13 @@ class _ClientHandshake(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.done.done():
-            self.done.set_exception(
-                HandshakeError(f"connection lost during the WebSocket upgrade: {exc or 'EOF'}")
+            error = HandshakeError(
+                f"connection lost during the WebSocket upgrade: {exc or 'EOF'}",
+                no_answer=self.received == 0,
             )
+            # The cause lets the caller explain a TLS alert (client certificate).
+            error.__cause__ = exc
+            self.done.set_exception(error)
 
 
 async def client_handshake(
