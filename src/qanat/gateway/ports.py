@@ -19,6 +19,7 @@ import logging
 from typing import TYPE_CHECKING, cast
 
 from qanat.errors import ChannelOpenFailed
+from qanat.gateway.udp import UdpPortTable
 from qanat.logs import ContextLogger
 from qanat.net.splice import Splice
 from qanat.wire.remotes import Remote
@@ -202,6 +203,7 @@ class PortTable:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
         self.endpoints: dict[tuple[str, int], Endpoint] = {}
+        self.udp = UdpPortTable(gateway)  # UDP remotes (gateway/udp.py)
 
     async def bind(self, tunnel: Tunnel, remotes: tuple[Remote, ...]) -> str | None:
         """Put ``tunnel`` into the pools of its remotes, creating listeners.
@@ -249,6 +251,7 @@ class PortTable:
 
     def unbind(self, tunnel: Tunnel) -> None:
         """Remove ``tunnel`` from every pool; close listeners left empty."""
+        self.udp.unbind(tunnel)
         for key, endpoint in list(self.endpoints.items()):
             if tunnel in endpoint.tunnels:
                 endpoint.tunnels.remove(tunnel)
@@ -260,6 +263,7 @@ class PortTable:
         return [e for e in self.endpoints.values() if e.stage_key == stage_key]
 
     def close_all(self) -> None:
+        self.udp.close_all()
         for endpoint in self.endpoints.values():
             endpoint.close()
         self.endpoints.clear()

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from qanat.errors import ProtocolError, TunnelError
+from qanat.gateway.udp import bind_remotes
 from qanat.logs import ContextLogger
 from qanat.net.splice import Splice
 from qanat.net.ssh import SshTunnel
@@ -92,7 +93,7 @@ class Tunnel:
             self.log.warning("refused config: %s", exc)
             return str(exc)
         self.version = message.version
-        error = await self.gateway.ports.bind(self, remotes)
+        error = await bind_remotes(self.gateway.ports, self, remotes)  # TCP, then UDP
         if error is not None:
             self.log.warning("refused remotes: %s", error)
             return error
@@ -126,8 +127,8 @@ class Tunnel:
                 )
             if r.socks or r.stdio:
                 raise ProtocolError(f"remote {text}: socks and stdio remotes are not served")
-            if r.remote_proto != "tcp":
-                raise ProtocolError(f"remote {text}: only TCP remotes are served by this gateway")
+            if r.remote_proto not in ("tcp", "udp"):
+                raise ProtocolError(f"remote {text}: only TCP and UDP remotes are served")
             try:
                 port = int(r.local_port)
             except ValueError:
