@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
 import re
 import socket
 from dataclasses import dataclass, field
@@ -112,7 +113,7 @@ async def _dial(proxy: ProxySpec) -> socket.socket:
             sock.close()
             raise
         return sock
-    why = (last.strerror or str(last)) if last is not None else "no address"
+    why = _os_reason(last) if last is not None else "no address"
     raise ProxyError(f"cannot connect to proxy {proxy} ({why}): check {proxy.source}")
 
 
@@ -195,6 +196,11 @@ def _connect_refused(
     return ProxyError(f"proxy {proxy} answered CONNECT to {host}:{port} with {said}", status=status)
 
 
+def _os_reason(exc: OSError) -> str:
+    # uvloop's sock_connect says "Connect call failed (...)"; the errno says more.
+    return os.strerror(exc.errno) if exc.errno else (exc.strerror or str(exc))
+
+
 # -- SOCKS5 (python-socks) --------------------------------------------------------
 
 
@@ -215,7 +221,7 @@ async def _socks5(proxy: ProxySpec, host: str, port: int) -> socket.socket:
         raise ProxyError(f"SOCKS5 proxy {proxy} did not answer in time") from None
     except ProxyConnectionError as exc:
         raise ProxyError(
-            f"cannot connect to SOCKS5 proxy {proxy} ({exc.strerror or exc}): check {proxy.source}"
+            f"cannot connect to SOCKS5 proxy {proxy} ({_os_reason(exc)}): check {proxy.source}"
         ) from None
     except SocksError as exc:
         raise _socks_refused(proxy, host, port, exc) from None
