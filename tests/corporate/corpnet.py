@@ -231,6 +231,10 @@ class DnsServer(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         self.sources.append(addr)
+        assert self.transport is not None
+        if data.startswith(b"ECHO"):  # not DNS: send it back as it is
+            self.transport.sendto(data, addr)
+            return
         pos, labels = 12, []
         while data[pos]:
             labels.append(data[pos + 1 : pos + 1 + data[pos]].decode())
@@ -239,7 +243,6 @@ class DnsServer(asyncio.DatagramProtocol):
         address = self.records.get(".".join(labels), "0.0.0.0")
         header = struct.pack("!HHHHHH", struct.unpack("!H", data[:2])[0], 0x8180, 1, 1, 0, 0)
         record = b"\xc0\x0c" + struct.pack("!HHIH", 1, 1, 60, 4) + socket.inet_aton(address)
-        assert self.transport is not None
         self.transport.sendto(header + question + record, addr)
 
 

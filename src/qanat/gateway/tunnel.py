@@ -104,7 +104,8 @@ class Tunnel:
             "connector %s connected (version %s), serving %s",
             self.info.client_id or "?",
             self.version or "?",
-            ", ".join(f"secure-gateway:{r.local_port}=>{r.target}" for r in remotes) or "nothing",
+            ", ".join(f"secure-gateway:{r.local_port}=>{r.channel_extra.decode()}" for r in remotes)
+            or "nothing",
         )
         if settings.keepalive_s > 0:
             self.tasks.spawn(self._keepalive(), name=f"keepalive-{self.id}")
