@@ -50,8 +50,8 @@ def parse_proxy_url(text: str, source: str = "--proxy") -> ProxySpec:
     try:
         parts = urlsplit(raw)
         port = parts.port
-    except ValueError:
-        raise ConfigError(f"{source} {shown!r}: invalid port") from None
+    except ValueError as exc:
+        raise ConfigError(f"{source} {shown!r}: not a valid proxy URL ({exc})") from None
     scheme = _SCHEMES.get(parts.scheme.lower())
     if scheme is None:
         hint = (
