@@ -17,7 +17,7 @@ CHANNEL_TYPE = b"chisel"
 CONFIG_REQUEST = "config"
 PING_REQUEST = "ping"
 PONG_PAYLOAD = b"pong"
-TOKEN_HEADER = "token"
+TOKEN_HEADER = "token"  # noqa: S105 - a header name, not a secret
 #: The version string outsystemscc sends in ``config``; we send our own.
 OUTSYSTEMSCC_VERSION = "0.0.0-src"
 #: Seconds the gateway waits for the ``config`` request after SSH auth.
