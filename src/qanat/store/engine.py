@@ -21,6 +21,8 @@ hidden.
 from __future__ import annotations
 
 import re
+import sqlite3
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -46,6 +48,7 @@ SQLITE_FILE_NAME = "qanat.db"
 WRITE_OPTION = "qanat_write"
 
 _PG_BUSY_STATES = {"55P03", "40001", "40P01"}  # lock timeout, serialization, deadlock
+_SQLITE_UNREACHABLE = ("unable to open", "disk i/o", "not a database", "readonly", "read-only")
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +56,7 @@ class StoreConfig:
     """How to reach the database.
 
     Attributes:
-        url: SQLAlchemy URL, already normalised by :func:`normalize_url`.
+        url: database URL; normalised by :func:`normalize_url` on creation.
         busy_timeout_s: how long a writer waits for a lock held by another
             connection before :class:`~qanat.errors.DatabaseBusy`.
         connect_timeout_s: PostgreSQL connect timeout (libpq rounds up to 2 s).
@@ -64,6 +67,10 @@ class StoreConfig:
     busy_timeout_s: float = 5.0
     connect_timeout_s: float = 5.0
     pool_size: int = 5
+
+    def __post_init__(self) -> None:
+        """Raises: ConfigError: the URL is malformed or of an unsupported database."""
+        object.__setattr__(self, "url", normalize_url(self.url))
 
 
 def sqlite_url(data_dir: Path) -> str:
@@ -137,14 +144,17 @@ def create_store_engine(config: StoreConfig) -> Engine:
         engine = create_engine(url, connect_args={"timeout": config.busy_timeout_s})
         _tune_sqlite(engine, config.busy_timeout_s)
         return engine
+    # libpq "options" given in the URL (e.g. ?options=-csearch_path%3Dqanat to
+    # keep the tables in a schema) are kept; the lock timeout is added to them.
+    options = str(url.query.get("options", ""))
     lock_ms = max(1, int(config.busy_timeout_s * 1000))
     return create_engine(
-        url,
+        url.difference_update_query(["options"]),
         pool_size=config.pool_size,
         pool_pre_ping=True,
         connect_args={
             "connect_timeout": max(1, round(config.connect_timeout_s)),
-            "options": f"-c lock_timeout={lock_ms}",
+            "options": f"{options} -c lock_timeout={lock_ms}".strip(),
         },
     )
 
@@ -156,7 +166,7 @@ def _tune_sqlite(engine: Engine, busy_timeout_s: float) -> None:
         cursor = dbapi_conn.cursor()
         try:
             cursor.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
-            cursor.execute("PRAGMA journal_mode = WAL")
+            _use_wal(cursor, busy_timeout_s)
             cursor.execute("PRAGMA synchronous = NORMAL")
             cursor.execute("PRAGMA foreign_keys = ON")
         finally:
@@ -166,6 +176,23 @@ def _tune_sqlite(engine: Engine, busy_timeout_s: float) -> None:
     def _on_begin(conn: Connection) -> None:
         write = conn.get_execution_options().get(WRITE_OPTION, False)
         conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+def _use_wal(cursor: sqlite3.Cursor, busy_timeout_s: float) -> None:
+    # WAL is a property of the file: only the first connection ever switches
+    # it. The switch needs an exclusive lock and SQLite answers "locked" at
+    # once instead of calling the busy handler, so retry until the timeout.
+    deadline = time.monotonic() + busy_timeout_s
+    while str(cursor.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
+        try:
+            cursor.execute("PRAGMA journal_mode = WAL").fetchall()
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
+            continue
+        if time.monotonic() >= deadline:
+            return  # the file refuses WAL (some network file systems): keep its mode
 
 
 @contextmanager
@@ -192,10 +219,12 @@ def translate_errors(url: str, busy_timeout_s: float) -> Iterator[None]:
                 f" {busy_timeout_s:g} s); nothing was written; retry, or find the"
                 " process holding the lock"
             ) from exc
-        raise DatabaseUnreachable(
-            f"cannot use database {where}: {_reason(exc)}; check {DATABASE_URL_ENV}"
-            " (or the data directory) and that the database server is running"
-        ) from exc
+        if _is_unreachable(exc):
+            raise DatabaseUnreachable(
+                f"cannot use database {where}: {_reason(exc)}; check {DATABASE_URL_ENV}"
+                " (or the data directory) and that the database server is running"
+            ) from exc
+        raise StoreError(f"database {where} failed: {_reason(exc)}") from exc
     except DBAPIError as exc:
         raise StoreError(f"database {redact_url(url)} failed: {_reason(exc)}") from exc
 
@@ -205,6 +234,18 @@ def _is_busy(exc: DBAPIError) -> bool:
         return True
     text = str(exc.orig).lower()
     return "database is locked" in text or "database table is locked" in text or "busy" in text
+
+
+def _is_unreachable(exc: DBAPIError) -> bool:
+    if exc.connection_invalidated:
+        return True
+    state = getattr(exc.orig, "sqlstate", None)
+    if state is not None:  # PostgreSQL: connection exception, shutdown, out of resources
+        return str(state).startswith(("08", "57P", "53"))
+    if type(exc.orig).__module__.startswith("sqlite3"):
+        text = str(exc.orig).lower()
+        return any(s in text for s in _SQLITE_UNREACHABLE)
+    return True  # psycopg reports a failed connection without an SQLSTATE
 
 
 def _reason(exc: DBAPIError) -> str:
