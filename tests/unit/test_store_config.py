@@ -51,7 +51,7 @@ def test_environment_url_wins_and_is_normalised(tmp_path: Path) -> None:
         ("mysql://u:topsecret@h/db", "not supported"),
         ("sqlite://", "in-memory"),
         ("sqlite:///:memory:", "in-memory"),
-        ("not a url", "not a database URL"),
+        ("not a url", "is not a URL"),
     ],
 )
 def test_bad_urls(url: str, message: str) -> None:

@@ -18,8 +18,10 @@ request an admin made.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import replace
+from datetime import datetime
+from typing import Any
 
 from qanat.errors import Conflict, Forbidden
 from qanat.portal import names
@@ -33,7 +35,7 @@ from qanat.portal.views import (
     OrgInfo,
     StageInfo,
 )
-from qanat.store import AuditRecord, ConnectorRecord, GatewayState, Role
+from qanat.store import AuditRecord, ConnectorRecord, GatewayRecord, GatewayState, Role, Transaction
 from qanat.wire.tokens import hash_token, new_address_id, new_token
 
 
@@ -143,16 +145,7 @@ class LifecycleOps(PortalContext):
             assert gateway.address_id is not None
             address = self._config.address(gateway.address_id)
             details = {"first": token is not None, "changed": changed, "address": address}
-            self._audit(
-                tx,
-                actor,
-                source,
-                "gateway.activate",
-                org=org_rec.name,
-                target=gateway.key,
-                now=now,
-                details=details,
-            )
+            self._audit_stage(tx, actor, source, "gateway.activate", gateway, now, details)
             info = self._stage_info(gateway)
         return Activation(info, address, token, first=token is not None, changed=changed)
 
@@ -171,15 +164,8 @@ class LifecycleOps(PortalContext):
             changed = gateway.state is GatewayState.ACTIVE
             if changed:
                 gateway = tx.save_gateway(replace(gateway, state=GatewayState.INACTIVE), now)
-            self._audit(
-                tx,
-                actor,
-                source,
-                "gateway.deactivate",
-                org=org_rec.name,
-                target=gateway.key,
-                now=now,
-                details={"changed": changed},
+            self._audit_stage(
+                tx, actor, source, "gateway.deactivate", gateway, now, {"changed": changed}
             )
             return self._stage_info(gateway)
 
@@ -213,15 +199,14 @@ class LifecycleOps(PortalContext):
             )
             assert gateway.address_id is not None
             address = self._config.address(gateway.address_id)
-            self._audit(
+            self._audit_stage(
                 tx,
                 actor,
                 source,
                 "gateway.renew_token",
-                org=org_rec.name,
-                target=gateway.key,
-                now=now,
-                details={"address": address, "renewals": len(gateway.renewed_hashes)},
+                gateway,
+                now,
+                {"address": address, "renewals": len(gateway.renewed_hashes)},
             )
             return IssuedToken(self._stage_info(gateway), address, token)
 
@@ -267,17 +252,29 @@ class LifecycleOps(PortalContext):
             details["changed"] = settings != gateway.settings
             if details["changed"]:
                 gateway = tx.save_gateway(replace(gateway, settings=settings), now)
-            self._audit(
-                tx,
-                actor,
-                source,
-                "gateway.configure",
-                org=org_rec.name,
-                target=gateway.key,
-                now=now,
-                details=details,
-            )
+            self._audit_stage(tx, actor, source, "gateway.configure", gateway, now, details)
             return self._stage_info(gateway)
+
+    def _audit_stage(
+        self,
+        tx: Transaction,
+        actor: Actor,
+        source: str,
+        action: str,
+        gateway: GatewayRecord,
+        now: datetime,
+        details: Mapping[str, Any],
+    ) -> None:
+        self._audit(
+            tx,
+            actor,
+            source,
+            action,
+            org=gateway.org_name,
+            target=gateway.key,
+            now=now,
+            details=details,
+        )
 
     def status(self, actor: Actor, org: str, stage: str) -> GatewayStatus:
         """The stage's gateway, its live connectors and endpoints (viewer).

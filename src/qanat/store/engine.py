@@ -102,7 +102,7 @@ def normalize_url(url: str) -> str:
         parsed = make_url(url)
     except ArgumentError:
         raise ConfigError(
-            f"{DATABASE_URL_ENV}: {_redact_unparsed(url)!r} is not a database URL;"
+            f"database URL {_redact_unparsed(url)!r} is not a URL;"
             " use postgresql://user:password@host:5432/dbname"
         ) from None
     backend = parsed.get_backend_name()
@@ -185,13 +185,13 @@ def _use_wal(cursor: sqlite3.Cursor, busy_timeout_s: float) -> None:
     deadline = time.monotonic() + busy_timeout_s
     while str(cursor.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
         try:
-            cursor.execute("PRAGMA journal_mode = WAL").fetchall()
+            mode = cursor.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         except sqlite3.OperationalError as exc:
             if "locked" not in str(exc) or time.monotonic() >= deadline:
                 raise
             time.sleep(0.01)
             continue
-        if time.monotonic() >= deadline:
+        if str(mode).lower() != "wal":
             return  # the file refuses WAL (some network file systems): keep its mode
 
 
