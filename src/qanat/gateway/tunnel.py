@@ -190,7 +190,9 @@ class Tunnel:
             splice.close()
         self.splices.clear()
         self.gateway.tunnel_closed(self)
-        self.gateway.tasks.spawn(self.tasks.close(), name=f"reap-tunnel-{self.id}")
+        # Cancel now: a reaper task spawned on the gateway would itself be
+        # cancelled unstarted when the gateway is closing.
+        self.tasks.cancel()
         if was_active:
             self.log.info("tunnel closed: %s", reason)
         else:
