@@ -93,6 +93,11 @@ class Tunnel:
             return str(exc)
         self.version = message.version
         error = await self.gateway.ports.bind(self, remotes)
+        if error is None and self.state is not TunnelState.SETUP:
+            # Closed while the listeners were being created: _closed() has
+            # already unbound, so undo this bind or the ports stay open.
+            self.gateway.ports.unbind(self)
+            return f"tunnel closed during setup: {self.close_reason or 'connector left'}"
         if error is not None:
             self.log.warning("refused remotes: %s", error)
             return error
