@@ -110,7 +110,10 @@ class _Link(asyncio.Protocol):
     # -- upper -> wire -------------------------------------------------
 
     def send(self, data: bytes | bytearray | memoryview) -> None:
-        if self.closing:
+        # After the peer's EOF the WebSocket is CLOSED before connection_lost
+        # reaches the upper protocol; writes in that window are dropped, as a
+        # closing transport would, instead of raising websockets' InvalidState.
+        if self.closing or self.ws.state is not State.OPEN:
             return
         self.ws.send_binary(data)
         self._flush()
