@@ -187,6 +187,11 @@ async def scripted_server(
 
 
 async def handshake(port: int, timeout_s: float = 5.0) -> tuple[Any, Any, Recorder]:
+    transport, response, upper, _ = await handshake_tcp(port, timeout_s)
+    return transport, response, upper
+
+
+async def handshake_tcp(port: int, timeout_s: float = 5.0) -> tuple[Any, Any, Recorder, Any]:
     loop = asyncio.get_running_loop()
     tcp, _ = await loop.create_connection(asyncio.Protocol, "127.0.0.1", port)
     upper = Recorder()
@@ -198,7 +203,7 @@ async def handshake(port: int, timeout_s: float = 5.0) -> tuple[Any, Any, Record
     except BaseException:
         tcp.abort()
         raise
-    return transport, response, upper
+    return transport, response, upper, tcp
 
 
 def with_frames(head_reply: Callable[[bytes], bytes], *payloads: bytes) -> Callable[[bytes], bytes]:
@@ -227,6 +232,21 @@ async def test_client_accepts_101_without_subprotocol_echo(tmp_path):
         transport.close()
         await eventually(lambda: upper.lost.done(), "connection_lost after close")
         assert FrameReader().feed(bytes(server.after))[-1].opcode == OP_CLOSE
+
+
+async def test_writes_between_the_peers_eof_and_connection_lost_are_dropped(tmp_path):
+    """The peer's EOF closes the WebSocket a moment before connection_lost
+    reaches the SSH layer; what SSH writes in between (a disconnect message,
+    an endpoint's data) must be dropped, not raise out of the transport."""
+    async with scripted_server(stock_101) as server:
+        transport, _, upper, tcp = await handshake_tcp(server.port)
+        # What the loop does on the peer's FIN: eof_received(), then (it
+        # returned False) close the transport, which calls connection_lost later.
+        assert not tcp.get_protocol().eof_received()
+        transport.write(b"SSH disconnect message")
+        transport.writelines([b"late", b"data"])
+        tcp.close()
+        await eventually(lambda: upper.lost.done(), "connection_lost after the EOF")
 
 
 async def test_client_accepts_101_with_subprotocol_echo(tmp_path):
