@@ -16,10 +16,13 @@ from typing import Any
 
 from qanat.connector.options import ConnectOptions
 from qanat.connector.runner import Connector
+from qanat.errors import ChannelOpenFailed
 from qanat.gateway.server import Gateway
 from qanat.gateway.settings import GatewaySettings
 from qanat.gateway.stages import MemoryStageSource, StageConfig
 from qanat.gateway.tunnel import TunnelState
+from qanat.net.ssh import SshTunnel, connect_tunnel
+from qanat.net.websocket import client_handshake
 from qanat.wire.remotes import decode_remotes
 from qanat.wire.tokens import hash_token, new_address_id, new_token
 from support.timing import eventually, scaled
@@ -115,3 +118,26 @@ async def serving_connector(
             lambda: all(env.serves(p) for p in ports), f"gateway serving ports {ports}", 10
         )
         yield connector
+
+
+async def raw_tunnel(env: GatewayEnv, dialer: Any = None) -> SshTunnel:
+    """Upgrade and SSH as a connector would, but send no ``config``: for tests
+    that want to say something else in it (or nothing at all)."""
+    loop = asyncio.get_running_loop()
+    tcp, _ = await loop.create_connection(asyncio.Protocol, "127.0.0.1", env.port)
+    url = f"ws://127.0.0.1:{env.port}/{env.stage.address_id}?id=123456789&ports="
+
+    async def attach(upper: asyncio.Protocol) -> asyncio.BaseTransport:
+        transport, _ = await client_handshake(
+            tcp, url, [("token", env.token)], upper, timeout_s=scaled(5)
+        )
+        return transport
+
+    async def refuse(target: str) -> Any:
+        raise ChannelOpenFailed("no dialer", reason="this test tunnel serves nothing")
+
+    try:
+        return await connect_tunnel(attach, dialer or refuse, timeout_s=scaled(10))
+    except BaseException:
+        tcp.abort()
+        raise
