@@ -193,6 +193,47 @@ async def test_keepalives_run_on_both_sides(tmp_path):
             assert await roundtrip(port, b"still fine") == b"still fine"
 
 
+class Valve:
+    """A relay transform that can stop one connection's bytes (a frozen peer)."""
+
+    def __init__(self) -> None:
+        self.closed = False
+
+    def __call__(self, data: bytes) -> bytes:
+        return b"" if self.closed else data
+
+
+async def test_gateway_closes_a_tunnel_whose_pings_go_unanswered(tmp_path, caplog):
+    caplog.set_level(logging.INFO, "qanat")
+    valves: list[Valve] = []
+
+    def valve() -> Valve:
+        valves.append(Valve())
+        return valves[-1]
+
+    settings = {"keepalive_s": 0.05, "keepalive_timeout_s": scaled(0.2), "keepalive_misses": 3}
+    async with (
+        running_gateway(tmp_path, **settings) as env,
+        Relay(env.port, up_transform=valve) as relay,
+        echo_server() as eport,
+    ):
+        port = free_port()
+        relayed = env.address.replace(f":{env.port}/", f":{relay.port}/")
+        async with serving_connector(env, [f"R:{port}:127.0.0.1:{eport}"], address=relayed):
+            (tunnel,) = env.active_tunnels()
+            await eventually(lambda: tunnel.last_rtt_s is not None, "a first pong")
+            valves[0].closed = True  # the connector goes silent
+            await eventually(lambda: not env.active_tunnels(), "dead peer detection", 10)
+            assert tunnel.close_reason == "dead peer: 3 keepalives missed"
+            # The connector notices and comes back on a new connection.
+            await eventually(lambda: env.serves(port), "the connector to come back", 10)
+            assert len(valves) == 2
+            assert await roundtrip(port, b"back again") == b"back again"
+    lines = [r.getMessage() for r in caplog.records if r.name == "qanat.gateway.tunnel"]
+    assert f"keepalive 3/3 missed (no answer within {scaled(0.2):g}s)" in lines
+    assert "tunnel closed: dead peer: 3 keepalives missed" in lines
+
+
 # -- channels --------------------------------------------------------------------
 
 
@@ -319,3 +360,17 @@ async def test_connector_reconnects_after_the_gateway_restarts_with_the_same_key
             await eventually(lambda: env2.serves(port), "connector to reconnect", 10)
             assert await roundtrip(port, b"back") == b"back"
             assert connector.stats.sessions == 1
+
+
+async def test_ipv6_loopback_everywhere(tmp_path):
+    """Gateway on [::1], a stage bound to ::1, an endpoint reached as [::1]."""
+    async with (
+        running_gateway(tmp_path, listen_host="::1", stage={"bind_host": "::1"}) as env,
+        echo_server("::1") as eport,
+    ):
+        port = free_port("::1")
+        address = f"http://[::1]:{env.port}/{env.stage.address_id}"
+        async with serving_connector(env, [f"R:{port}:[::1]:{eport}"], address=address):
+            assert await roundtrip(port, b"over ipv6", host="::1") == b"over ipv6"
+            (tunnel,) = env.active_tunnels()
+            assert tunnel.info.peer.startswith("::1:")

@@ -452,6 +452,7 @@ def test_an_app_that_never_reads_costs_the_gateway_bounded_memory(tmp_path, proc
         assert echo_ok(stuck_port, os.urandom(1 << 20))  # warm up allocations
         gw = psutil.Process(gateway.pid)
         baseline = gw.memory_info().rss
+        fds = gw.num_fds()
 
         with app_socket(stuck_port) as app:
             app.sendall(b"SOURCE %d 1\n" % size)
@@ -479,6 +480,7 @@ def test_an_app_that_never_reads_costs_the_gateway_bounded_memory(tmp_path, proc
             assert (count, sha) == (len(payload), hashlib.sha256(payload).hexdigest())
         # Closing the app releases the stuck channel all the way to the endpoint.
         wait_until(lambda: not endpoint.open, "endpoint connections to close", 10)
+        wait_until(lambda: gw.num_fds() <= fds, "gateway file descriptors back to baseline")
         assert echo_ok(stuck_port)
     gateway.send(signal.SIGTERM)
     assert gateway.wait_exit() == 0
@@ -496,6 +498,8 @@ def test_a_connector_killed_mid_transfer_releases_its_port(tmp_path, procs):
         start_connector(
             procs, gw_port, address_id, token, f"R:{other_port}:127.0.0.1:{endpoint.port}"
         )
+        gw = psutil.Process(gateway.pid)
+        fds = gw.num_fds()
         mark = gateway.mark()
         with app_socket(doomed_port) as app:
             app.sendall(b"SOURCE 1000000000 3\n")
@@ -512,6 +516,8 @@ def test_a_connector_killed_mid_transfer_releases_its_port(tmp_path, procs):
         wait_until(lambda: connection_refused(doomed_port), "the dead connector's port to close")
         assert echo_ok(other_port)
         wait_until(lambda: not endpoint.open, "endpoint connections to close", 10)
+        # The dead tunnel's socket and its port's listener are gone too.
+        wait_until(lambda: gw.num_fds() <= fds - 2, "gateway file descriptors released")
     assert doomed.wait_exit() == -signal.SIGKILL
     gateway.send(signal.SIGTERM)
     assert gateway.wait_exit() == 0
