@@ -33,14 +33,11 @@ from qanat.wire.remotes import decode_remotes
 from qanat.wire.tokens import hash_token, new_address_id
 from support.apps import app_socket, connection_refused, echo_ok, exchange
 from support.endpoints import CommandEndpoint
+from support.resources import open_fds
 from support.servers import echo_server, free_port, http_exchange, parse_response, roundtrip
 from support.stockpeer import HandFramed, open_upgraded, outsystemscc_request
 from support.timing import eventually, scaled, wait_until
 from support.tunnels import GatewayEnv, raw_tunnel, running_gateway, serving_connector
-
-
-def open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
 
 
 @dataclass
@@ -194,41 +191,44 @@ async def test_unknown_address_gets_the_same_401_as_a_wrong_token(tmp_path, capl
     ] * 2
 
 
-async def test_renewed_token_and_inactive_stage_say_so(tmp_path):
+async def test_a_renewed_token_is_told_so_and_established_tunnels_stay(tmp_path):
     async with witnessed(tmp_path) as witness:
         env = witness.env
-        old_token = env.token
         request = outsystemscc_request(
-            f"127.0.0.1:{env.port}", f"/{env.stage.address_id}", token=old_token
+            f"127.0.0.1:{env.port}", f"/{env.stage.address_id}", token=env.token
         )
         env.source.update(
             env.stage.address_id,
             token_hashes=(hash_token("the new one"),),
-            renewed_hashes=(hash_token(old_token),),
+            renewed_hashes=(hash_token(env.token),),
         )
         status, _, body = parse_response(await http_exchange(env.port, request))
         assert (status, body) == (
             401,
             b"token rejected: this token was renewed; use the new token from the portal\n",
         )
-        env.source.update(
-            env.stage.address_id, token_hashes=(hash_token(old_token),), renewed_hashes=()
-        )
-        # Deactivating the stage closes its tunnels, the witness among them;
-        # check the answer on a second gateway stage instead.
-        other = env.stage.__class__(
-            key="acme/test",
-            address_id=new_address_id(),
-            token_hashes=(hash_token("t2"),),
-            active=False,
-        )
-        env.source.put(other)
-        request = outsystemscc_request(f"127.0.0.1:{env.port}", f"/{other.address_id}", token="t2")
-        status, _, body = parse_response(await http_exchange(env.port, request))
-        assert (status, body) == (
-            403,
-            b"private gateway of this stage is inactive; activate it in the portal\n",
-        )
+        # witness.check(): the tunnel made with the old token keeps working.
+
+
+async def test_deactivation_closes_tunnels_and_reactivation_brings_them_back(tmp_path, caplog):
+    async with running_gateway(tmp_path) as env, echo_server() as eport:
+        port = free_port()
+        async with serving_connector(env, [f"R:{port}:127.0.0.1:{eport}"]) as connector:
+            env.source.update(env.stage.address_id, active=False)
+            assert not env.gateway.tunnels
+            assert not env.gateway.ports.endpoints
+            with pytest.raises(ConnectionRefusedError):
+                await asyncio.open_connection("127.0.0.1", port)
+            inactive = (
+                "Connection failed: token rejected (403): private gateway of this stage is "
+                "inactive; activate it in the portal"
+            )
+            await eventually(lambda: inactive in messages(caplog), "the retry to be refused")
+            env.source.update(env.stage.address_id, active=True)
+            await eventually(lambda: env.serves(port), "the connector to come back", 10)
+            assert await roundtrip(port, b"reactivated") == b"reactivated"
+            assert connector.stats.sessions == 2
+    assert any(m.endswith("tunnel closed: stage deactivated") for m in messages(caplog))
 
 
 async def test_repeated_wrong_tokens_from_one_source_get_429(tmp_path, caplog):

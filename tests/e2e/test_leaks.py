@@ -11,20 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import os
 import weakref
 from typing import Any
 
+from support.resources import open_fds
 from support.servers import echo_server, free_port, roundtrip
 from support.timing import eventually
 from support.tunnels import GatewayEnv, running_gateway, serving_connector
 
 APP_CONNECTIONS = 1000
 CONNECTOR_CYCLES = 200
-
-
-def open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
 
 
 class Baseline:
