@@ -48,6 +48,31 @@ _TUNNEL_PATH = re.compile(r"/(sg_[0-9a-f-]{36})/?\Z")
 HttpFallback = Callable[[], asyncio.Protocol]
 
 
+def _drop_oversized_token(data: bytes) -> tuple[bytes, bool]:
+    """Take token header lines longer than a token can be out of a request head.
+
+    websockets refuses any header line over 8 KiB as a malformed request
+    (400), but an oversized token is simply a wrong token: it must get the
+    same 401 as any other, and count as a failed attempt. Returns the head
+    without such lines (bytes after the head untouched) and whether any was
+    dropped.
+    """
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        end = data.find(b"\n\n")
+    head, rest = (data, b"") if end < 0 else (data[: end + 2], data[end + 2 :])
+    lines = head.split(b"\n")
+    kept = [
+        line
+        for line in lines
+        if len(line) <= MAX_TOKEN_CHARS + 16
+        or line.partition(b":")[0].strip().lower() != TOKEN_HEADER.encode()
+    ]
+    if len(kept) == len(lines):
+        return data, False
+    return b"\n".join(kept) + rest, True
+
+
 class FrontDoor(asyncio.Protocol):
     """Reads the first request of a connection and hands it to its owner."""
 
@@ -142,7 +167,8 @@ class FrontDoor(asyncio.Protocol):
         assert self.transport is not None
         gateway = self.gateway
         ws = new_server_protocol(gateway.settings.max_frame_bytes)
-        ws.receive_data(bytes(self.buffer))
+        head, oversized_token = _drop_oversized_token(bytes(self.buffer))
+        ws.receive_data(head)
         events = ws.events_received()
         if ws.handshake_exc is not None or not events or not isinstance(events[0], Request):
             self._bad(f"malformed request head ({ws.handshake_exc or 'incomplete'})")
@@ -177,7 +203,7 @@ class FrontDoor(asyncio.Protocol):
             token = ""
         verdict = check_token(stage, token) if stage is not None else TokenVerdict.BAD
         if verdict is not TokenVerdict.OK:
-            self._refuse(verdict, stage, bool(tokens), source_ip)
+            self._refuse(verdict, stage, bool(tokens) or oversized_token, source_ip)
             return
 
         assert stage is not None

@@ -114,11 +114,10 @@ class AppConnection(asyncio.Protocol):
         self.early: list[bytes] = []
         self.eof = False
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+    def connection_made(self, base: asyncio.BaseTransport) -> None:
         ep = self.endpoint
-        # uvloop's transports are not asyncio.Transport subclasses, hence the cast.
-        transport = cast(asyncio.Transport, transport)
-        self.transport = transport
+        # uvloop's transports do not derive from asyncio.Transport: no isinstance.
+        self.transport = transport = cast(asyncio.Transport, base)
         peer = transport.get_extra_info("peername") or ("?", 0)
         if not ep.allows(str(peer[0])):
             ep.refused_sources += 1

@@ -93,6 +93,11 @@ class Tunnel:
             return str(exc)
         self.version = message.version
         error = await self.gateway.ports.bind(self, remotes)
+        if error is None and self.state is not TunnelState.SETUP:
+            # Closed while the listeners were being created: _closed() has
+            # already unbound, so undo this bind or the ports stay open.
+            self.gateway.ports.unbind(self)
+            return f"tunnel closed during setup: {self.close_reason or 'connector left'}"
         if error is not None:
             self.log.warning("refused remotes: %s", error)
             return error
@@ -190,7 +195,9 @@ class Tunnel:
             splice.close()
         self.splices.clear()
         self.gateway.tunnel_closed(self)
-        self.gateway.tasks.spawn(self.tasks.close(), name=f"reap-tunnel-{self.id}")
+        # Cancel now: a reaper task spawned on the gateway would itself be
+        # cancelled unstarted when the gateway is closing.
+        self.tasks.cancel()
         if was_active:
             self.log.info("tunnel closed: %s", reason)
         else:

@@ -116,7 +116,10 @@ class _Link(asyncio.Protocol):
         # write per SSH packet, and a bulk read from an app turns into several
         # packets in one callback; one writev for all of them costs one
         # syscall instead of one per packet (measured in docs/benchmarks.md).
-        if self.closing:
+        # After the peer's EOF the WebSocket is CLOSED before connection_lost
+        # reaches the upper protocol; writes in that window are dropped, as a
+        # closing transport would, instead of raising websockets' InvalidState.
+        if self.closing or self.ws.state is not State.OPEN:
             return
         self.ws.send_binary(data)
         if not self.flush_scheduled:
