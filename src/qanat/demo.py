@@ -66,7 +66,9 @@ def main() -> int:
 
     def start(args: list[str], log_name: str) -> subprocess.Popen[bytes]:
         log = (workdir / log_name).open("wb")
-        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
+            args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         procs.append(proc)
         return proc
 
@@ -89,14 +91,22 @@ def main() -> int:
             'bind = "127.0.0.1"\n'
         )
         gateway = start(
-            [*qanat, "gateway", "--listen", f"127.0.0.1:{gw_port}", "--data-dir", str(workdir),
-             "--stage-file", str(stage_file)],
+            [
+                *qanat,
+                "gateway",
+                "--listen",
+                f"127.0.0.1:{gw_port}",
+                "--data-dir",
+                str(workdir),
+                "--stage-file",
+                str(stage_file),
+            ],
             "gateway.log",
         )
         _wait_port(gw_port, 15, gateway)
         print(f"   address {address}")
 
-        _step("connector: outbound tunnel, declares secure-gateway:%d" % app_port)
+        _step(f"connector: outbound tunnel, declares secure-gateway:{app_port}")
         remote = f"R:{app_port}:127.0.0.1:{ep_port}"
         connector = start(
             [*qanat, "connect", "--header", f"token: {token}", address, remote], "connector.log"
@@ -105,7 +115,7 @@ def main() -> int:
 
         _step(f"app: GET http://127.0.0.1:{app_port}/orders (secure-gateway:{app_port})")
         started = time.perf_counter()
-        with urllib.request.urlopen(f"http://127.0.0.1:{app_port}/orders", timeout=10) as resp:  # noqa: S310
+        with urllib.request.urlopen(f"http://127.0.0.1:{app_port}/orders", timeout=10) as resp:
             body = resp.read().decode()
         elapsed_ms = (time.perf_counter() - started) * 1e3
         print(f"   {resp.status} {body.strip()}  ({elapsed_ms:.1f} ms)")
@@ -117,10 +127,10 @@ def main() -> int:
                 print(f"   {name.split('.')[0]:>9} | {line}")
         print(
             "\n== by hand\n"
-            "   qanat gateway add-stage --name dev --data-dir ./gw   # prints address and token once\n"
+            "   qanat gateway add-stage --name dev --data-dir ./gw  # address + token, once\n"
             "   qanat gateway --data-dir ./gw --listen 127.0.0.1:8080\n"
             '   qanat connect --header "token: <token>" <address> R:8081:10.0.0.5:8393\n'
-            "   curl http://127.0.0.1:8081/                           # an app via secure-gateway:8081"
+            "   curl http://127.0.0.1:8081/   # an app, via secure-gateway:8081"
         )
     except Exception as exc:
         print(f"\ndemo failed: {exc}", file=sys.stderr)
