@@ -16,11 +16,13 @@ import asyncio
 import errno
 import ipaddress
 import logging
+import time
 from typing import TYPE_CHECKING, cast
 
 from qanat.errors import ChannelOpenFailed
 from qanat.logs import ContextLogger
 from qanat.net.splice import Splice
+from qanat.ops import metrics
 from qanat.wire.remotes import Remote
 
 if TYPE_CHECKING:
@@ -96,6 +98,7 @@ class Endpoint:
             "connections_total": self.connections_total,
             "connections_failed": self.connections_failed,
             "refused_sources": self.refused_sources,
+            "port": self.port,
         }
 
 
@@ -141,6 +144,7 @@ class AppConnection(asyncio.Protocol):
         transport = self.transport
         assert transport is not None
         timeout_s = ep.gateway.settings.channel_open_timeout_s
+        started = time.perf_counter()
         splice = Splice(on_done=self._splice_done)
         reasons: list[str] = []
         for tunnel in ep.candidates():
@@ -160,6 +164,7 @@ class AppConnection(asyncio.Protocol):
             if self.lost:
                 splice.close()
                 return
+            metrics.channel_opened(ep.stage_key, ep.port, time.perf_counter() - started)
             splice.owner = tunnel
             tunnel.track(splice)
             splice.attach_tcp(transport, self.early, self.eof)
