@@ -20,7 +20,9 @@ import time
 from typing import TYPE_CHECKING, cast
 
 from qanat.errors import ChannelOpenFailed
+from qanat.gateway.failures import RecentFailures
 from qanat.logs import ContextLogger
+from qanat.net import tcpclose
 from qanat.net.splice import Splice
 from qanat.ops import metrics
 from qanat.wire.remotes import Remote
@@ -55,6 +57,7 @@ class Endpoint:
         self.connections_total = 0
         self.connections_failed = 0
         self.refused_sources = 0
+        self.recent_failures = RecentFailures()  # for the status page
         self.log = ContextLogger(_log, stage=stage.key, port=self.port)
 
     async def listen(self) -> None:
@@ -99,6 +102,7 @@ class Endpoint:
             "connections_failed": self.connections_failed,
             "refused_sources": self.refused_sources,
             "port": self.port,
+            "recent_failures": self.recent_failures.snapshot(),
         }
 
 
@@ -132,7 +136,8 @@ class AppConnection(asyncio.Protocol):
                     peer[0],
                     ep.refused_sources,
                 )
-            transport.abort()
+            ep.recent_failures.add("allowlist", str(peer[0]), "source not in the stage allowlist")
+            tcpclose.reset(transport)  # RST: the app can tell this from a failed channel
             return
         transport.pause_reading()
         ep.open_connections += 1
@@ -171,12 +176,11 @@ class AppConnection(asyncio.Protocol):
             return
         ep.connections_failed += 1
         ep.open_connections -= 1
-        ep.log.warning(
-            "app connection from %s failed: %s",
-            (transport.get_extra_info("peername") or ("?",))[0],
-            "; ".join(reasons) or "no connector serves this port",
-        )
-        transport.abort()
+        source = str((transport.get_extra_info("peername") or ("?",))[0])
+        reason = "; ".join(reasons) or "no connector serves this port"
+        ep.log.warning("app connection from %s failed: %s", source, reason)
+        ep.recent_failures.add("channel", source, reason)
+        tcpclose.close_after_refusal(transport)  # FIN: closed without data
 
     def _splice_done(self, splice: Splice) -> None:
         self.endpoint.open_connections -= 1
