@@ -232,3 +232,25 @@ def test_recent_failures_fold_repeats_and_stay_bounded() -> None:
     assert set(snapshot[0]) == {"at", "kind", "source", "reason", "count"}
     ring.add("channel", "x", "r" * 10_000)
     assert len(str(ring.snapshot()[-1]["reason"])) == 500
+
+
+async def test_grafana_dashboard_uses_only_exported_metrics(tmp_path: Path) -> None:
+    import json
+    import re
+
+    from qanat.ops.metrics import ConnectorMetrics, render
+
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum")}
+    exported: set[str] = set()
+    async with gateway_env(tmp_path) as env:
+        conn = Connector(env.options("R:20003:127.0.0.1:1"))
+        conn.stats.last_rtt_s = 0.001
+        conn.stats.connected_since = 1.0
+        for collector in (env.gateway.metrics.exposition, ConnectorMetrics(conn).exposition):
+            for family in text_string_to_metric_families(render(collector)[0].decode()):
+                exported.update(family.name + s for s in suffixes.get(family.type, ("",)))
+    dashboard = json.loads((Path(__file__).parents[2] / "docs/grafana-dashboard.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    used = {name for expr in exprs for name in re.findall(r"\bqanat_[a-z_]+", expr)}
+    assert used, "the dashboard queries qanat metrics"
+    assert used <= exported, sorted(used - exported)
