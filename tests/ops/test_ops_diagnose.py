@@ -377,3 +377,36 @@ def test_cli_json_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str])
             call(loop, endpoint_cm.__aexit__(None, None, None))
         finally:
             call(loop, manager.__aexit__(None, None, None))
+
+
+async def test_proxy_is_the_first_hop(tmp_path: Path) -> None:
+    remotes = tuple(decode_remotes([f"R:{free_port()}:127.0.0.1:1"]))
+    address = f"https://gateway.nonexistent.invalid/{new_address_id()}"
+    closed = ConnectOptions(
+        address=address, remotes=remotes, proxy=f"http://user:secret@127.0.0.1:{closed_port()}"
+    )
+    report = await diagnose(closed, FAST)
+    tcp = report.step("tcp")
+    assert tcp is not None
+    assert not tcp.ok
+    assert "the proxy" in tcp.fix
+    assert "secret" not in json.dumps(report.to_json())
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(100)
+
+    async with raw_server(silent) as port:
+        listening = ConnectOptions(address=address, remotes=remotes, proxy=f"127.0.0.1:{port}")
+        report = await diagnose(listening, FAST)
+    assert only_failure_of_chain(report, "proxy").detail.startswith("--proxy is not supported")
+    assert report.not_run == ["tls", "address", "upgrade", "token", "ssh", "config"]
+
+
+async def test_redirect_is_reported(tmp_path: Path) -> None:
+    async with gateway_env(tmp_path, redirect_url="https://node2.example.com") as env:
+        report = await diagnose(env.options(f"R:{free_port()}:127.0.0.1:1"), FAST)
+        address = report.step("address")
+        assert address is not None
+        assert address.ok
+        assert f"302 Found to https://node2.example.com/{env.stage.address_id}" in address.detail
+        assert "qanat connect" in address.detail

@@ -64,6 +64,7 @@ def _add_output_arguments(parser: argparse.ArgumentParser) -> None:
 def cmd_diagnose(args: argparse.Namespace) -> int:
     from qanat.connector.options import options_from_args, parse_duration
     from qanat.ops.diagnose import DiagnoseSettings, diagnose
+    from qanat.ops.endpoints import step_name
     from qanat.ops.report import HumanPrinter, print_json, use_colour
     from qanat.runtime import run
 
@@ -78,7 +79,8 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     )
     printer = None
     if not args.json:
-        printer = HumanPrinter(sys.stdout, use_colour(sys.stdout, args.color))
+        width = max([9, *(len(step_name(r)) for r in options.remotes)]) + 1
+        printer = HumanPrinter(sys.stdout, use_colour(sys.stdout, args.color), width)
         printer.header(f"qanat diagnose {options.address}")
     report = run(diagnose(options, settings, printer.step if printer else None))
     if printer is None:

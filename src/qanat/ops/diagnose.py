@@ -136,6 +136,14 @@ class Diagnosis:
         self.secure = parts.scheme in ("https", "wss")
         self.host = parts.hostname or ""
         self.port = parts.port or (443 if self.secure else 80)
+        # dns and tcp reach the first hop: the gateway, or the proxy with --proxy
+        # (only its host and port: the URL may carry credentials).
+        self.hop_host, self.hop_port, self.hop_what = self.host, self.port, "the gateway"
+        if options.proxy:
+            proxy = urlsplit(options.proxy if "://" in options.proxy else f"http://{options.proxy}")
+            default = 1080 if proxy.scheme.startswith("socks") else 3128
+            self.hop_host, self.hop_port = proxy.hostname or "", proxy.port or default
+            self.hop_what = "the proxy"
         self.path = parts.path or "/"
         self.client_id = new_client_id()
         self.url = tunnel_url(options.address, self.client_id, options)
@@ -153,8 +161,11 @@ class Diagnosis:
 
     @property
     def where(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
+        return _host_port(self.host, self.port)
+
+    @property
+    def hop(self) -> str:
+        return _host_port(self.hop_host, self.hop_port)
 
     def plan(self) -> list[tuple[str, Step]]:
         steps: list[tuple[str, Step]] = [("dns", self.dns), ("tcp", self.tcp)]
@@ -235,8 +246,8 @@ class Diagnosis:
             return explain.connect_timeout(self._peer_text(), timeout_s)
         hints = {
             "dns": (
-                f"resolving {host!r} took longer than {timeout_s:g}s (the DNS server did not "
-                "answer)",
+                f"resolving {self.hop_host!r} took longer than {timeout_s:g}s (the DNS server "
+                "did not answer)",
                 "check this host's resolver and that it reaches its DNS server",
             ),
             "tls": (
@@ -271,27 +282,29 @@ class Diagnosis:
 
     def _peer_text(self) -> str:
         if self.peer is None:
-            return self.where
+            return self.hop
         ip = str(self.peer[1][0])
-        return f"{self.host} ({ip}:{self.port})" if ip != self.host else self.where
+        if ip == self.hop_host:
+            return self.hop
+        return f"{self.hop_host} ({_host_port(ip, self.hop_port)})"
 
     # -- steps --------------------------------------------------------------------
 
     async def dns(self) -> str:
-        host = self.host
+        host = self.hop_host
         try:
             ipaddress.ip_address(host)
         except ValueError:
             pass
         else:
             family = socket.AF_INET6 if ":" in host else socket.AF_INET
-            self.addresses = [(family, (host, self.port))]
+            self.addresses = [(family, (host, self.hop_port))]
             return f"{host} is an IP address (no lookup)"
         loop = asyncio.get_running_loop()
         try:
-            infos = await loop.getaddrinfo(host, self.port, type=socket.SOCK_STREAM)
+            infos = await loop.getaddrinfo(host, self.hop_port, type=socket.SOCK_STREAM)
         except socket.gaierror as exc:
-            raise explain.resolve_failure(host, exc) from None
+            raise explain.resolve_failure(host, exc, what=self.hop_what) from None
         seen: list[str] = []
         for family, _, _, _, sockaddr in infos:
             if str(sockaddr[0]) not in seen:
@@ -305,7 +318,7 @@ class Diagnosis:
             start = time.perf_counter()
             try:
                 self.reader, self.writer = await asyncio.open_connection(
-                    str(sockaddr[0]), self.port, family=family, limit=MAX_HEAD_BYTES
+                    str(sockaddr[0]), self.hop_port, family=family, limit=MAX_HEAD_BYTES
                 )
             except OSError as exc:
                 errors.append(exc)
@@ -314,7 +327,7 @@ class Diagnosis:
             took = (time.perf_counter() - start) * 1e3
             skipped = f" ({len(errors)} other address(es) failed first)" if errors else ""
             return f"connected to {self._peer_text()} in {took:.1f} ms{skipped}"
-        raise explain.connect_failure(self.where, errors[-1]) from None
+        raise explain.connect_failure(self.hop, errors[-1], what=self.hop_what) from None
 
     async def tls(self) -> str:
         assert self.writer is not None
@@ -545,6 +558,10 @@ async def diagnose(
     report = Report("diagnose", options.address, on_step=on_step)
     await Diagnosis(options, settings or DiagnoseSettings(), report).run()
     return report
+
+
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _ms(started: float) -> float:

@@ -25,24 +25,31 @@ PROXY_HINT = "or, if this network reaches the internet only through a proxy, use
 # -- name resolution and TCP --------------------------------------------------------
 
 
-def resolve_failure(host: str, exc: socket.gaierror, *, private_side: bool = False) -> StepFailed:
+def resolve_failure(
+    host: str, exc: socket.gaierror, *, private_side: bool = False, what: str = "the gateway"
+) -> StepFailed:
     temporary = exc.errno in (socket.EAI_AGAIN, getattr(socket, "EAI_SYSTEM", -11))
-    what = exc.strerror or str(exc)
+    error = exc.strerror or str(exc)
     if temporary:
         return StepFailed(
-            f"cannot resolve {host!r}: {what} (the DNS server did not answer)",
+            f"cannot resolve {host!r}: {error} (the DNS server did not answer)",
             "check the resolver of this host (/etc/resolv.conf, systemd-resolved) and that it "
             "can reach its DNS server",
         )
     if private_side:
         return StepFailed(
-            f"cannot resolve {host!r} from this host: {what}; the connector resolves endpoint "
+            f"cannot resolve {host!r} from this host: {error}; the connector resolves endpoint "
             "names here, on the private side",
             f"use a name this host's DNS knows (check: getent hosts {host}) or the endpoint's IP "
             "address in the remote",
         )
+    if what == "the proxy":
+        return StepFailed(
+            f"cannot resolve the proxy {host!r}: {error}",
+            f"check the host name in --proxy and this host's DNS (getent hosts {host})",
+        )
     return StepFailed(
-        f"cannot resolve {host!r}: {what}",
+        f"cannot resolve {host!r}: {error}",
         f"check the host name in the address (copy it from the portal); check this host's DNS "
         f"(getent hosts {host}), {PROXY_HINT}",
     )
