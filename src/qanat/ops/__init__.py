@@ -16,7 +16,9 @@ prints the same as ``{"ok", "steps": [{name, ok, ms, detail, fix}], ...}``.
 Modules:
 
 - ``report``: step results, human (coloured on a terminal) and JSON output.
-- ``diagnose`` / ``probe``: the two commands; ``httphead`` the tiny HTTP
+- ``diagnose`` / ``probe``: the two commands; ``endpoints`` the private-side
+  endpoint checks; ``explain`` what each failure most likely means and the
+  fix (pure, all wording in one place); ``httphead`` the tiny HTTP
   response-head parser they share (pure).
 - ``metrics``: Prometheus. State is read at scrape time by collectors
   (gateway status, connector statistics); only true events (token failures,
