@@ -410,3 +410,23 @@ async def test_redirect_is_reported(tmp_path: Path) -> None:
         assert address.ok
         assert f"302 Found to https://node2.example.com/{env.stage.address_id}" in address.detail
         assert "qanat connect" in address.detail
+
+
+async def test_address_get_does_not_wait_on_a_kept_alive_connection() -> None:
+    async def keep_alive(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 204 No Content\r\nServer: nginx\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        await reader.read()  # and keep the connection open
+
+    async with raw_server(keep_alive) as port:
+        options = ConnectOptions(
+            address=f"http://127.0.0.1:{port}/{new_address_id()}",
+            remotes=tuple(decode_remotes([f"R:{free_port()}:127.0.0.1:1"])),
+        )
+        report = await diagnose(options, DiagnoseSettings(step_timeout_s=scaled(5.0)))
+    address = report.step("address")
+    assert address is not None
+    assert address.ok, address.detail
+    assert "204 No Content from nginx" in address.detail
+    assert address.ms < scaled(2.5) * 1e3, "well under the step timeout"

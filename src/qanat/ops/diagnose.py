@@ -58,6 +58,8 @@ Step = Callable[[], Awaitable[str]]
 #: Certificates expiring sooner than this are called out (the step still passes).
 CERT_WARN_DAYS = 14
 MAX_HEAD_BYTES = 64 * 1024
+#: How long the address GET waits for body bytes after the head.
+BODY_WAIT_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -370,8 +372,8 @@ class Diagnosis:
         writer.write(request.encode("latin-1"))
         try:
             head = await reader.readuntil(b"\r\n\r\n")
-            body = await reader.read(2048)
-            response = parse_response_head(head[:-4], body)
+            response = parse_response_head(head[:-4])
+            response = parse_response_head(head[:-4], await self._body_preview(reader, response))
         except asyncio.IncompleteReadError as exc:
             raise StepFailed(
                 "the connection closed without an HTTP answer"
@@ -393,6 +395,18 @@ class Diagnosis:
             writer.close()
             self.reader = self.writer = None
         return self._explain_address(response)
+
+    @staticmethod
+    async def _body_preview(reader: asyncio.StreamReader, head: ResponseHead) -> bytes:
+        """Up to 2 KiB of body, without waiting on a server that keeps the connection open."""
+        length = head.header("content-length")
+        wanted = min(int(length), 2048) if length.isdigit() else 2048
+        body = b""
+        with contextlib.suppress(TimeoutError, OSError):
+            async with asyncio.timeout(BODY_WAIT_S):
+                while len(body) < wanted and (chunk := await reader.read(wanted - len(body))):
+                    body += chunk
+        return body
 
     def _explain_address(self, response: ResponseHead) -> str:
         qanat = response.header("server").lower().startswith("qanat")
