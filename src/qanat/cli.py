@@ -31,6 +31,7 @@ def _host_port(text: str, what: str) -> tuple[str, int]:
 def _cmd_connect(args: argparse.Namespace) -> int:
     from qanat.connector.options import options_from_args
     from qanat.connector.runner import Connector
+    from qanat.ops.commands import connector_metrics
     from qanat.runtime import run
 
     options = options_from_args(args)
@@ -38,7 +39,9 @@ def _cmd_connect(args: argparse.Namespace) -> int:
         raise ConfigError("--proxy is not supported by this version yet; connect directly")
 
     async def main() -> int:
-        return await Connector(options).run()
+        connector = Connector(options)
+        async with connector_metrics(args.metrics, connector):
+            return await connector.run()
 
     return run(main())
 
@@ -59,6 +62,7 @@ def _cmd_gateway(args: argparse.Namespace) -> int:
     from qanat.connector.options import parse_duration
     from qanat.gateway.server import Gateway
     from qanat.gateway.stages import FileStageSource
+    from qanat.ops.commands import metrics_allow_from_args
     from qanat.runtime import run
 
     host, port = _host_port(args.listen, "--listen")
@@ -69,6 +73,7 @@ def _cmd_gateway(args: argparse.Namespace) -> int:
         listen_port=port,
         keepalive_s=parse_duration(args.keepalive, "--keepalive"),
         redirect_url=args.redirect,
+        metrics_allow_cidrs=metrics_allow_from_args(args),
     )
     source = FileStageSource(stage_file)
 
@@ -136,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
 
     from qanat.connector.options import add_connect_arguments
+    from qanat.ops import commands as ops_commands
 
     connect = sub.add_parser(
         "connect",
@@ -143,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Open an outbound tunnel to a stage's gateway and serve the given remotes.",
     )
     add_connect_arguments(connect)
+    ops_commands.add_connect_metrics_argument(connect)
     connect.set_defaults(func=_cmd_connect)
 
     gateway = sub.add_parser("gateway", help="run a standalone gateway (stages from a file)")
@@ -172,7 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gateway.add_argument("--ports", default="1024-65535", help="add-stage: allowed port range")
     gateway.add_argument("-v", "--verbose", action="count", default=0)
+    ops_commands.add_gateway_metrics_argument(gateway)
     gateway.set_defaults(func=_cmd_gateway)
+
+    ops_commands.add_commands(sub)  # diagnose, probe
     return parser
 
 

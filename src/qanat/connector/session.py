@@ -13,7 +13,9 @@ from urllib.parse import urlsplit, urlunsplit
 from qanat import __version__
 from qanat.connector.dialer import Dialer
 from qanat.connector.options import ConnectOptions
+from qanat.connector.refusals import LoggedDialer
 from qanat.errors import HandshakeError, TunnelError
+from qanat.logs import ContextLogger
 from qanat.net.splice import Splice
 from qanat.net.ssh import SshTunnel, connect_tunnel, same_fingerprint, send_config
 from qanat.net.websocket import client_handshake
@@ -63,7 +65,16 @@ class _Placeholder(asyncio.Protocol):
 class Session:
     """One attempt: connect, authenticate, declare remotes, serve until the end."""
 
-    def __init__(self, options: ConnectOptions, client_id: str, stats: Stats, url: str) -> None:
+    def __init__(
+        self,
+        options: ConnectOptions,
+        client_id: str,
+        stats: Stats,
+        url: str,
+        *,
+        logger: ContextLogger | None = None,
+    ) -> None:
+        self.log = logger or ContextLogger(log, connector=client_id)
         self.options = options
         self.client_id = client_id
         self.stats = stats
@@ -109,7 +120,8 @@ class Session:
 
         headers = [("User-Agent", f"qanat/{__version__}"), *opts.headers]
         user, _, password = opts.auth.partition(":")
-        dialer = Dialer(opts.dial_timeout_s, self._splice_started, self._splice_done)
+        dial = Dialer(opts.dial_timeout_s, self._splice_started, self._splice_done)
+        dialer = LoggedDialer(dial, self.log, self.stats)
 
         async def attach(upper: asyncio.Protocol) -> asyncio.BaseTransport:
             transport, _response = await client_handshake(
@@ -162,7 +174,7 @@ class Session:
             except TunnelError as exc:
                 self._end(f"keepalive failed: {exc}")
                 return
-            log.debug("keepalive round trip %.1fms", self.stats.last_rtt_s * 1e3)
+            self.log.debug("keepalive round trip %.1fms", self.stats.last_rtt_s * 1e3)
 
     def _end(self, reason: str) -> None:
         if not self.ended.done():

@@ -8,6 +8,7 @@ in size and time) and routes:
   or a 302 when a redirect is configured. With an upgrade it must ask for the
   ``chisel-v3`` subprotocol and present a valid ``token`` header, checked
   before the 101 answer; then the connection becomes a tunnel.
+- ``GET /metrics``, ``/healthz``, ``/readyz`` go to :mod:`qanat.ops.httpd`.
 - Anything else goes to the HTTP application when one is configured (the
   portal), otherwise gets 404.
 - Bytes that are not HTTP get a 400 and the connection is closed.
@@ -34,6 +35,7 @@ from qanat.gateway.stages import StageConfig, TokenVerdict, check_token
 from qanat.gateway.tunnel import ConnectorInfo, Tunnel
 from qanat.net.ssh import serve_tunnel
 from qanat.net.websocket import attach_server, http_response, new_server_protocol
+from qanat.ops import httpd, metrics
 from qanat.wire.handshake import SUBPROTOCOL, TOKEN_HEADER, parse_tunnel_query
 from qanat.wire.tokens import MAX_TOKEN_CHARS
 
@@ -127,6 +129,11 @@ class FrontDoor(asyncio.Protocol):
             self._route_done()
             self._tunnel_request(tunnel_path.group(1))
             return
+        if path in httpd.OPS_PATHS:  # operations paths, before the portal
+            self._route_done()
+            assert self.transport is not None
+            httpd.hand_over(self.gateway, self.transport, bytes(self.buffer))
+            return
         factory = self.gateway.http_fallback
         if factory is None:
             self._route_done()
@@ -196,6 +203,7 @@ class FrontDoor(asyncio.Protocol):
                 429, b"too many failed token attempts; retry later\n", headers={"Retry-After": "60"}
             )
             log.warning("%s: token attempts rate-limited", self.peer)
+            metrics.token_failure("rate_limited")
             return
         tokens = headers.get_all(TOKEN_HEADER)
         token = tokens[0] if len(tokens) == 1 else ""
@@ -254,10 +262,12 @@ class FrontDoor(asyncio.Protocol):
                 else b'token missing: send it as --header "token: <token>"\n'
             )
             status = 401
+        reason = verdict.value if had_token or verdict is not TokenVerdict.BAD else "missing"
+        metrics.token_failure(reason)
         log.warning(
             "%s: tunnel refused (%s) for %s",
             self.peer,
-            verdict.value if had_token or verdict is not TokenVerdict.BAD else "no token",
+            reason if reason != "missing" else "no token",
             stage.key if stage is not None and verdict is not TokenVerdict.BAD else "address",
         )
         self._respond(status, body)

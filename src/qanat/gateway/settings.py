@@ -9,6 +9,16 @@ from qanat.net.ssh import DEFAULT_WINDOW_BYTES
 from qanat.net.websocket import DEFAULT_MAX_FRAME_BYTES
 from qanat.wire.configmsg import MAX_REMOTES
 
+#: Loopback and private ranges: where a Prometheus server usually scrapes from.
+PRIVATE_CIDRS = (
+    "127.0.0.0/8",
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "::1/128",
+    "fc00::/7",
+)
+
 
 @dataclass(frozen=True, slots=True)
 class GatewaySettings:
@@ -31,6 +41,8 @@ class GatewaySettings:
         ssh_window_bytes: per-channel SSH receive window.
         redirect_url: when set, a plain GET of an address answers 302 to it
             (outsystemscc then tunnels there).
+        metrics_allow_cidrs: sources allowed to read ``/metrics`` on the
+            listener (it names stages and ports); health paths are open.
     """
 
     data_dir: Path
@@ -47,6 +59,7 @@ class GatewaySettings:
     max_remotes: int = MAX_REMOTES
     ssh_window_bytes: int = DEFAULT_WINDOW_BYTES
     redirect_url: str | None = None
+    metrics_allow_cidrs: tuple[str, ...] = PRIVATE_CIDRS
 
     @property
     def host_key_path(self) -> Path:

@@ -25,6 +25,7 @@ from qanat.errors import ProtocolError, TunnelError
 from qanat.logs import ContextLogger
 from qanat.net.splice import Splice
 from qanat.net.ssh import SshTunnel
+from qanat.ops import metrics
 from qanat.runtime import TaskOwner
 from qanat.wire.configmsg import decode_config
 from qanat.wire.remotes import Remote
@@ -171,6 +172,7 @@ class Tunnel:
                     settings.keepalive_timeout_s,
                 )
                 if self.missed_pings >= settings.keepalive_misses:
+                    metrics.dead_peer_removed(self.stage.key)
                     self.close(f"dead peer: {self.missed_pings} keepalives missed")
                     return
             except TunnelError:
@@ -230,4 +232,7 @@ class Tunnel:
             "open_connections": len(self.splices),
             "connections_total": self.channels_total,
             "connections_failed": self.channels_failed,
+            # Live traffic (closed channels plus the open ones so far).
+            "bytes_to_endpoint": self.bytes_up + sum(s.sent for s in self.splices),
+            "bytes_to_app": self.bytes_down + sum(s.received for s in self.splices),
         }
