@@ -31,12 +31,15 @@ def _host_port(text: str, what: str) -> tuple[str, int]:
 def _cmd_connect(args: argparse.Namespace) -> int:
     from qanat.connector.options import options_from_args
     from qanat.connector.runner import Connector
+    from qanat.ops.commands import connector_metrics
     from qanat.runtime import run
 
     options = options_from_args(args)
 
     async def main() -> int:
-        return await Connector(options).run()
+        connector = Connector(options)
+        async with connector_metrics(args.metrics, connector):
+            return await connector.run()
 
     return run(main())
 
@@ -57,6 +60,7 @@ def _cmd_gateway(args: argparse.Namespace) -> int:
     from qanat.connector.options import parse_duration
     from qanat.gateway.server import Gateway
     from qanat.gateway.stages import FileStageSource
+    from qanat.ops.commands import metrics_allow_from_args
     from qanat.runtime import run
 
     host, port = _host_port(args.listen, "--listen")
@@ -78,6 +82,7 @@ def _cmd_gateway(args: argparse.Namespace) -> int:
         tls_client_ca_path=Path(args.tls_client_ca) if args.tls_client_ca else None,
         udp_idle_timeout_s=udp_idle,
         udp_max_flows=args.udp_max_flows,
+        metrics_allow_cidrs=metrics_allow_from_args(args),
     )
     source = FileStageSource(stage_file)
 
@@ -194,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
 
     from qanat.connector.options import add_connect_arguments
+    from qanat.ops import commands as ops_commands
 
     connect = sub.add_parser(
         "connect",
@@ -201,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Open an outbound tunnel to a stage's gateway and serve the given remotes.",
     )
     add_connect_arguments(connect)
+    ops_commands.add_connect_metrics_argument(connect)
     connect.set_defaults(func=_cmd_connect)
 
     gateway = sub.add_parser("gateway", help="run a standalone gateway (stages from a file)")
@@ -254,7 +261,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gateway.add_argument("--ports", default="1024-65535", help="add-stage: allowed port range")
     gateway.add_argument("-v", "--verbose", action="count", default=0)
+    ops_commands.add_gateway_metrics_argument(gateway)
     gateway.set_defaults(func=_cmd_gateway)
+
+    ops_commands.add_commands(sub)  # diagnose, probe
     return parser
 
 

@@ -16,11 +16,21 @@ thing that went wrong and what to do about it::
     │   ├── ProxyError         the HTTP CONNECT or SOCKS5 proxy refused or failed
     │   ├── TlsError           the TLS handshake failed (certificate problems)
     │   └── RemotesRejected    the gateway refused the declared remotes
-    └── ChannelOpenFailed      one app connection could not be carried
+    ├── ChannelOpenFailed      one app connection could not be carried
+    ├── PortalError            a portal operation was refused
+    │   ├── NotFound           no such organisation, stage, user or API key
+    │   ├── Conflict           the request contradicts the current state
+    │   ├── Forbidden          authenticated, but the role does not allow it
+    │   ├── Unauthorized       no valid credentials (password, API key)
+    │   └── InvalidInput       a name, address or value that is malformed
+    └── StoreError             the database could not do what was asked
+        ├── DatabaseBusy       locked by another writer past the busy timeout
+        ├── DatabaseUnreachable  cannot connect or open the database
+        └── MigrationError     the schema could not be brought up to date
 
 Foreign exceptions (asyncssh, websockets, OSError) are translated at the
-adapter boundary in ``qanat.net`` so that the rest of the code only sees
-these.
+adapter boundary in ``qanat.net``, and database exceptions in ``qanat.store``,
+so that the rest of the code only sees these.
 """
 
 from __future__ import annotations
@@ -111,3 +121,43 @@ class ChannelOpenFailed(QanatError):
     def __init__(self, message: str, *, reason: str = "") -> None:
         super().__init__(message)
         self.reason = reason
+
+
+class PortalError(QanatError):
+    """A portal operation was refused; the message says why and what to do."""
+
+
+class NotFound(PortalError):
+    """The organisation, stage, user or API key named does not exist."""
+
+
+class Conflict(PortalError):
+    """The operation contradicts the current state (duplicate, inactive, ...)."""
+
+
+class Forbidden(PortalError):
+    """The actor is known but its role does not allow the operation."""
+
+
+class Unauthorized(PortalError):
+    """The credentials (password, API key) are missing, wrong, expired or revoked."""
+
+
+class InvalidInput(PortalError):
+    """A value given to the portal is malformed."""
+
+
+class StoreError(QanatError):
+    """The database failed; nothing of the operation was written."""
+
+
+class DatabaseBusy(StoreError):
+    """Another writer held the database lock longer than the busy timeout."""
+
+
+class DatabaseUnreachable(StoreError):
+    """The database cannot be opened or connected to."""
+
+
+class MigrationError(StoreError):
+    """The schema could not be upgraded; the database is left as it was."""

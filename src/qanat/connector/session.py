@@ -13,9 +13,11 @@ from qanat import __version__
 from qanat.connector.dialer import Dialer
 from qanat.connector.egress import Egress, endpoint_of
 from qanat.connector.options import ConnectOptions
+from qanat.connector.refusals import LoggedDialer
 from qanat.connector.resolve import resolve_address
 from qanat.connector.udp import UdpLimits
 from qanat.errors import HandshakeError, TlsError, TunnelError
+from qanat.logs import ContextLogger
 from qanat.net.proxy import ProxySpec
 from qanat.net.splice import Splice
 from qanat.net.ssh import SshTunnel, connect_tunnel, same_fingerprint, send_config
@@ -61,8 +63,15 @@ class Session:
     """One attempt: connect, authenticate, declare remotes, serve until the end."""
 
     def __init__(
-        self, options: ConnectOptions, client_id: str, stats: Stats, egress: Egress
+        self,
+        options: ConnectOptions,
+        client_id: str,
+        stats: Stats,
+        egress: Egress,
+        *,
+        logger: ContextLogger | None = None,
     ) -> None:
+        self.log = logger or ContextLogger(log, connector=client_id)
         self.options = options
         self.client_id = client_id
         self.stats = stats
@@ -85,7 +94,7 @@ class Session:
         opts = self.options
         base = await resolve_address(opts.address, self.egress, timeout_s=opts.connect_timeout_s)
         if base != opts.address:
-            log.info("address %s redirects to %s", opts.address, base)
+            self.log.info("address %s redirects to %s", opts.address, base)
         start = time.perf_counter()
         self.url = tunnel_url(base, self.client_id, opts)
         self.proxy = self.egress.proxy_for(self.url)
@@ -94,13 +103,14 @@ class Session:
 
         headers = [("User-Agent", f"qanat/{__version__}"), *opts.headers]
         user, _, password = opts.auth.partition(":")
-        dialer = Dialer(
+        dial = Dialer(
             opts.dial_timeout_s,
             self._splice_started,
             self._splice_done,
             udp=UdpLimits(opts.udp_idle_timeout_s, opts.udp_max_flows),
         )
-        self.dialer = dialer
+        self.dialer = dial
+        dialer = LoggedDialer(dial, self.log, self.stats)
 
         async def attach(upper: asyncio.Protocol) -> asyncio.BaseTransport:
             transport, _response = await client_handshake(
@@ -170,7 +180,7 @@ class Session:
             except TunnelError as exc:
                 self._end(f"keepalive failed: {exc}")
                 return
-            log.debug("keepalive round trip %.1fms", self.stats.last_rtt_s * 1e3)
+            self.log.debug("keepalive round trip %.1fms", self.stats.last_rtt_s * 1e3)
 
     def _end(self, reason: str) -> None:
         if not self.ended.done():

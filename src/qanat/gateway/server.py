@@ -14,6 +14,8 @@ from qanat.gateway.settings import GatewaySettings
 from qanat.gateway.stages import StageEvent, StageEventKind, StageSource
 from qanat.gateway.tunnel import Tunnel, TunnelState
 from qanat.net.ssh import HostKey
+from qanat.ops.health import gateway_health
+from qanat.ops.metrics import GatewayMetrics
 from qanat.runtime import TaskOwner
 from qanat.tls import reload_certificate, server_context
 
@@ -46,6 +48,9 @@ class Gateway:
         self.tasks = TaskOwner("gateway")
         self.auth_limiter = FailureLimiter()
         self.server: asyncio.Server | None = None
+        # Operability (qanat.ops): scrape-time metrics and readiness checks.
+        self.metrics = GatewayMetrics(self)
+        self.health = gateway_health(self)
 
     @property
     def address(self) -> tuple[str, int]:
@@ -111,6 +116,7 @@ class Gateway:
 
     def tunnel_closed(self, tunnel: Tunnel) -> None:
         self.tunnels.pop(tunnel.id, None)
+        self.metrics.tunnel_closed(tunnel)
 
     def _on_stage_event(self, event: StageEvent) -> None:
         stage = event.stage

@@ -10,6 +10,16 @@ from qanat.net.websocket import DEFAULT_MAX_FRAME_BYTES
 from qanat.wire.configmsg import MAX_REMOTES
 from qanat.wire.gob import MAX_PAYLOAD_BYTES
 
+#: Loopback and private ranges: where a Prometheus server usually scrapes from.
+PRIVATE_CIDRS = (
+    "127.0.0.0/8",
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "::1/128",
+    "fc00::/7",
+)
+
 
 @dataclass(frozen=True, slots=True)
 class GatewaySettings:
@@ -43,6 +53,8 @@ class GatewaySettings:
         udp_max_pending: datagrams held per UDP channel while it opens.
         udp_reopen_delay_s: after a connector refused a UDP channel, how
             long before it is asked again.
+        metrics_allow_cidrs: sources allowed to read ``/metrics`` on the
+            listener (it names stages and ports); health paths are open.
     """
 
     data_dir: Path
@@ -67,6 +79,7 @@ class GatewaySettings:
     udp_max_payload_bytes: int = MAX_PAYLOAD_BYTES
     udp_max_pending: int = 64
     udp_reopen_delay_s: float = 1.0
+    metrics_allow_cidrs: tuple[str, ...] = PRIVATE_CIDRS
 
     @property
     def host_key_path(self) -> Path:

@@ -26,6 +26,7 @@ from qanat.gateway.udp import bind_remotes
 from qanat.logs import ContextLogger
 from qanat.net.splice import Splice
 from qanat.net.ssh import SshTunnel
+from qanat.ops import metrics
 from qanat.runtime import TaskOwner
 from qanat.wire.configmsg import decode_config
 from qanat.wire.remotes import Remote
@@ -94,6 +95,11 @@ class Tunnel:
             return str(exc)
         self.version = message.version
         error = await bind_remotes(self.gateway.ports, self, remotes)  # TCP, then UDP
+        if error is None and self.state is not TunnelState.SETUP:
+            # Closed while the listeners were being created: _closed() has
+            # already unbound, so undo this bind or the ports stay open.
+            self.gateway.ports.unbind(self)
+            return f"tunnel closed during setup: {self.close_reason or 'connector left'}"
         if error is not None:
             self.log.warning("refused remotes: %s", error)
             return error
@@ -168,6 +174,7 @@ class Tunnel:
                     settings.keepalive_timeout_s,
                 )
                 if self.missed_pings >= settings.keepalive_misses:
+                    metrics.dead_peer_removed(self.stage.key)
                     self.close(f"dead peer: {self.missed_pings} keepalives missed")
                     return
             except TunnelError:
@@ -192,7 +199,9 @@ class Tunnel:
             splice.close()
         self.splices.clear()
         self.gateway.tunnel_closed(self)
-        self.gateway.tasks.spawn(self.tasks.close(), name=f"reap-tunnel-{self.id}")
+        # Cancel now: a reaper task spawned on the gateway would itself be
+        # cancelled unstarted when the gateway is closing.
+        self.tasks.cancel()
         if was_active:
             self.log.info("tunnel closed: %s", reason)
         else:
@@ -225,4 +234,7 @@ class Tunnel:
             "open_connections": len(self.splices),
             "connections_total": self.channels_total,
             "connections_failed": self.channels_failed,
+            # Live traffic (closed channels plus the open ones so far).
+            "bytes_to_endpoint": self.bytes_up + sum(s.sent for s in self.splices),
+            "bytes_to_app": self.bytes_down + sum(s.received for s in self.splices),
         }
