@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import Certs, ProxyServer, TinyProxy
+from corpfixtures import Certs, ProxyServer, TinyProxy
 from corpnet import (
     Stage,
     active_tunnels,

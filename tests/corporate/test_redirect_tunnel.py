@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import Certs
+from corpfixtures import Certs
 from corpnet import (
     Stage,
     active_tunnels,

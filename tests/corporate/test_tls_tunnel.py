@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import trustme
-from conftest import Certs
+from corpfixtures import Certs
 from corpnet import (
     Stage,
     active_tunnels,
