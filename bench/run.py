@@ -46,6 +46,7 @@ import loadgen
 import paths
 import report
 import wslib
+from hostload import HostLoad
 from loadgen import BulkPlan, PhaseTimeout
 from procs import ProcessSet
 
@@ -55,6 +56,8 @@ SECTIONS = ("direct", "ssh", "qanat", "wslib")
 #: Pause before reading RSS, so closed connections are reaped and counts settle.
 SETTLE_S = 0.5
 MiB = 1 << 20
+#: Share of the machine's CPU used by other processes above which we warn.
+NOISY_PERCENT = 5
 
 
 class BenchTimeout(BaseException):
@@ -108,36 +111,57 @@ def guarded(name: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
 
 
 def measure_idle(path: paths.Path, plan: Plan) -> dict[str, Any]:
-    """RSS growth of the gateway (and connector) per idle open connection."""
-    assert path.server is not None
-    assert path.client is not None
+    """RSS growth of the gateway (and connector) per idle open connection.
+
+    Runs first on a fresh tunnel: after the other phases, memory freed by
+    their connections sits in the allocator and would be reused here, hiding
+    the real cost. RSS is also read at the halfway point, so the JSON shows
+    whether growth is linear (the second half's slope) or a one-off.
+    """
+    server, client = path.server, path.client
+    assert server is not None
+    assert client is not None
+    half = plan.idle_count // 2
     time.sleep(SETTLE_S)
-    server0, client0 = path.server.rss_bytes(), path.client.rss_bytes()
+    rss0 = (server.rss_bytes(), client.rss_bytes())
     socks: list[Any] = []
     try:
-        loadgen.open_idle(path.host, path.echo_port, plan.idle_count, plan.idle_limit_s, socks)
+        loadgen.open_idle(path.host, path.echo_port, half, plan.idle_limit_s, socks)
         time.sleep(SETTLE_S)
-        server1, client1 = path.server.rss_bytes(), path.client.rss_bytes()
-        if not (path.server.alive() and path.client.alive()):
+        rss_half = (server.rss_bytes(), client.rss_bytes())
+        loadgen.open_idle(
+            path.host, path.echo_port, plan.idle_count - half, plan.idle_limit_s, socks
+        )
+        time.sleep(SETTLE_S)
+        rss1 = (server.rss_bytes(), client.rss_bytes())
+        if not (server.alive() and client.alive()):
             raise RuntimeError("a tunnel process died while connections were open")
     finally:
         for sock in socks:
             sock.close()
     n = len(socks)
+    second = n - half
     return {
         "connections": n,
-        "server_rss_before_bytes": server0,
-        "server_rss_after_bytes": server1,
-        "client_rss_before_bytes": client0,
-        "client_rss_after_bytes": client1,
-        "server_KiB_per_conn": (server1 - server0) / n / 1024,
-        "client_KiB_per_conn": (client1 - client0) / n / 1024,
+        "server_rss_bytes": [rss0[0], rss_half[0], rss1[0]],
+        "client_rss_bytes": [rss0[1], rss_half[1], rss1[1]],
+        "server_KiB_per_conn": (rss1[0] - rss0[0]) / n / 1024,
+        "client_KiB_per_conn": (rss1[1] - rss0[1]) / n / 1024,
+        "server_KiB_per_conn_second_half": (rss1[0] - rss_half[0]) / second / 1024,
+        "client_KiB_per_conn_second_half": (rss1[1] - rss_half[1]) / second / 1024,
     }
 
 
 def measure_path(path: paths.Path, plan: Plan) -> dict[str, Any]:
     res: dict[str, Any] = {"status": "ok", "label": path.label, "short": path.name}
     host = path.host
+    if path.server is not None:
+        res["idle"] = guarded(f"{path.name} idle", lambda: measure_idle(path, plan))
+        if "server_KiB_per_conn" in res["idle"]:
+            progress(
+                f"  {path.name}: {res['idle']['connections']} idle connections, gateway "
+                f"{res['idle']['server_KiB_per_conn']:.1f} KiB/conn"
+            )
     res["bulk"] = guarded(
         f"{path.name} bulk", lambda: loadgen.measure_bulk(host, path.sink_port, plan.bulk)
     )
@@ -167,13 +191,6 @@ def measure_path(path: paths.Path, plan: Plan) -> dict[str, Any]:
     )
     if "p50_us" in res["connect"]:
         progress(f"  {path.name}: connect + round trip p50 {res['connect']['p50_us']:.0f} us")
-    if path.server is not None:
-        res["idle"] = guarded(f"{path.name} idle", lambda: measure_idle(path, plan))
-        if "server_KiB_per_conn" in res["idle"]:
-            progress(
-                f"  {path.name}: {res['idle']['connections']} idle connections, gateway "
-                f"{res['idle']['server_KiB_per_conn']:.1f} KiB/conn"
-            )
     return res
 
 
@@ -294,33 +311,35 @@ def main(argv: list[str] | None = None) -> int:
     }
     procs = ProcessSet()
     workdir = FsPath(tempfile.mkdtemp(prefix="qanat-bench-"))
-    signal.alarm(plan.watchdog_s)
     wanted = [s for s in ("direct", "ssh", "qanat") if s in args.only]
-    try:
-        if wanted:
-            endpoints = start_endpoints(procs)
-            setups: dict[str, Callable[[], AbstractContextManager[paths.Path]]] = {
-                "direct": lambda: paths.direct(endpoints),
-                "ssh": lambda: paths.openssh(procs, endpoints, workdir),
-                "qanat": lambda: paths.qanat(procs, endpoints, workdir, args.qanat_bin),
-            }
+    signal.alarm(plan.watchdog_s)
+    with HostLoad() as load:
+        try:
+            if wanted:
+                endpoints = start_endpoints(procs)
+                setups: dict[str, Callable[[], AbstractContextManager[paths.Path]]] = {
+                    "direct": lambda: paths.direct(endpoints),
+                    "ssh": lambda: paths.openssh(procs, endpoints, workdir),
+                    "qanat": lambda: paths.qanat(procs, endpoints, workdir, args.qanat_bin),
+                }
+                for name in wanted:
+                    results["paths"][name] = run_path(name, setups[name], plan)
+                procs.stop_all()
+            if "wslib" in args.only:
+                progress("wslib: websockets (sans-IO) vs aiohttp")
+                results["wslib"] = wslib.run(procs, plan.ws)
+        except BenchTimeout as exc:
+            results["aborted"] = str(exc)
+            progress(f"aborted: {exc}")
             for name in wanted:
-                results["paths"][name] = run_path(name, setups[name], plan)
+                results["paths"].setdefault(
+                    name, {"status": "aborted", "reason": str(exc), "short": name}
+                )
+        finally:
+            signal.alarm(0)
             procs.stop_all()
-        if "wslib" in args.only:
-            progress("wslib: websockets (sans-IO) vs aiohttp")
-            results["wslib"] = wslib.run(procs, plan.ws)
-    except BenchTimeout as exc:
-        results["aborted"] = str(exc)
-        progress(f"aborted: {exc}")
-        for name in wanted:
-            results["paths"].setdefault(
-                name, {"status": "aborted", "reason": str(exc), "short": name}
-            )
-    finally:
-        signal.alarm(0)
-        procs.stop_all()
-        shutil.rmtree(workdir, ignore_errors=True)
+            shutil.rmtree(workdir, ignore_errors=True)
+    results["host_load"] = load.result()
     results["duration_s"] = round(time.monotonic() - started, 1)
 
     report.evaluate(results["paths"])
@@ -339,6 +358,15 @@ def main(argv: list[str] | None = None) -> int:
     print()
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    others = results["host_load"]["others_percent_of_machine"]
+    print(
+        f"other processes on this machine used {others:.0f}% of its CPU during the run"
+        + (
+            f": over {NOISY_PERCENT}%, figures are lower than on a quiet machine"
+            if others > NOISY_PERCENT
+            else ""
+        )
+    )
     if "aborted" in results:
         print(f"ABORTED: {results['aborted']} (after {results['duration_s']:.0f} s)")
     print(f"results: {_display(args.json)} ({results['duration_s']:.0f} s)")
