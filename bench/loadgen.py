@@ -138,6 +138,7 @@ def measure_bulk(host: str, port: int, plan: BulkPlan) -> dict[str, float | int]
         size / bulk_once(host, port, size, plan.limit_s, payload) for _ in range(plan.reps)
     )
     return {
+        "bytes_total": plan.warmup_bytes + size * plan.reps,
         "bytes_per_transfer": size,
         "transfers": plan.reps,
         "MBps_median": rates[len(rates) // 2] / 1e6,

@@ -97,15 +97,26 @@ class Child:
     def alive(self) -> bool:
         return self.popen.poll() is None
 
-    def rss_bytes(self) -> int:
-        """Resident memory of the process and all its descendants."""
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the process and its live descendants."""
+        total = 0.0
+        for proc in self._tree():
+            with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+                times = proc.cpu_times()
+                total += times.user + times.system
+        return total
+
+    def _tree(self) -> list[psutil.Process]:
         try:
             root = psutil.Process(self.pid)
-            procs = [root, *root.children(recursive=True)]
+            return [root, *root.children(recursive=True)]
         except psutil.NoSuchProcess:
-            return 0
+            return []
+
+    def rss_bytes(self) -> int:
+        """Resident memory of the process and all its descendants."""
         total = 0
-        for proc in procs:
+        for proc in self._tree():
             with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
                 total += proc.memory_info().rss
         return total

@@ -172,6 +172,25 @@ def render(results: dict[str, Any]) -> str:
             for n in names
         ],
     )
+    for label, phase, unit in (
+        ("gateway / connector CPU per MiB, us", "bulk", "MiB"),
+        ("gateway / connector CPU per round trip, us", "rtt", "rt"),
+    ):
+        row(
+            label,
+            "",
+            [
+                "-"
+                if n == "direct"
+                else _cell(
+                    paths[n],
+                    phase,
+                    f"{_num(_get(paths[n], phase, f'server_cpu_us_per_{unit}'))} / "
+                    f"{_num(_get(paths[n], phase, f'client_cpu_us_per_{unit}'))}",
+                )
+                for n in names
+            ],
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))

@@ -152,6 +152,23 @@ def measure_idle(path: paths.Path, plan: Plan) -> dict[str, Any]:
     }
 
 
+class CpuMeter:
+    """CPU time the tunnel's two ends spend on a phase, per unit of work:
+    it tells whether the gateway or the connector is the bottleneck."""
+
+    def __init__(self, path: paths.Path) -> None:
+        self.ends = {"server": path.server, "client": path.client}
+        self.start = {k: c.cpu_seconds() for k, c in self.ends.items() if c is not None}
+
+    def attribute(self, phase: dict[str, Any], unit: str, units: float) -> None:
+        if "error" in phase or units <= 0:
+            return
+        for end, child in self.ends.items():
+            if child is not None:
+                used = child.cpu_seconds() - self.start[end]
+                phase[f"{end}_cpu_us_per_{unit}"] = used / units * 1e6
+
+
 def measure_path(path: paths.Path, plan: Plan) -> dict[str, Any]:
     res: dict[str, Any] = {"status": "ok", "label": path.label, "short": path.name}
     host = path.host
@@ -162,15 +179,18 @@ def measure_path(path: paths.Path, plan: Plan) -> dict[str, Any]:
                 f"  {path.name}: {res['idle']['connections']} idle connections, gateway "
                 f"{res['idle']['server_KiB_per_conn']:.1f} KiB/conn"
             )
+    cpu = CpuMeter(path)
     res["bulk"] = guarded(
         f"{path.name} bulk", lambda: loadgen.measure_bulk(host, path.sink_port, plan.bulk)
     )
+    cpu.attribute(res["bulk"], "MiB", res["bulk"].get("bytes_total", 0) / MiB)
     if "MBps_median" in res["bulk"]:
         b = res["bulk"]
         progress(
             f"  {path.name}: one stream {b['MBps_median']:.0f} MB/s "
             f"({b['transfers']} x {b['bytes_per_transfer'] // MiB} MiB)"
         )
+    cpu = CpuMeter(path)
     res["rtt"] = guarded(
         f"{path.name} rtt",
         lambda: loadgen.summarize_ns(
@@ -179,6 +199,7 @@ def measure_path(path: paths.Path, plan: Plan) -> dict[str, Any]:
             )
         ),
     )
+    cpu.attribute(res["rtt"], "rt", plan.rtt_count + plan.rtt_warmup)
     if "p50_us" in res["rtt"]:
         progress(f"  {path.name}: round trip p50 {res['rtt']['p50_us']:.0f} us")
     res["connect"] = guarded(
