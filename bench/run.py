@@ -267,7 +267,7 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "openssh": paths.openssh_version(),
         "packages": {p: ver(p) for p in ("uvloop", "websockets", "aiohttp", "asyncssh", "psutil")},
-        "qanat_commit": commit or "unknown",
+        "bench_commit": commit or "unknown",
     }
 
 
@@ -330,6 +330,8 @@ def main(argv: list[str] | None = None) -> int:
         "targets": [asdict(t) for t in report.TARGETS],
         "paths": {},
     }
+    if "qanat" in args.only:
+        results["qanat_bin"] = args.qanat_bin or "the venv's qanat"
     procs = ProcessSet()
     workdir = FsPath(tempfile.mkdtemp(prefix="qanat-bench-"))
     wanted = [s for s in ("direct", "ssh", "qanat") if s in args.only]
