@@ -12,6 +12,11 @@ in size and time) and routes:
   portal), otherwise gets 404.
 - Bytes that are not HTTP get a 400 and the connection is closed.
 
+After the token check, a connector that opens tunnels in a tight loop is
+answered 429 with Retry-After (see qanat.gateway.flapping). The 101 answer
+carries ``X-Qanat-Features`` so a qanat connector knows it may use qanat's
+extras (draining); stock clients ignore the header.
+
 Token failures never say whether the address exists: an unknown address and
 a wrong token get the same 401. Only a *valid* token learns that its stage is
 inactive or that it was renewed.
@@ -20,6 +25,7 @@ inactive or that it was renewed.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import re
@@ -34,7 +40,15 @@ from qanat.gateway.stages import StageConfig, TokenVerdict, check_token
 from qanat.gateway.tunnel import ConnectorInfo, Tunnel
 from qanat.net.ssh import serve_tunnel
 from qanat.net.websocket import attach_server, http_response, new_server_protocol
-from qanat.wire.handshake import SUBPROTOCOL, TOKEN_HEADER, parse_tunnel_query
+from qanat.wire.handshake import (
+    FEATURE_DRAIN,
+    FEATURES_HEADER,
+    IDENTITY_HEADER,
+    SUBPROTOCOL,
+    TOKEN_HEADER,
+    parse_tunnel_query,
+    valid_connector_id,
+)
 from qanat.wire.tokens import MAX_TOKEN_CHARS
 
 if TYPE_CHECKING:
@@ -46,6 +60,12 @@ _REQUEST_LINE = re.compile(rb"([A-Z]{3,10}) (\S{1,8192}) HTTP/1\.[01]\r?\Z")
 _TUNNEL_PATH = re.compile(r"/(sg_[0-9a-f-]{36})/?\Z")
 
 HttpFallback = Callable[[], asyncio.Protocol]
+
+
+def _short(ports: tuple[str, ...]) -> str:
+    """The declared ports as a bounded key (a hash when the list is long)."""
+    text = ",".join(ports)
+    return text if len(text) <= 64 else hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 class FrontDoor(asyncio.Protocol):
@@ -182,11 +202,42 @@ class FrontDoor(asyncio.Protocol):
 
         assert stage is not None
         client_id, ports = parse_tunnel_query(request.path.partition("?")[2])
+        identities = headers.get_all(IDENTITY_HEADER)
+        identity = identities[0].strip() if identities else ""
+        if len(identities) > 1 or (identities and not valid_connector_id(identity)):
+            self._respond(
+                400,
+                f"{IDENTITY_HEADER} must be given once, 1-64 characters of "
+                "A-Z a-z 0-9 . _ : @ -\n".encode(),
+            )
+            log.info("%s: malformed %s; answered 400", self.peer, IDENTITY_HEADER)
+            return
+        flap_key = f"{stage.key}/" + (identity or f"{source_ip} ports={_short(ports)}")
+        now = time.monotonic()
+        flap = gateway.flaps.check(flap_key, now)
+        if not flap.allowed:
+            self._respond(
+                429,
+                b"this connector reconnects too often; retry after the time in Retry-After\n",
+                headers={"Retry-After": flap.retry_after_header},
+            )
+            if flap.refused == 1 or flap.refused % 100 == 0:
+                log.warning(
+                    "%s: connector %s backed off (flapping, strike %d): upgrade answered 429, "
+                    "retry after %ss (%d refused in this back-off)",
+                    self.peer,
+                    identity or f"from {source_ip}",
+                    flap.strike,
+                    flap.retry_after_header,
+                    flap.refused,
+                )
+            return
         info = ConnectorInfo(
             client_id=client_id,
             peer=self.peer,
             user_agent=headers.get("User-Agent", "")[:200],
             ports=ports,
+            identity=identity,
         )
         response = ws.accept(request)
         if response.status_code != 101:
@@ -195,6 +246,19 @@ class FrontDoor(asyncio.Protocol):
                 self.transport.write(chunk)
             self.transport.close()
             return
+        response.headers[FEATURES_HEADER] = FEATURE_DRAIN
+        strike = gateway.flaps.connected(flap_key, now, source_ip)
+        if not strike.allowed:
+            log.warning(
+                "%s: connector %s is flapping: more than %d tunnels within %gs; its next "
+                "upgrades are answered 429 for %ss (strike %d)",
+                self.peer,
+                identity or f"from {source_ip} (ports {','.join(ports) or '-'})",
+                gateway.flaps.max_connects,
+                gateway.flaps.window_s,
+                strike.retry_after_header,
+                strike.strike,
+            )
         ws.send_response(response)
         for chunk in ws.data_to_send():
             self.transport.write(chunk)
