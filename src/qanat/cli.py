@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import signal
 import sys
@@ -63,13 +64,39 @@ def _cmd_gateway(args: argparse.Namespace) -> int:
 
     host, port = _host_port(args.listen, "--listen")
     stage_file = Path(args.stage_file) if args.stage_file else data_dir / "stages.toml"
+
+    def positive(text: str, flag: str) -> float:
+        value = parse_duration(text, flag)
+        if value <= 0:
+            raise ConfigError(f"{flag} must be more than 0s")
+        return value
+
+    def count(value: int, flag: str) -> int:
+        if value < 1:
+            raise ConfigError(f"{flag} must be at least 1")
+        return value
+
     settings = GatewaySettings(
         data_dir=data_dir,
         listen_host=host,
         listen_port=port,
         keepalive_s=parse_duration(args.keepalive, "--keepalive"),
+        keepalive_timeout_s=positive(args.keepalive_timeout, "--keepalive-timeout"),
+        keepalive_misses=count(args.keepalive_misses, "--keepalive-misses"),
+        channel_open_timeout_s=positive(args.channel_open_timeout, "--channel-open-timeout"),
+        channel_stall_s=positive(args.channel_stall, "--channel-stall"),
+        balance=args.balance.replace("-", "_"),
+        allow_target_mismatch=args.allow_target_mismatch,
+        failure_threshold=count(args.failure_threshold, "--failure-threshold"),
+        cooldown_s=positive(args.cooldown, "--cooldown"),
+        flap_connects=count(args.flap_connects, "--flap-connects"),
+        flap_window_s=positive(args.flap_window, "--flap-window"),
+        flap_backoff_s=positive(args.flap_backoff, "--flap-backoff"),
+        flap_backoff_max_s=positive(args.flap_backoff_max, "--flap-backoff-max"),
         redirect_url=args.redirect,
     )
+    if settings.keepalive_s and settings.keepalive_timeout_s > settings.keepalive_s:
+        raise ConfigError("--keepalive-timeout must not be longer than --keepalive")
     source = FileStageSource(stage_file)
 
     async def main() -> int:
@@ -79,6 +106,16 @@ def _cmd_gateway(args: argparse.Namespace) -> int:
         log.info("qanat gateway %s listening on http://%s:%d", __version__, bound_host, bound_port)
         log.info("host key fingerprint %s", gateway.host_key.fingerprint)
         log.info("%d stage(s) from %s", len(source.stages()), stage_file)
+        if settings.keepalive_s > 0:
+            log.info(
+                "keepalive every %gs, %gs timeout, %d misses: silent connectors leave their "
+                "pools within %gs; balance %s",
+                settings.keepalive_s,
+                settings.ping_timeout_s,
+                settings.keepalive_misses,
+                settings.dead_peer_bound_s,
+                settings.balance,
+            )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -92,6 +129,9 @@ def _cmd_gateway(args: argparse.Namespace) -> int:
                 log.error("reload failed, keeping the current stages: %s", exc)
 
         loop.add_signal_handler(signal.SIGHUP, reload)
+        loop.add_signal_handler(
+            signal.SIGUSR2, lambda: log.info("status %s", json.dumps(gateway.status()))
+        )
         await stop.wait()
         log.info("shutting down")
         await gateway.close()
@@ -161,8 +201,64 @@ def build_parser() -> argparse.ArgumentParser:
         "--stage-file", default=None, help="TOML stage file (default DATA_DIR/stages.toml)"
     )
     gateway.add_argument(
-        "--keepalive", default="25s", help="ping interval to connectors (0s disables)"
+        "--keepalive", default="25s", help="ping interval to connectors (default 25s, 0s disables)"
     )
+    gateway.add_argument(
+        "--keepalive-timeout", default="5s", help="how long a ping may take (default 5s)"
+    )
+    gateway.add_argument(
+        "--keepalive-misses",
+        type=int,
+        default=3,
+        help="missed pings in a row that close a tunnel (default 3)",
+    )
+    gateway.add_argument(
+        "--channel-open-timeout",
+        default="5s",
+        help="how long one connector may take to open a channel before the next is "
+        "tried (default 5s)",
+    )
+    gateway.add_argument(
+        "--channel-stall",
+        default="1s",
+        help="a connector with an open pending this long gets new connections only when "
+        "no other can (default 1s)",
+    )
+    gateway.add_argument(
+        "--balance",
+        choices=["round-robin", "least-connections", "round_robin", "least_connections"],
+        default="round-robin",
+        help="how app connections are spread over the connectors of a port",
+    )
+    gateway.add_argument(
+        "--allow-target-mismatch",
+        action="store_true",
+        help="let connectors serve one port with different targets (refused by default)",
+    )
+    gateway.add_argument(
+        "--failure-threshold",
+        type=int,
+        default=3,
+        help="failed channel opens in a row that take a connector out of a port's "
+        "rotation (default 3)",
+    )
+    gateway.add_argument(
+        "--cooldown",
+        default="5s",
+        help="how long it stays out before one connection tries it again (default 5s)",
+    )
+    gateway.add_argument(
+        "--flap-connects",
+        type=int,
+        default=10,
+        help="tunnels one connector may open within --flap-window before it is backed "
+        "off with 429 (default 10)",
+    )
+    gateway.add_argument("--flap-window", default="60s", help="(default 60s)")
+    gateway.add_argument(
+        "--flap-backoff", default="10s", help="first back-off, doubled on repeats (default 10s)"
+    )
+    gateway.add_argument("--flap-backoff-max", default="5m", help="longest back-off (default 5m)")
     gateway.add_argument(
         "--redirect", default=None, help="answer address GETs with 302 to this base URL"
     )

@@ -62,12 +62,16 @@ class HandshakeError(TunnelError):
     Attributes:
         status: HTTP status of the refusal, or 0 when there was no response.
         body: the (short) response body the gateway sent, if any.
+        retry_after_s: the gateway's Retry-After (seconds), if it sent one.
     """
 
-    def __init__(self, message: str, *, status: int = 0, body: str = "") -> None:
+    def __init__(
+        self, message: str, *, status: int = 0, body: str = "", retry_after_s: float | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.body = body
+        self.retry_after_s = retry_after_s
 
 
 class AuthError(HandshakeError):
