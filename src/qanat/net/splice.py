@@ -47,6 +47,7 @@ class Splice:
         "chan",
         "chan_end",
         "early",
+        "held",
         "owner",
         "received",
         "sent",
@@ -69,6 +70,11 @@ class Splice:
         # before the pause takes effect; it is kept here, and reading is
         # paused right after it, so this holds at most one read.
         self.early: list[bytes] = []
+        # The reverse: channel bytes that came before the TCP side was
+        # attached (gateway side, an endpoint that speaks first, such as an
+        # SMTP banner, answered with the open confirmation). Held here with
+        # the channel paused until attach_tcp().
+        self.held: list[bytes] = []
         self.tcp_end = _TcpEnd(self)
         self.chan_end = _ChanEnd(self)
 
@@ -82,6 +88,14 @@ class Splice:
         """
         self.tcp = transport
         transport.set_protocol(self.tcp_end)
+        held, self.held = self.held, []
+        for chunk in held:
+            self.received += len(chunk)
+            transport.write(chunk)
+        if held and self.chan is not None:
+            self.chan.resume_reading()
+        if self._chan_eof and transport.can_write_eof() and not transport.is_closing():
+            transport.write_eof()
         for chunk in early or ():
             self.tcp_end.data_received(chunk)
         if eof:
@@ -186,8 +200,12 @@ class _ChanEnd:
 
     def data_received(self, data: bytes, datatype: Any = None) -> None:
         s = self.s
+        if s.tcp is None:
+            s.held.append(data)
+            s.chan.pause_reading()
+            return
         s.received += len(data)
-        s.tcp.write(data)  # type: ignore[union-attr]
+        s.tcp.write(data)
 
     def eof_received(self) -> bool:
         s = self.s
