@@ -283,6 +283,9 @@ class PortTable:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
         self.endpoints: dict[tuple[str, int], Endpoint] = {}
+        # Listeners being created, so a second connector joins instead of
+        # failing with "address in use" against the first one's socket.
+        self._binding: dict[tuple[str, int], asyncio.Future[Endpoint | None]] = {}
 
     def _conflict(self, tunnel: Tunnel, endpoint: Endpoint, remote: Remote) -> str | None:
         stage = tunnel.stage
@@ -324,19 +327,16 @@ class PortTable:
         for r in remotes:
             key = (stage.bind_host, int(r.local_port))
             endpoint = self.endpoints.get(key)
+            if endpoint is None and key in self._binding:
+                # Another connector is creating this listener right now: join it.
+                endpoint = await asyncio.shield(self._binding[key])
             if endpoint is None:
-                endpoint = Endpoint(self.gateway, stage, r)
                 try:
-                    await endpoint.listen()
+                    endpoint = await self._create(stage, r, key)
                 except OSError as exc:
                     self._leave(tunnel, joined)
                     hint = " (port in use)" if exc.errno == errno.EADDRINUSE else ""
                     return f"Server cannot listen on {r.describe()}: {exc.strerror or exc}{hint}"
-                if key in self.endpoints:  # another tunnel bound it meanwhile
-                    endpoint.close()
-                    endpoint = self.endpoints[key]
-                else:
-                    self.endpoints[key] = endpoint
                 created += 1
                 if created % BIND_BATCH == 0:
                     await asyncio.sleep(0)
@@ -350,6 +350,26 @@ class PortTable:
             joined.append(endpoint)
         tunnel.endpoints = joined
         return None
+
+    async def _create(self, stage: StageConfig, remote: Remote, key: tuple[str, int]) -> Endpoint:
+        """Create and register the listener of ``key``; concurrent binders wait for it.
+
+        Raises:
+            OSError: the port cannot be bound.
+        """
+        waiter: asyncio.Future[Endpoint | None] = asyncio.get_running_loop().create_future()
+        self._binding[key] = waiter
+        endpoint = Endpoint(self.gateway, stage, remote)
+        try:
+            await endpoint.listen()
+        except BaseException:
+            waiter.set_result(None)
+            raise
+        finally:
+            del self._binding[key]
+        self.endpoints[key] = endpoint
+        waiter.set_result(endpoint)
+        return endpoint
 
     def _leave(self, tunnel: Tunnel, endpoints: list[Endpoint]) -> None:
         for endpoint in endpoints:
