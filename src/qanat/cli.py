@@ -221,8 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
     gateway.add_argument(
         "--channel-stall",
         default="1s",
-        help="a connector with an open pending this long gets new connections only when "
-        "no other can (default 1s)",
+        help="longest a channel open may be pending before other connectors get the new "
+        "connections (adaptive below it: 10x the connector's usual open time, at least "
+        "0.1s; default 1s)",
     )
     gateway.add_argument(
         "--balance",

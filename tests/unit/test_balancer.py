@@ -34,7 +34,7 @@ def serve_one(pool: Pool, now: float = 0.0) -> Member:
     """One app connection: the first member opens and closes again."""
     member = pool.order(now)[0]
     token = pool.begin(member, now)
-    pool.succeeded(member, token)
+    pool.succeeded(member, token, now)
     Pool.closed(member)
     return member
 
@@ -56,7 +56,7 @@ def test_least_connections_prefers_the_idle_member() -> None:
     pool, _ = pool_of(2, strategy=Strategy.LEAST_CONNECTIONS)
     busy = pool.members[0]
     for _ in range(5):  # five long-lived connections on tunnel 1
-        pool.succeeded(busy, pool.begin(busy, 0.0))
+        pool.succeeded(busy, pool.begin(busy, 0.0), 0.0)
     assert [first(pool) for _ in range(4)] == [2, 2, 2, 2]
 
 
@@ -90,7 +90,7 @@ def test_a_success_resets_the_count() -> None:
     m = pool.members[0]
     pool.failed(m, pool.begin(m, 0.0), 0.0, "x")
     pool.failed(m, pool.begin(m, 0.0), 0.0, "x")
-    pool.succeeded(m, pool.begin(m, 0.0))
+    pool.succeeded(m, pool.begin(m, 0.0), 0.0)
     assert not pool.failed(m, pool.begin(m, 0.0), 0.0, "x")
     assert m.cooling_until == 0.0
 
@@ -108,8 +108,24 @@ def test_after_the_cooldown_one_connection_probes() -> None:
     assert not pool.failed(bad, token, 5.1, "refused")  # probe failed: cool again
     assert first(pool, 10.0) == 2
     assert first(pool, 10.1) == 1  # next probe due at 10.1
-    assert pool.succeeded(bad, pool.begin(bad, 10.1))  # probe succeeded: back
+    assert pool.succeeded(bad, pool.begin(bad, 10.1), 10.1)  # probe succeeded: back
     assert bad.health(10.1, pool.policy) is Health.HEALTHY
+
+
+def test_the_stall_threshold_follows_the_usual_open_time() -> None:
+    pool, _ = pool_of(1, stall_s=1.0, stall_min_s=0.1)
+    m = pool.members[0]
+    assert m.stall_after_s(pool.policy) == 1.0  # nothing known yet
+    for _ in range(50):  # opens take 1 ms
+        pool.succeeded(m, pool.begin(m, 0.0), 0.001)
+        Pool.closed(m)
+    assert m.stall_after_s(pool.policy) == 0.1  # floor
+    for i in range(50):  # a slow network: opens take 300 ms
+        pool.succeeded(m, pool.begin(m, float(i)), i + 0.3)
+    assert m.stall_after_s(pool.policy) == 1.0  # cap
+    pool.begin(m, 100.0)
+    assert m.health(100.5, pool.policy) is Health.HEALTHY
+    assert m.health(101.5, pool.policy) is Health.STALLED
 
 
 def test_stalled_and_suspect_members_go_behind_healthy_ones() -> None:
@@ -174,7 +190,7 @@ def test_order_is_always_a_permutation(
         if action in ("ok", "fail", "abandon"):
             token = pool.begin(member, now)
             if action == "ok":
-                pool.succeeded(member, token)
+                pool.succeeded(member, token, now)
             elif action == "fail":
                 pool.failed(member, token, now, "x")
             else:

@@ -228,7 +228,7 @@ class AppConnection(asyncio.Protocol):
                             reason,
                         )
                 continue
-            if pool.succeeded(member, token):
+            if pool.succeeded(member, token, time.monotonic()):
                 ep.log.info(
                     "tunnel %d (connector %s) back in rotation: a channel opened",
                     tunnel.id,

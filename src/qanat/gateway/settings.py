@@ -33,7 +33,9 @@ class GatewaySettings:
         channel_open_timeout_s: how long an app connection waits for one
             connector to open its channel before trying the next.
         channel_stall_s: a tunnel with a channel open pending for longer than
-            this gets new app connections only when no other tunnel can.
+            this gets new app connections only when no other tunnel can
+            (the threshold adapts: ten times the tunnel's usual open time,
+            at least 0.1 s, at most this).
         balance: how new app connections are spread over a port's healthy
             tunnels: ``round_robin`` or ``least_connections`` (fewest open).
         allow_target_mismatch: let a connector join a port that another
