@@ -51,6 +51,8 @@ from typing import Any
 #: Multiplies every deadline (slow or busy machines), as in the test suite.
 FACTOR = float(os.environ.get("QANAT_TEST_TIMEOUT_FACTOR", "1") or "1")
 GREETING = b"hello\n"
+#: A connect time above this counts as "slow" (caught behind a failing connector).
+SLOW_MS = 100
 
 
 def scaled(seconds: float) -> float:
@@ -347,6 +349,7 @@ class Summary:
     p50_ms: float | None
     p99_ms: float | None
     max_ms: float | None
+    slow: int  # connect time over SLOW_MS
     errors: dict[str, int]
 
     def as_dict(self) -> dict[str, Any]:
@@ -358,6 +361,7 @@ class Summary:
             "p50_connect_ms": self.p50_ms,
             "p99_connect_ms": self.p99_ms,
             "max_connect_ms": self.max_ms,
+            f"connect_over_{SLOW_MS}ms": self.slow,
             "errors": self.errors,
         }
 
@@ -390,6 +394,7 @@ def summarize(outcomes: list[Outcome], start: float = -math.inf, end: float = ma
         p50_ms=rounded(percentile(times, 0.50)),
         p99_ms=rounded(percentile(times, 0.99)),
         max_ms=rounded(max(times) if times else None),
+        slow=sum(1 for t in times if t > SLOW_MS),
         errors=errors,
     )
 

@@ -122,9 +122,10 @@ def test_sigstop_one_connector_is_detected_in_bound_and_fails_no_app_connection(
     # Connections caught on the frozen tunnel waited at most one open timeout.
     assert total.max_ms is not None
     assert total.max_ms <= 2000 + scaled(1000), explain(cluster, total)
-    slow = sum(1 for o in outcomes if o.connect_s is not None and o.connect_s > 0.25)
-    # Only those sent to b before it counted as stalled (0.5 s at ~100/s).
-    assert slow <= 100 * scaled(1), f"{slow} connections waited for the frozen connector"
+    # Only those sent to b before it counted as stalled wait: b's usual open
+    # time is ~1 ms, so after 0.1 s (at most 0.5 s on a slow machine) at
+    # ~100 connections/s.
+    assert total.slow <= 60 * scaled(1), f"{total.slow} connections waited for the frozen one"
     assert [m["connector"] for m in cluster.pool()] == ["a"]
 
 
