@@ -23,7 +23,7 @@ from failover_harness import Cluster, LoadGen, free_port, scaled, summarize, wai
 
 from qanat.connector.options import ConnectOptions
 from qanat.connector.session import Session, Stats, tunnel_url
-from qanat.errors import RemotesRejected
+from qanat.errors import HandshakeError, RemotesRejected
 from qanat.wire.remotes import decode_remotes
 
 pytestmark = pytest.mark.slow
@@ -103,9 +103,10 @@ def test_a_connector_declaring_10000_ports_is_refused_clearly() -> None:
     assert time.monotonic() - started < scaled(20)
 
 
-def test_the_gateway_refuses_more_than_1000_remotes_and_says_why(cluster: Cluster) -> None:
-    # A client that does not check the limit itself (a stock chisel client).
-    remotes = tuple(decode_remotes([f"R:{30000 + i}:127.0.0.1:80" for i in range(1001)]))
+def refusal_for(cluster: Cluster, count: int) -> str:
+    """Declare ``count`` remotes like a client that does not check the limit
+    itself (a stock chisel client); return the gateway's refusal."""
+    remotes = tuple(decode_remotes([f"R:{20000 + i}:127.0.0.1:80" for i in range(count)]))
     options = ConnectOptions(
         address=cluster.address,
         remotes=remotes,
@@ -118,15 +119,25 @@ def test_the_gateway_refuses_more_than_1000_remotes_and_says_why(cluster: Cluste
         session = Session(options, "123456789", Stats(), tunnel_url(cluster.address, "1", options))
         try:
             await session.connect()
-        except RemotesRejected as exc:
+        except (RemotesRejected, HandshakeError) as exc:
             return str(exc)
         finally:
             await session.close()
         return "accepted"
 
-    message = asyncio.run(attempt())
+    return asyncio.run(attempt())
+
+
+def test_the_gateway_refuses_more_than_1000_remotes_and_says_why(cluster: Cluster) -> None:
+    message = refusal_for(cluster, 1001)
     assert "1001 remotes exceeds the limit of 1000 per connector" in message
     assert "split the remotes over several connectors" in message
+    # 10,000 ports do not even fit the upgrade URL (it lists every port).
+    message = refusal_for(cluster, 10_000)
+    assert "HTTP 414" in message
+    assert "at most 1000 remotes" in message
+    assert cluster.gateway is not None
+    assert cluster.gateway.alive()
 
 
 def test_binding_1000_ports_does_not_stall_other_tunnels(cluster: Cluster) -> None:

@@ -104,12 +104,13 @@ class FrontDoor(asyncio.Protocol):
         limit = self.gateway.settings.max_request_head_bytes
         end = self.buffer.find(b"\n")
         if end < 0:
-            if len(self.buffer) > limit:
+            if len(self.buffer) > limit and not self._too_long():
                 self._bad("request line too long or not HTTP")
             return
         match = _REQUEST_LINE.match(bytes(self.buffer[:end]))
         if match is None:
-            self._bad("not an HTTP request")
+            if not self._too_long():
+                self._bad("not an HTTP request")
             return
         method, target = match.group(1).decode(), match.group(2).decode("ascii", "replace")
         path = target.split("?", 1)[0]
@@ -139,6 +140,20 @@ class FrontDoor(asyncio.Protocol):
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+
+    def _too_long(self) -> bool:
+        """A tunnel upgrade whose URL is too long: almost always thousands of
+        declared ports (the ``ports=`` query lists them all). Say so."""
+        if not self.buffer.startswith(b"GET /sg_"):
+            return False
+        self._route_done()
+        log.info("%s: tunnel request URL too long (thousands of ports?); answered 414", self.peer)
+        self._respond(
+            414,
+            b"tunnel request URL too long: it lists every declared port, and a connector "
+            b"may declare at most 1000 remotes; split them over several connectors\n",
+        )
+        return True
 
     def _bad(self, why: str) -> None:
         self._route_done()
