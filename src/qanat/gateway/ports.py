@@ -228,6 +228,11 @@ class AppConnection(asyncio.Protocol):
                             reason,
                         )
                 continue
+            except Exception as exc:  # a bug must not leave the app connection hanging
+                ep.log.exception("opening a channel on tunnel %d failed unexpectedly", tunnel.id)
+                reasons.append(f"tunnel {tunnel.id}: internal error {exc!r}")
+                pool.abandoned(member, token)
+                continue
             if pool.succeeded(member, token, time.monotonic()):
                 ep.log.info(
                     "tunnel %d (connector %s) back in rotation: a channel opened",

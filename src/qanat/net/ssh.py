@@ -362,9 +362,12 @@ class SshTunnel:
                 or the connection is gone.
             TimeoutError: no answer within ``timeout_s``.
         """
-        chan = self._conn.create_tcp_channel(
-            window=self._window, max_pktsize=DEFAULT_MAX_PACKET_BYTES
-        )
+        try:
+            chan = self._conn.create_tcp_channel(
+                window=self._window, max_pktsize=DEFAULT_MAX_PACKET_BYTES
+            )
+        except (OSError, asyncssh.Error) as exc:  # the connection is closing
+            raise ChannelOpenFailed(f"channel failed: {exc}", reason=str(exc)) from None
         if timeout_s is None:
             opening: Awaitable[Any] = chan._open_forward(session_factory, CHANNEL_TYPE, extra)
             return await self._translate_open(opening)
