@@ -10,9 +10,9 @@ three events happens:
 - ``rolling``  both connectors are restarted one after the other with
   SIGTERM (drain) and started again, as an upgrade would.
 
-For each it reports the app connections that failed (never placed on a
-connector), the ones cut (riding on a connector at the moment it was killed
-or frozen), and the connect time (to the endpoint's greeting) at p50/p99
+For each it reports the app connections that failed (the gateway could not
+place them on any connector), the ones cut (riding on a connector at the
+moment it was killed or frozen), and the connect time (to the endpoint's greeting) at p50/p99
 over the whole run and p99/max during the event window, with the number
 of app connections that took over 100 ms to connect (the ones caught
 behind the failing connector). Prints a table and
@@ -107,8 +107,9 @@ def run_scenario(name: str, rate: float, duration_s: float, lead_s: float) -> di
             outcomes = load.join()
         finally:
             load.stop()
-        whole = summarize(outcomes)
-        during = summarize(outcomes, start, end)
+        gateway_failed = cluster.gateway_failed()
+        whole = summarize(outcomes, gateway_failed=gateway_failed)
+        during = summarize(outcomes, start, end, gateway_failed=gateway_failed)
         return {
             "scenario": name,
             "rate_per_s": rate,
@@ -171,8 +172,9 @@ def main(argv: list[str] | None = None) -> int:
         "gateway_flags": GATEWAY_ARGS,
         "detection_bound_s": DETECTION_BOUND_S,
         "definitions": {
-            "failed": "app connection never reached an endpoint (no greeting)",
-            "cut": "established, then lost with the connector it rode on",
+            "failed": "the gateway could not place the app connection on any connector "
+            "(its own count), or it never reached the gateway",
+            "cut": "placed on a connector, then lost when that connector was killed or frozen",
             "connect": "from connect() to the endpoint's greeting",
         },
         "results": results,

@@ -5,23 +5,28 @@ Used by ``tests/e2e/test_failover.py`` (the proof) and ``bench/failover.py``
 with ``python -m qanat``, each in its own process group, killed (SIGKILL, the
 group) when the :class:`Cluster` closes, whatever happened.
 
-The app protocol the load generator speaks with the endpoint server is
-chosen so that every failure can be attributed::
+The app protocol the load generator speaks with the endpoint server::
 
     endpoint -> app   "hello\\n"          as soon as the endpoint accepts
     app -> endpoint   "req <n> <pad>\\n"
     endpoint -> app   "ok req <n> <pad>\\n", then close
 
-- **failed**: the app never got the greeting (refused, reset, closed or
-  timed out before it). The gateway did not manage to place the connection
-  on any connector: this is what failover must keep at zero.
-- **cut**: the greeting came (the connection was established end to end)
-  but the answer did not. A connection riding on a connector at the moment
-  that connector is SIGKILLed or frozen is lost with it; no gateway can
-  replay bytes already delivered to an endpoint.
-
 Connect time is from ``connect()`` to the greeting: the gateway's accept,
 channel open (with any retries on other connectors), the connector's dial.
+
+Every app connection that did not get its answer is attributed to one of:
+
+- **failed**: the gateway could not place it on any connector (the
+  gateway's own count, ``connections_failed`` in its status), or it never
+  reached the gateway (refused, load generator overloaded), or nothing
+  happened within the greeting timeout. This is what failover must keep at
+  zero.
+- **cut**: it was placed on a connector (its channel was open) and lost
+  when that connector was SIGKILLed or frozen. No gateway can replay bytes
+  that may already have reached the endpoint. From the app's side a cut
+  connection and a refused one can look alike (both are closed before the
+  greeting when the connector dies between confirming the channel and
+  forwarding the endpoint's first bytes), hence the gateway's count.
 
 Also runnable: ``python failover_harness.py endpoint PORT`` (the endpoint
 server) and ``python failover_harness.py flap ...`` (a connector that
@@ -259,6 +264,22 @@ class Cluster:
                     return members
         return []
 
+    def gateway_failed(self, port: int | None = None) -> int:
+        """App connections the gateway could not place on any connector.
+
+        Counted from its log (one warning per such connection, with every
+        connector's reason), which outlives the port's listener.
+        """
+        port = port or self.app_port
+        return len(
+            self.events_matching(
+                lambda e: (
+                    e.get("port") == port
+                    and str(e.get("msg", "")).startswith("app connection from ")
+                )
+            )
+        )
+
     # -- connectors --
 
     def remote(self, port: int | None = None, target_port: int | None = None) -> str:
@@ -336,8 +357,14 @@ def _accepts(port: int) -> bool:
 class Outcome:
     started: float  # time.monotonic()
     connect_s: float | None  # to the greeting; None when it never came
-    status: str  # ok | failed | cut
+    status: str  # see STATUSES
     error: str = ""
+
+
+#: ok; closed (reached the gateway, closed or reset before the greeting);
+#: dropped (greeting came, answer did not); refused (never reached the
+#: gateway); timeout (no greeting in time); overload (load generator limit).
+STATUSES = ("ok", "closed", "dropped", "refused", "timeout", "overload")
 
 
 @dataclass
@@ -350,6 +377,7 @@ class Summary:
     p99_ms: float | None
     max_ms: float | None
     slow: int  # connect time over SLOW_MS
+    statuses: dict[str, int]
     errors: dict[str, int]
 
     def as_dict(self) -> dict[str, Any]:
@@ -362,6 +390,7 @@ class Summary:
             "p99_connect_ms": self.p99_ms,
             "max_connect_ms": self.max_ms,
             f"connect_over_{SLOW_MS}ms": self.slow,
+            "app_side": self.statuses,
             "errors": self.errors,
         }
 
@@ -374,27 +403,47 @@ def percentile(values: list[float], q: float) -> float | None:
     return ordered[index]
 
 
-def summarize(outcomes: list[Outcome], start: float = -math.inf, end: float = math.inf) -> Summary:
+def summarize(
+    outcomes: list[Outcome],
+    start: float = -math.inf,
+    end: float = math.inf,
+    *,
+    gateway_failed: int | None = None,
+) -> Summary:
+    """Counts and connect-time percentiles of the outcomes started in [start, end).
+
+    ``gateway_failed`` is the gateway's count of app connections it could
+    not place (over the same connections); without it, every connection
+    closed before its greeting counts as failed (an upper bound).
+    """
     chosen = [o for o in outcomes if start <= o.started < end]
     times = [o.connect_s * 1e3 for o in chosen if o.connect_s is not None]
+    statuses = {name: 0 for name in STATUSES}
     errors: dict[str, int] = {}
     for o in chosen:
+        statuses[o.status] += 1
         if o.status != "ok":
             key = f"{o.status}: {o.error}"
             errors[key] = errors.get(key, 0) + 1
+    never_reached = statuses["refused"] + statuses["timeout"] + statuses["overload"]
+    closed = statuses["closed"]
+    placed_failed = closed if gateway_failed is None else min(gateway_failed, closed)
+    failed = never_reached + placed_failed
+    cut = closed - placed_failed + statuses["dropped"]
 
     def rounded(v: float | None) -> float | None:
         return None if v is None else round(v, 2)
 
     return Summary(
         connections=len(chosen),
-        ok=sum(1 for o in chosen if o.status == "ok"),
-        failed=sum(1 for o in chosen if o.status == "failed"),
-        cut=sum(1 for o in chosen if o.status == "cut"),
+        ok=statuses["ok"],
+        failed=failed,
+        cut=cut,
         p50_ms=rounded(percentile(times, 0.50)),
         p99_ms=rounded(percentile(times, 0.99)),
         max_ms=rounded(max(times) if times else None),
         slow=sum(1 for t in times if t > SLOW_MS),
+        statuses=statuses,
         errors=errors,
     )
 
@@ -405,7 +454,7 @@ class LoadGen:
     Runs its own event loop in a thread, so the caller can send signals and
     wait for log lines meanwhile. Bounded: ``rate * duration_s`` connections
     at most, each with its own deadlines, and at most ``max_open`` at once
-    (a connection that would exceed it counts as failed, "overload").
+    (a connection that would exceed it counts as "overload").
     """
 
     def __init__(
@@ -481,7 +530,7 @@ class LoadGen:
             if delay > 0:
                 await asyncio.sleep(delay)
             if len(tasks) >= self.max_open:
-                self.outcomes.append(Outcome(time.monotonic(), None, "failed", "overload"))
+                self.outcomes.append(Outcome(time.monotonic(), None, "overload", "max_open"))
                 continue
             task = loop.create_task(self._one(i))
             tasks.add(task)
@@ -496,10 +545,14 @@ class LoadGen:
         connect_s: float | None = None
         try:
             async with asyncio.timeout(self.greeting_timeout_s):
-                reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+                try:
+                    reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+                except ConnectionRefusedError:
+                    self.outcomes.append(Outcome(started, None, "refused", "connect refused"))
+                    return
                 greeting = await reader.readline()
             if greeting != GREETING:
-                self.outcomes.append(Outcome(started, None, "failed", "closed before the greeting"))
+                self.outcomes.append(Outcome(started, None, "closed", "before the greeting"))
                 return
             connect_s = time.perf_counter() - perf
             request = b"req %d %s\n" % (n, self.pad)
@@ -507,15 +560,15 @@ class LoadGen:
             async with asyncio.timeout(self.answer_timeout_s):
                 answer = await reader.readline()
             if answer != b"ok " + request:
-                self.outcomes.append(Outcome(started, connect_s, "cut", "no answer"))
+                self.outcomes.append(Outcome(started, connect_s, "dropped", "no answer"))
                 return
             self.outcomes.append(Outcome(started, connect_s, "ok"))
         except TimeoutError:
-            phase = "failed" if connect_s is None else "cut"
-            self.outcomes.append(Outcome(started, connect_s, phase, "timeout"))
+            status = "timeout" if connect_s is None else "dropped"
+            self.outcomes.append(Outcome(started, connect_s, status, "timeout"))
         except OSError as exc:
-            phase = "failed" if connect_s is None else "cut"
-            self.outcomes.append(Outcome(started, connect_s, phase, type(exc).__name__))
+            status = "closed" if connect_s is None else "dropped"
+            self.outcomes.append(Outcome(started, connect_s, status, type(exc).__name__))
         finally:
             if writer is not None:
                 writer.close()

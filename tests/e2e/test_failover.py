@@ -82,8 +82,8 @@ def test_sigkill_one_connector_under_load_fails_no_app_connection(cluster: Clust
     cluster.connectors["b"].signal(signal.SIGKILL)
     wait_until(lambda: cluster.tunnel_closed("b"), 5, "the gateway to drop b's tunnel")
     outcomes = load.join()
-    total = summarize(outcomes)
-    after = summarize(outcomes, killed_at)
+    total = summarize(outcomes, gateway_failed=cluster.gateway_failed())
+    after = summarize(outcomes, killed_at, gateway_failed=cluster.gateway_failed())
     assert total.connections == 1400
     assert total.failed == 0, explain(cluster, total)
     assert total.cut <= MAX_CUT_IN_FLIGHT, explain(cluster, total)
@@ -115,7 +115,7 @@ def test_sigstop_one_connector_is_detected_in_bound_and_fails_no_app_connection(
         outcomes = load.join()
     finally:
         frozen.signal(signal.SIGCONT)
-    total = summarize(outcomes)
+    total = summarize(outcomes, gateway_failed=cluster.gateway_failed())
     assert detected_s <= bound_s + scaled(0.5), f"detected after {detected_s:.2f}s"
     assert total.failed == 0, explain(cluster, total)
     assert total.cut <= MAX_CUT_IN_FLIGHT, explain(cluster, total)
@@ -143,7 +143,7 @@ def test_rolling_restart_with_drain_fails_no_app_connection(cluster: Cluster) ->
         cluster.wait_connected(name, connects + 1)
         time.sleep(1.0)  # serve a little while with both before the next one
     outcomes = load.join()
-    total = summarize(outcomes)
+    total = summarize(outcomes, gateway_failed=cluster.gateway_failed())
     assert total.failed == 0, explain(cluster, total)
     assert total.cut == 0, explain(cluster, total)
     assert len(cluster.pool()) == 2
@@ -210,7 +210,7 @@ def test_a_connector_refusing_every_channel_costs_almost_nothing(cluster: Cluste
         cluster.wait_connected(name)
     duration_s = 6.0
     outcomes = LoadGen(cluster.app_port, rate=150, duration_s=duration_s).run()
-    total = summarize(outcomes)
+    total = summarize(outcomes, gateway_failed=cluster.gateway_failed())
     assert total.failed == 0, explain(cluster, total)
     assert total.cut == 0
     pool = {m["connector"]: m for m in cluster.pool()}
@@ -273,7 +273,7 @@ def test_a_flapping_connector_is_backed_off_and_others_are_unaffected(cluster: C
             flapper.kill()
             flapper.wait()
     report = json.loads(out.strip().splitlines()[-1])
-    total = summarize(outcomes)
+    total = summarize(outcomes, gateway_failed=cluster.gateway_failed())
     assert total.failed == 0, explain(cluster, total)
     assert total.cut == 0
     assert report["refused_429"] > 0, report
