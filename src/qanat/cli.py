@@ -255,7 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="tunnels one connector may open within --flap-window before it is backed "
         "off with 429 (default 10)",
     )
-    gateway.add_argument("--flap-window", default="60s", help="(default 60s)")
+    gateway.add_argument(
+        "--flap-window", default="60s", help="window counted for --flap-connects (default 60s)"
+    )
     gateway.add_argument(
         "--flap-backoff", default="10s", help="first back-off, doubled on repeats (default 10s)"
     )
