@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import signal
 import sys
@@ -71,11 +72,44 @@ def _cmd_gateway(args: argparse.Namespace) -> int:
         raise ConfigError("--udp-idle-timeout must be positive")
     if args.udp_max_flows < 1:
         raise ConfigError("--udp-max-flows must be at least 1")
+
+    def positive(text: str, flag: str) -> float:
+        value = parse_duration(text, flag)
+        if value <= 0:
+            raise ConfigError(f"{flag} must be more than 0s")
+        return value
+
+    def count(value: int, flag: str) -> int:
+        if value < 1:
+            raise ConfigError(f"{flag} must be at least 1")
+        return value
+
+    keepalive_s = parse_duration(args.keepalive, "--keepalive")
+    # Unless given, a ping may take as long as the interval, up to 5 s.
+    keepalive_timeout_s = (
+        positive(args.keepalive_timeout, "--keepalive-timeout")
+        if args.keepalive_timeout is not None
+        else min(5.0, keepalive_s)
+        if keepalive_s > 0
+        else 5.0
+    )
     settings = GatewaySettings(
         data_dir=data_dir,
         listen_host=host,
         listen_port=port,
-        keepalive_s=parse_duration(args.keepalive, "--keepalive"),
+        keepalive_s=keepalive_s,
+        keepalive_timeout_s=keepalive_timeout_s,
+        keepalive_misses=count(args.keepalive_misses, "--keepalive-misses"),
+        channel_open_timeout_s=positive(args.channel_open_timeout, "--channel-open-timeout"),
+        channel_stall_s=positive(args.channel_stall, "--channel-stall"),
+        balance=args.balance.replace("-", "_"),
+        allow_target_mismatch=args.allow_target_mismatch,
+        failure_threshold=count(args.failure_threshold, "--failure-threshold"),
+        cooldown_s=positive(args.cooldown, "--cooldown"),
+        flap_connects=count(args.flap_connects, "--flap-connects"),
+        flap_window_s=positive(args.flap_window, "--flap-window"),
+        flap_backoff_s=positive(args.flap_backoff, "--flap-backoff"),
+        flap_backoff_max_s=positive(args.flap_backoff_max, "--flap-backoff-max"),
         redirect_url=args.redirect,
         tls_cert_path=tls_cert,
         tls_key_path=tls_key,
@@ -84,6 +118,8 @@ def _cmd_gateway(args: argparse.Namespace) -> int:
         udp_max_flows=args.udp_max_flows,
         metrics_allow_cidrs=metrics_allow_from_args(args),
     )
+    if settings.keepalive_s and settings.keepalive_timeout_s > settings.keepalive_s:
+        raise ConfigError("--keepalive-timeout must not be longer than --keepalive")
     source = FileStageSource(stage_file)
 
     async def main() -> int:
@@ -105,6 +141,16 @@ def _cmd_gateway(args: argparse.Namespace) -> int:
             log.info("mutual TLS: connectors need a certificate from %s", args.tls_client_ca)
         log.info("host key fingerprint %s", gateway.host_key.fingerprint)
         log.info("%d stage(s) from %s", len(source.stages()), stage_file)
+        if settings.keepalive_s > 0:
+            log.info(
+                "keepalive every %gs, %gs timeout, %d misses: silent connectors leave their "
+                "pools within %gs; balance %s",
+                settings.keepalive_s,
+                settings.ping_timeout_s,
+                settings.keepalive_misses,
+                settings.dead_peer_bound_s,
+                settings.balance,
+            )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -127,6 +173,9 @@ def _cmd_gateway(args: argparse.Namespace) -> int:
                 log.error("TLS reload failed, keeping the current certificate: %s", exc)
 
         loop.add_signal_handler(signal.SIGHUP, reload)
+        loop.add_signal_handler(
+            signal.SIGUSR2, lambda: log.info("status %s", json.dumps(gateway.status()))
+        )
         await stop.wait()
         log.info("shutting down")
         await gateway.close()
@@ -226,8 +275,69 @@ def build_parser() -> argparse.ArgumentParser:
         "--stage-file", default=None, help="TOML stage file (default DATA_DIR/stages.toml)"
     )
     gateway.add_argument(
-        "--keepalive", default="25s", help="ping interval to connectors (0s disables)"
+        "--keepalive", default="25s", help="ping interval to connectors (default 25s, 0s disables)"
     )
+    gateway.add_argument(
+        "--keepalive-timeout",
+        default=None,
+        help="how long a ping may take (default: the keepalive interval, at most 5s)",
+    )
+    gateway.add_argument(
+        "--keepalive-misses",
+        type=int,
+        default=3,
+        help="missed pings in a row that close a tunnel (default 3)",
+    )
+    gateway.add_argument(
+        "--channel-open-timeout",
+        default="5s",
+        help="how long one connector may take to open a channel before the next is "
+        "tried (default 5s)",
+    )
+    gateway.add_argument(
+        "--channel-stall",
+        default="1s",
+        help="longest a channel open may be pending before other connectors get the new "
+        "connections (adaptive below it: 10x the connector's usual open time, at least "
+        "0.1s; default 1s)",
+    )
+    gateway.add_argument(
+        "--balance",
+        choices=["round-robin", "least-connections", "round_robin", "least_connections"],
+        default="round-robin",
+        help="how app connections are spread over the connectors of a port",
+    )
+    gateway.add_argument(
+        "--allow-target-mismatch",
+        action="store_true",
+        help="let connectors serve one port with different targets (refused by default)",
+    )
+    gateway.add_argument(
+        "--failure-threshold",
+        type=int,
+        default=3,
+        help="failed channel opens in a row that take a connector out of a port's "
+        "rotation (default 3)",
+    )
+    gateway.add_argument(
+        "--cooldown",
+        default="5s",
+        help="how long it stays out before one connection tries it again (default 5s)",
+    )
+    gateway.add_argument(
+        "--flap-connects",
+        type=int,
+        default=10,
+        help="tunnels one connector may open within --flap-window before it is backed "
+        "off with 429 (default 10)",
+    )
+    gateway.add_argument(
+        "--flap-window", default="60s", help="window counted for --flap-connects (default 60s)"
+    )
+    gateway.add_argument(
+        "--flap-backoff", default="10s", help="first back-off, doubled on repeats (default 10s)"
+    )
+    gateway.add_argument("--flap-backoff-max", default="5m", help="longest back-off (default 5m)")
     gateway.add_argument(
         "--redirect", default=None, help="answer address GETs with 302 to this base URL"
     )

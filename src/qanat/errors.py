@@ -76,15 +76,23 @@ class HandshakeError(TunnelError):
         body: the (short) response body the gateway sent, if any.
         no_answer: the connection closed before a single byte of answer (a
             TLS server refusing a client certificate looks like this).
+        retry_after_s: the gateway's Retry-After (seconds), if it sent one.
     """
 
     def __init__(
-        self, message: str, *, status: int = 0, body: str = "", no_answer: bool = False
+        self,
+        message: str,
+        *,
+        status: int = 0,
+        body: str = "",
+        no_answer: bool = False,
+        retry_after_s: float | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.body = body
         self.no_answer = no_answer
+        self.retry_after_s = retry_after_s
 
 
 class AuthError(HandshakeError):

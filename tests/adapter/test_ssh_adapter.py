@@ -228,14 +228,15 @@ async def test_gateway_closes_a_tunnel_whose_pings_go_unanswered(tmp_path, caplo
             # valves[0] carried the address GET; valves[1] carries the tunnel.
             valves[1].closed = True  # the connector goes silent
             await eventually(lambda: not env.active_tunnels(), "dead peer detection", 10)
-            assert tunnel.close_reason == "dead peer: 3 keepalives missed"
+            assert tunnel.close_reason.startswith("dead peer: 3 keepalives in a row missed")
             # The connector notices and comes back on a new connection.
             await eventually(lambda: env.serves(port), "the connector to come back", 10)
             assert len(valves) == 4  # address GET and tunnel, twice
             assert await roundtrip(port, b"back again") == b"back again"
     lines = [r.getMessage() for r in caplog.records if r.name == "qanat.gateway.tunnel"]
-    assert f"keepalive 3/3 missed (no answer within {scaled(0.2):g}s)" in lines
-    assert "tunnel closed: dead peer: 3 keepalives missed" in lines
+    assert any(m.startswith("keepalive 3/3 missed (no answer within ") for m in lines)
+    closed = "tunnel closed: dead peer: 3 keepalives in a row missed"
+    assert any(m.startswith(closed) for m in lines)
 
 
 # -- channels --------------------------------------------------------------------

@@ -13,6 +13,12 @@ and splices the two; when the dial fails the channel is refused with the
 reason, so the gateway can try another connector. A ``host:port/udp``
 channel carries chisel's gob stream of datagrams instead (``udp.py``).
 
+qanat-only extras, invisible to a stock chisel server: the connector names
+itself (``X-Qanat-Connector-Id``: ``--id`` or a hash of token, remotes and
+host name) so a restart replaces its own stale session, and on SIGTERM it
+drains: tells the gateway (``drain@qanat``) to send no new channels, lets
+open ones finish up to ``--drain-timeout``, then disconnects.
+
 The command line is a drop-in for ``outsystemscc``: same options, same
 remote grammar, same wire bytes.
 """

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -12,6 +13,8 @@ from urllib.parse import urlsplit
 from qanat.connector.proxies import ProxyEnvironment, parse_proxy_url
 from qanat.errors import ConfigError
 from qanat.net.proxy import ProxySpec
+from qanat.wire.configmsg import MAX_REMOTES
+from qanat.wire.handshake import TOKEN_HEADER, derive_connector_id, valid_connector_id
 from qanat.wire.remotes import Remote, decode_remotes
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
@@ -87,6 +90,12 @@ class ConnectOptions:
         udp_idle_timeout_s: a UDP flow (one app source) without traffic for
             this long is forgotten and its socket closed.
         udp_max_flows: most UDP flows per UDP channel (chisel: 100).
+        connector_id: this connector's stable identity (``--id``, or derived
+            from token, remotes and host name), sent to qanat gateways so a
+            restarted connector replaces its own stale session.
+        drain_timeout_s: on SIGTERM/SIGINT, how long open connections may
+            take to finish after the gateway stopped sending new ones (0:
+            disconnect at once).
     """
 
     address: str
@@ -104,6 +113,8 @@ class ConnectOptions:
     connect_timeout_s: float = 30.0
     dial_timeout_s: float = 10.0
     verbose: int = 0
+    connector_id: str = ""
+    drain_timeout_s: float = 30.0
     tls_ca: str | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
@@ -178,6 +189,20 @@ def add_connect_arguments(parser: argparse.ArgumentParser) -> None:
         help="most UDP flows per UDP endpoint (default 100, as chisel)",
     )
     parser.add_argument(
+        "--id",
+        dest="connector_id",
+        default=None,
+        metavar="NAME",
+        help="stable identity of this connector (default: derived from token, remotes and "
+        "host name); give each connector on one host its own",
+    )
+    parser.add_argument(
+        "--drain-timeout",
+        default="30s",
+        help="on SIGTERM, let open connections finish for up to this long (default 30s; "
+        "0s disconnects at once; a second signal stops at once)",
+    )
+    parser.add_argument(
         "-v", "--verbose", action="count", default=0, help="more logging (repeat for more)"
     )
 
@@ -198,8 +223,23 @@ def options_from_args(
             f"address {args.address!r}: expected http(s)://host[:port]/sg_<id> "
             "as shown in the portal"
         )
+    if len(args.remotes) > MAX_REMOTES:
+        raise ConfigError(
+            f"{len(args.remotes)} remotes given: a connector may declare at most "
+            f"{MAX_REMOTES} (gateways refuse more); split them over several connectors"
+        )
     remotes = tuple(decode_remotes(args.remotes))
     headers = tuple(parse_header(h) for h in args.header)
+    connector_id = getattr(args, "connector_id", None)
+    if connector_id is not None and not valid_connector_id(connector_id):
+        raise ConfigError(
+            f"--id {connector_id!r}: use 1-64 characters of A-Z a-z 0-9 . _ : @ - "
+            "(starting with a letter or digit)"
+        )
+    if connector_id is None:
+        token = next((v for k, v in headers if k.lower() == TOKEN_HEADER), "")
+        connector_id = derive_connector_id(token, remotes, socket.gethostname())
+    drain_timeout_s = parse_duration(getattr(args, "drain_timeout", "30s"), "--drain-timeout")
     keepalive_s = parse_duration(args.keepalive, "--keepalive")
     max_interval = parse_duration(args.max_retry_interval, "--max-retry-interval")
     if max_interval <= 0:
@@ -230,6 +270,8 @@ def options_from_args(
         fingerprint=args.fingerprint,
         auth=args.auth,
         verbose=args.verbose,
+        connector_id=connector_id,
+        drain_timeout_s=drain_timeout_s,
         tls_ca=args.tls_ca,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,

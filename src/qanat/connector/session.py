@@ -7,6 +7,7 @@ import logging
 import ssl
 import time
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from qanat import __version__
@@ -20,12 +21,18 @@ from qanat.errors import HandshakeError, TlsError, TunnelError
 from qanat.logs import ContextLogger
 from qanat.net.proxy import ProxySpec
 from qanat.net.splice import Splice
-from qanat.net.ssh import SshTunnel, connect_tunnel, same_fingerprint, send_config
+from qanat.net.ssh import SshTunnel, connect_tunnel, same_fingerprint, send_config, send_drain
 from qanat.net.websocket import client_handshake
 from qanat.runtime import TaskOwner
 from qanat.tls import describe_silent_close, describe_tls_failure
 from qanat.wire.configmsg import encode_config
-from qanat.wire.handshake import tunnel_query
+from qanat.wire.handshake import (
+    FEATURE_DRAIN,
+    FEATURES_HEADER,
+    IDENTITY_HEADER,
+    parse_features,
+    tunnel_query,
+)
 from qanat.wire.remotes import ports_query
 
 log = logging.getLogger("qanat.connector")
@@ -83,6 +90,10 @@ class Session:
         self.splices: set[Splice] = set()
         self.tasks = TaskOwner("session")
         self.ended: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        #: qanat extras the gateway announced in its 101 answer (empty for chisel).
+        self.gateway_features: frozenset[str] = frozenset()
+        self.dialing = 0
+        self.idle = asyncio.Event()
 
     async def connect(self) -> float:
         """Resolve the address, establish the tunnel; return the handshake latency.
@@ -102,25 +113,37 @@ class Session:
         tcp, _ = await self.egress.open(self.url, _Placeholder, timeout_s=opts.connect_timeout_s)
 
         headers = [("User-Agent", f"qanat/{__version__}"), *opts.headers]
+        if opts.connector_id and not any(k.lower() == IDENTITY_HEADER.lower() for k, _ in headers):
+            headers.append((IDENTITY_HEADER, opts.connector_id))
         user, _, password = opts.auth.partition(":")
-        dial = Dialer(
+        raw_dialer = Dialer(
             opts.dial_timeout_s,
             self._splice_started,
             self._splice_done,
             udp=UdpLimits(opts.udp_idle_timeout_s, opts.udp_max_flows),
         )
-        self.dialer = dial
-        dialer = LoggedDialer(dial, self.log, self.stats)
+        self.dialer = raw_dialer
+        dialer = LoggedDialer(raw_dialer, self.log, self.stats)
+
+        async def dial(target: str) -> Any:
+            # Counted so that draining also waits for channels still dialling.
+            self.dialing += 1
+            try:
+                return await dialer(target)
+            finally:
+                self.dialing -= 1
+                self._check_idle()
 
         async def attach(upper: asyncio.Protocol) -> asyncio.BaseTransport:
-            transport, _response = await client_handshake(
+            transport, response = await client_handshake(
                 tcp, self.url, headers, upper, timeout_s=opts.connect_timeout_s
             )
+            self.gateway_features = parse_features(response.headers.get(FEATURES_HEADER, ""))
             return transport
 
         try:
             self.tunnel = await connect_tunnel(
-                attach, dialer, username=user, password=password, timeout_s=opts.connect_timeout_s
+                attach, dial, username=user, password=password, timeout_s=opts.connect_timeout_s
             )
         except HandshakeError as exc:
             tcp.abort()
@@ -182,6 +205,43 @@ class Session:
                 return
             self.log.debug("keepalive round trip %.1fms", self.stats.last_rtt_s * 1e3)
 
+    async def drain(self, timeout_s: float) -> tuple[bool, int]:
+        """Stop new channels (if the gateway can be told) and wait for open ones.
+
+        Returns (whether the gateway agreed to send no new channels, how many
+        connections were still open at the deadline). New channels that
+        still arrive are served: a qanat gateway only sends them when no
+        other connector can take them, and a stock server cannot be told.
+        """
+        assert self.tunnel is not None
+        told = False
+        if FEATURE_DRAIN in self.gateway_features:
+            try:
+                told = await send_drain(self.tunnel, max(1.0, min(5.0, timeout_s)))
+            except TunnelError:
+                return False, self._busy()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while self._busy() and not self.ended.done():
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            self.idle.clear()
+            waiter = asyncio.ensure_future(self.idle.wait())
+            waiters: set[asyncio.Future[Any]] = {waiter, self.ended}
+            try:
+                await asyncio.wait(waiters, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                waiter.cancel()
+        return told, self._busy()
+
+    def _busy(self) -> int:
+        return len(self.splices) + self.dialing
+
+    def _check_idle(self) -> None:
+        if not self._busy():
+            self.idle.set()
+
     def _end(self, reason: str) -> None:
         if not self.ended.done():
             self.ended.set_result(reason)
@@ -196,6 +256,7 @@ class Session:
         self.stats.channels_open -= 1
         self.stats.bytes_up += splice.sent
         self.stats.bytes_down += splice.received
+        self._check_idle()
 
     async def close(self) -> None:
         """Tear the session down (bounded)."""

@@ -13,6 +13,11 @@ in size and time) and routes:
   portal), otherwise gets 404.
 - Bytes that are not HTTP get a 400 and the connection is closed.
 
+After the token check, a connector that opens tunnels in a tight loop is
+answered 429 with Retry-After (see qanat.gateway.flapping). The 101 answer
+carries ``X-Qanat-Features`` so a qanat connector knows it may use qanat's
+extras (draining); stock clients ignore the header.
+
 Token failures never say whether the address exists: an unknown address and
 a wrong token get the same 401. Only a *valid* token learns that its stage is
 inactive or that it was renewed.
@@ -21,6 +26,7 @@ inactive or that it was renewed.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import re
@@ -36,7 +42,15 @@ from qanat.gateway.tunnel import ConnectorInfo, Tunnel
 from qanat.net.ssh import serve_tunnel
 from qanat.net.websocket import attach_server, http_response, new_server_protocol
 from qanat.ops import httpd, metrics
-from qanat.wire.handshake import SUBPROTOCOL, TOKEN_HEADER, parse_tunnel_query
+from qanat.wire.handshake import (
+    FEATURE_DRAIN,
+    FEATURES_HEADER,
+    IDENTITY_HEADER,
+    SUBPROTOCOL,
+    TOKEN_HEADER,
+    parse_tunnel_query,
+    valid_connector_id,
+)
 from qanat.wire.tokens import MAX_TOKEN_CHARS
 
 if TYPE_CHECKING:
@@ -75,6 +89,12 @@ def _drop_oversized_token(data: bytes) -> tuple[bytes, bool]:
     return b"\n".join(kept) + rest, True
 
 
+def _short(ports: tuple[str, ...]) -> str:
+    """The declared ports as a bounded key (a hash when the list is long)."""
+    text = ",".join(ports)
+    return text if len(text) <= 64 else hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 class FrontDoor(asyncio.Protocol):
     """Reads the first request of a connection and hands it to its owner."""
 
@@ -111,12 +131,13 @@ class FrontDoor(asyncio.Protocol):
         limit = self.gateway.settings.max_request_head_bytes
         end = self.buffer.find(b"\n")
         if end < 0:
-            if len(self.buffer) > limit:
+            if len(self.buffer) > limit and not self._too_long():
                 self._bad("request line too long or not HTTP")
             return
         match = _REQUEST_LINE.match(bytes(self.buffer[:end]))
         if match is None:
-            self._bad("not an HTTP request")
+            if not self._too_long():
+                self._bad("not an HTTP request")
             return
         method, target = match.group(1).decode(), match.group(2).decode("ascii", "replace")
         path = target.split("?", 1)[0]
@@ -151,6 +172,20 @@ class FrontDoor(asyncio.Protocol):
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+
+    def _too_long(self) -> bool:
+        """A tunnel upgrade whose URL is too long: almost always thousands of
+        declared ports (the ``ports=`` query lists them all). Say so."""
+        if not self.buffer.startswith(b"GET /sg_"):
+            return False
+        self._route_done()
+        log.info("%s: tunnel request URL too long (thousands of ports?); answered 414", self.peer)
+        self._respond(
+            414,
+            b"tunnel request URL too long: it lists every declared port, and a connector "
+            b"may declare at most 1000 remotes; split them over several connectors\n",
+        )
+        return True
 
     def _bad(self, why: str) -> None:
         self._route_done()
@@ -216,11 +251,42 @@ class FrontDoor(asyncio.Protocol):
 
         assert stage is not None
         client_id, ports = parse_tunnel_query(request.path.partition("?")[2])
+        identities = headers.get_all(IDENTITY_HEADER)
+        identity = identities[0].strip() if identities else ""
+        if len(identities) > 1 or (identities and not valid_connector_id(identity)):
+            self._respond(
+                400,
+                f"{IDENTITY_HEADER} must be given once, 1-64 characters of "
+                "A-Z a-z 0-9 . _ : @ -\n".encode(),
+            )
+            log.info("%s: malformed %s; answered 400", self.peer, IDENTITY_HEADER)
+            return
+        flap_key = f"{stage.key}/" + (identity or f"{source_ip} ports={_short(ports)}")
+        now = time.monotonic()
+        flap = gateway.flaps.check(flap_key, now)
+        if not flap.allowed:
+            self._respond(
+                429,
+                b"this connector reconnects too often; retry after the time in Retry-After\n",
+                headers={"Retry-After": flap.retry_after_header},
+            )
+            if flap.refused == 1 or flap.refused % 100 == 0:
+                log.warning(
+                    "%s: connector %s backed off (flapping, strike %d): upgrade answered 429, "
+                    "retry after %ss (%d refused in this back-off)",
+                    self.peer,
+                    identity or f"from {source_ip}",
+                    flap.strike,
+                    flap.retry_after_header,
+                    flap.refused,
+                )
+            return
         info = ConnectorInfo(
             client_id=client_id,
             peer=self.peer,
             user_agent=headers.get("User-Agent", "")[:200],
             ports=ports,
+            identity=identity,
         )
         response = ws.accept(request)
         if response.status_code != 101:
@@ -229,6 +295,19 @@ class FrontDoor(asyncio.Protocol):
                 self.transport.write(chunk)
             self.transport.close()
             return
+        response.headers[FEATURES_HEADER] = FEATURE_DRAIN
+        strike = gateway.flaps.connected(flap_key, now, source_ip)
+        if not strike.allowed:
+            log.warning(
+                "%s: connector %s is flapping: more than %d tunnels within %gs; its next "
+                "upgrades are answered 429 for %ss (strike %d)",
+                self.peer,
+                identity or f"from {source_ip} (ports {','.join(ports) or '-'})",
+                gateway.flaps.max_connects,
+                gateway.flaps.window_s,
+                strike.retry_after_header,
+                strike.strike,
+            )
         ws.send_response(response)
         for chunk in ws.data_to_send():
             self.transport.write(chunk)

@@ -1,13 +1,18 @@
 """The stage endpoints: one listener per declared port, a pool of tunnels behind it.
 
 ``secure-gateway:<port>`` of a stage is an :class:`Endpoint`: a TCP listener
-on the stage's bind address plus the tunnels that serve that port (several
-connectors may declare the same port with the same target; they form a
-pool). Every app connection accepted there becomes one ``chisel`` channel on
-one tunnel of the pool, chosen round robin; when a channel cannot be opened
-the next tunnel is tried before the app connection is given up.
+on the stage's bind address plus the pool of tunnels that serve that port
+(several connectors may declare the same port; by default they must agree
+on the target). Every app connection accepted there becomes one ``chisel``
+channel on one tunnel of the pool; :mod:`qanat.gateway.balancer` decides the
+order in which tunnels are tried, and an app connection whose channel cannot
+be opened on one tunnel (refused, no answer within the open timeout, tunnel
+closing) is tried on the next before it is given up. Only when every tunnel
+failed is the app connection closed, and the log line names each tunnel's
+reason.
 
-The listener exists while at least one tunnel serves the port.
+The listener exists while at least one tunnel serves the port (draining and
+cooling tunnels included: they are still tried as a last resort).
 """
 
 from __future__ import annotations
@@ -17,9 +22,11 @@ import errno
 import ipaddress
 import logging
 import time
-from typing import TYPE_CHECKING, cast
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, cast
 
 from qanat.errors import ChannelOpenFailed
+from qanat.gateway.balancer import Member, Pool, PoolPolicy, Strategy
 from qanat.gateway.failures import RecentFailures
 from qanat.gateway.udp import UdpPortTable
 from qanat.logs import ContextLogger
@@ -37,6 +44,20 @@ _log = logging.getLogger("qanat.gateway.ports")
 
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
+#: Listeners created between two yields to the event loop while binding the
+#: ports of one connector (binding 1,000 ports takes ~0.1 s in total).
+BIND_BATCH = 32
+
+
+def pool_policy(gateway: Gateway) -> PoolPolicy:
+    s = gateway.settings
+    return PoolPolicy(
+        strategy=Strategy(s.balance),
+        failure_threshold=max(1, s.failure_threshold),
+        cooldown_s=s.cooldown_s,
+        stall_s=s.channel_stall_s,
+    )
+
 
 class Endpoint:
     """One ``secure-gateway:<port>`` of one stage."""
@@ -46,20 +67,26 @@ class Endpoint:
         self.stage_key = stage.key
         self.bind_host = stage.bind_host
         self.port = int(remote.local_port)
+        # The target of the first connector; members carry their own.
         self.target = remote.target
         self.extra = remote.channel_extra
         self.allow: tuple[IpNetwork, ...] = tuple(
             ipaddress.ip_network(c, strict=False) for c in stage.allow_cidrs
         )
-        self.tunnels: list[Tunnel] = []
-        self._next = 0
+        self.pool = Pool(pool_policy(gateway))
         self.server: asyncio.Server | None = None
         self.open_connections = 0
         self.connections_total = 0
         self.connections_failed = 0
+        self.connections_retried = 0
         self.refused_sources = 0
         self.recent_failures = RecentFailures()  # for the status page
         self.log = ContextLogger(_log, stage=stage.key, port=self.port)
+
+    @property
+    def tunnels(self) -> list[Tunnel]:
+        """The tunnels of the pool, in the order they joined."""
+        return [cast("Tunnel", m.tunnel) for m in self.pool.members]
 
     async def listen(self) -> None:
         loop = asyncio.get_running_loop()
@@ -84,27 +111,46 @@ class Endpoint:
         return any(ip in net for net in self.allow)
 
     def candidates(self) -> list[Tunnel]:
-        """The pool in the order to try for the next connection (round robin)."""
-        pool = self.tunnels
-        if not pool:
-            return []
-        start = self._next % len(pool)
-        self._next = start + 1
-        return pool[start:] + pool[:start]
+        """The tunnels in the order to try for the next connection."""
+        return [cast("Tunnel", m.tunnel) for m in self.pool.order(time.monotonic())]
 
     def snapshot(self) -> dict[str, object]:
+        now = time.monotonic()
+        policy = self.pool.policy
         return {
             "endpoint": f"secure-gateway:{self.port}",
             "bind": f"{self.bind_host}:{self.port}",
             "target": self.target,
-            "tunnels": [t.id for t in self.tunnels],
+            "tunnels": [m.tunnel.id for m in self.pool.members],
+            "pool": [
+                {
+                    "tunnel": m.tunnel.id,
+                    "connector": cast("Tunnel", m.tunnel).identity,
+                    "target": m.target,
+                    "health": m.health(now, policy).value,
+                    "open_connections": m.open,
+                    "connections_total": m.total,
+                    "opens_failed": m.failed,
+                    "failures_in_row": m.failures_in_row,
+                    "cooling_for_s": round(max(0.0, m.cooling_until - now), 3)
+                    if m.cooling_until
+                    else 0.0,
+                    "last_error": m.last_error,
+                }
+                for m in self.pool.members
+            ],
             "open_connections": self.open_connections,
             "connections_total": self.connections_total,
             "connections_failed": self.connections_failed,
+            "connections_retried": self.connections_retried,
             "refused_sources": self.refused_sources,
             "port": self.port,
             "recent_failures": self.recent_failures.snapshot(),
         }
+
+
+def _session_of(splice: Splice) -> Callable[[], Any]:
+    return lambda: splice.chan_end
 
 
 class AppConnection(asyncio.Protocol):
@@ -145,37 +191,74 @@ class AppConnection(asyncio.Protocol):
         self.task = ep.gateway.tasks.spawn(self._open(), name=f"open-{ep.port}")
 
     async def _open(self) -> None:
+        # Every member is tried at most once, so this loop is bounded by the
+        # pool size, and each try by the open timeout.
         ep = self.endpoint
+        pool = ep.pool
         transport = self.transport
         assert transport is not None
         timeout_s = ep.gateway.settings.channel_open_timeout_s
         started = time.perf_counter()
-        splice = Splice(on_done=self._splice_done)
         reasons: list[str] = []
-        for tunnel in ep.candidates():
-            if tunnel.ssh is None:
+        for attempt, member in enumerate(pool.order(time.monotonic())):
+            if self.lost:
+                break
+            tunnel = cast("Tunnel", member.tunnel)
+            ssh = tunnel.ssh
+            if ssh is None or not tunnel.serving:
                 continue
+            if attempt:
+                ep.connections_retried += 1
+            token = pool.begin(member, time.monotonic())
+            # A fresh splice per attempt: an abandoned attempt's channel may
+            # still open later, and must not touch this app connection.
+            splice = Splice(on_done=self._splice_done)
             try:
-                async with asyncio.timeout(timeout_s):
-                    await tunnel.ssh.open_channel(ep.extra, lambda: splice.chan_end)
-            except ChannelOpenFailed as exc:
-                tunnel.channels_failed += 1
-                reasons.append(f"tunnel {tunnel.id}: {exc.reason or exc}")
+                await ssh.open_channel(member.extra, _session_of(splice), timeout_s=timeout_s)
+            except (ChannelOpenFailed, TimeoutError) as exc:
+                if isinstance(exc, TimeoutError):
+                    reason = f"no answer within {timeout_s:g}s"
+                else:
+                    reason = exc.reason or str(exc)
+                reasons.append(f"tunnel {tunnel.id}: {reason}")
+                if not tunnel.serving:
+                    pool.abandoned(member, token)  # the tunnel is going away
+                else:
+                    tunnel.channels_failed += 1
+                    if pool.failed(member, token, time.monotonic(), reason):
+                        ep.log.warning(
+                            "tunnel %d (connector %s) taken out of rotation for %gs: "
+                            "%d channel opens in a row failed, last: %s",
+                            tunnel.id,
+                            tunnel.identity,
+                            pool.policy.cooldown_s,
+                            member.failures_in_row,
+                            reason,
+                        )
                 continue
-            except TimeoutError:
-                tunnel.channels_failed += 1
-                reasons.append(f"tunnel {tunnel.id}: no answer within {timeout_s:g}s")
+            except Exception as exc:  # a bug must not leave the app connection hanging
+                ep.log.exception("opening a channel on tunnel %d failed unexpectedly", tunnel.id)
+                reasons.append(f"tunnel {tunnel.id}: internal error {exc!r}")
+                pool.abandoned(member, token)
                 continue
+            if pool.succeeded(member, token, time.monotonic()):
+                ep.log.info(
+                    "tunnel %d (connector %s) back in rotation: a channel opened",
+                    tunnel.id,
+                    tunnel.identity,
+                )
+            splice.owner = member
+            tunnel.track(splice)
             if self.lost:
                 splice.close()
                 return
             metrics.channel_opened(ep.stage_key, ep.port, time.perf_counter() - started)
-            splice.owner = tunnel
-            tunnel.track(splice)
             splice.attach_tcp(transport, self.early, self.eof)
             return
-        ep.connections_failed += 1
         ep.open_connections -= 1
+        if self.lost:
+            return
+        ep.connections_failed += 1
         source = str((transport.get_extra_info("peername") or ("?",))[0])
         reason = "; ".join(reasons) or "no connector serves this port"
         ep.log.warning("app connection from %s failed: %s", source, reason)
@@ -183,10 +266,12 @@ class AppConnection(asyncio.Protocol):
         tcpclose.close_after_refusal(transport)  # FIN: closed without data
 
     def _splice_done(self, splice: Splice) -> None:
+        member = splice.owner
+        if not isinstance(member, Member):
+            return  # an attempt given up before it opened: nothing was counted
         self.endpoint.open_connections -= 1
-        tunnel = splice.owner
-        if tunnel is not None:
-            tunnel.untrack(splice)
+        Pool.closed(member)
+        cast("Tunnel", member.tunnel).untrack(splice)
 
     def data_received(self, data: bytes) -> None:
         # Only while the channel is opening (see Splice.early): keep the
@@ -212,60 +297,119 @@ class PortTable:
         self.gateway = gateway
         self.endpoints: dict[tuple[str, int], Endpoint] = {}
         self.udp = UdpPortTable(gateway)  # UDP remotes (gateway/udp.py)
+        # Listeners being created, so a second connector joins instead of
+        # failing with "address in use" against the first one's socket.
+        self._binding: dict[tuple[str, int], asyncio.Future[Endpoint | None]] = {}
+
+    def _conflict(self, tunnel: Tunnel, endpoint: Endpoint, remote: Remote) -> str | None:
+        stage = tunnel.stage
+        if endpoint.stage_key != stage.key:
+            return (
+                f"port {remote.local_port} is reserved by another stage on {stage.bind_host}; "
+                "choose another port"
+            )
+        if self.gateway.settings.allow_target_mismatch:
+            return None
+        for other in endpoint.pool.members:
+            if other.target != remote.target:
+                return (
+                    f"Server cannot listen on {remote.describe()}: port {remote.local_port} "
+                    f"is already served with target {other.target} by connector "
+                    f"{cast('Tunnel', other.tunnel).identity} (tunnel {other.tunnel.id}); "
+                    "declare the same target, or ask the operator to allow different "
+                    "targets per port"
+                )
+        return None
 
     async def bind(self, tunnel: Tunnel, remotes: tuple[Remote, ...]) -> str | None:
         """Put ``tunnel`` into the pools of its remotes, creating listeners.
 
         All or nothing: on any error the tunnel serves nothing and the error
-        text (for the ``config`` refusal) is returned.
+        text (for the ``config`` refusal) is returned. Yields to the event
+        loop every :data:`BIND_BATCH` new listeners, so a connector declaring
+        hundreds of ports does not stall the other tunnels.
         """
         stage = tunnel.stage
         for r in remotes:
             existing = self.endpoints.get((stage.bind_host, int(r.local_port)))
-            if existing is None:
-                continue
-            if existing.stage_key != stage.key:
-                return (
-                    f"port {r.local_port} is reserved by another stage on {stage.bind_host}; "
-                    "choose another port"
-                )
-            if existing.target != r.target:
-                return (
-                    f"Server cannot listen on {r.describe()}: port {r.local_port} is already "
-                    f"served with target {existing.target} by another connector of this stage"
-                )
-        created: list[Endpoint] = []
+            if existing is not None:
+                error = self._conflict(tunnel, existing, r)
+                if error is not None:
+                    return error
+        joined: list[Endpoint] = []
+        created = 0
         for r in remotes:
             key = (stage.bind_host, int(r.local_port))
             endpoint = self.endpoints.get(key)
+            if endpoint is None and key in self._binding:
+                # Another connector is creating this listener right now: join it.
+                endpoint = await asyncio.shield(self._binding[key])
             if endpoint is None:
-                endpoint = Endpoint(self.gateway, stage, r)
                 try:
-                    await endpoint.listen()
+                    endpoint = await self._create(stage, r, key)
                 except OSError as exc:
-                    for made in created:
-                        made.close()
-                        self.endpoints.pop((made.bind_host, made.port), None)
+                    self._leave(tunnel, joined)
                     hint = " (port in use)" if exc.errno == errno.EADDRINUSE else ""
                     return f"Server cannot listen on {r.describe()}: {exc.strerror or exc}{hint}"
-                if key in self.endpoints:  # raced with another tunnel's bind
-                    endpoint.close()
-                    endpoint = self.endpoints[key]
-                else:
-                    self.endpoints[key] = endpoint
-                    created.append(endpoint)
-            endpoint.tunnels.append(tunnel)
+                created += 1
+                if created % BIND_BATCH == 0:
+                    await asyncio.sleep(0)
+            # Checked again: another tunnel may have joined while we yielded.
+            error = self._conflict(tunnel, endpoint, r)
+            if error is not None:
+                self._close_if_empty(endpoint)
+                self._leave(tunnel, joined)
+                return error
+            endpoint.pool.add(Member(tunnel, r.target, r.channel_extra))
+            joined.append(endpoint)
+        tunnel.endpoints = joined
         return None
 
-    def unbind(self, tunnel: Tunnel) -> None:
-        """Remove ``tunnel`` from every pool; close listeners left empty."""
+    async def _create(self, stage: StageConfig, remote: Remote, key: tuple[str, int]) -> Endpoint:
+        """Create and register the listener of ``key``; concurrent binders wait for it.
+
+        Raises:
+            OSError: the port cannot be bound.
+        """
+        waiter: asyncio.Future[Endpoint | None] = asyncio.get_running_loop().create_future()
+        self._binding[key] = waiter
+        endpoint = Endpoint(self.gateway, stage, remote)
+        try:
+            await endpoint.listen()
+        except BaseException:
+            waiter.set_result(None)
+            raise
+        finally:
+            del self._binding[key]
+        self.endpoints[key] = endpoint
+        waiter.set_result(endpoint)
+        return endpoint
+
+    def _leave(self, tunnel: Tunnel, endpoints: list[Endpoint]) -> None:
+        for endpoint in endpoints:
+            endpoint.pool.remove(tunnel)
+            self._close_if_empty(endpoint)
+
+    def _close_if_empty(self, endpoint: Endpoint) -> None:
+        key = (endpoint.bind_host, endpoint.port)
+        if not endpoint.pool.members and self.endpoints.get(key) is endpoint:
+            endpoint.close()
+            del self.endpoints[key]
+
+    def unbind(self, tunnel: Tunnel) -> list[int]:
+        """Remove ``tunnel`` from every pool; close listeners left empty.
+
+        Returns the ports whose listener closed (no tunnel serves them now).
+        """
         self.udp.unbind(tunnel)
-        for key, endpoint in list(self.endpoints.items()):
-            if tunnel in endpoint.tunnels:
-                endpoint.tunnels.remove(tunnel)
-                if not endpoint.tunnels:
-                    endpoint.close()
-                    del self.endpoints[key]
+        endpoints, tunnel.endpoints = tunnel.endpoints, []
+        closed: list[int] = []
+        for endpoint in endpoints:
+            endpoint.pool.remove(tunnel)
+            if not endpoint.pool.members:
+                closed.append(endpoint.port)
+            self._close_if_empty(endpoint)
+        return closed
 
     def for_stage(self, stage_key: str) -> list[Endpoint]:
         return [e for e in self.endpoints.values() if e.stage_key == stage_key]

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import time
 from typing import Any
 
+from qanat.gateway.flapping import FlapGuard
 from qanat.gateway.frontdoor import FrontDoor, HttpFallback
 from qanat.gateway.ports import PortTable
 from qanat.gateway.ratelimit import FailureLimiter
@@ -47,6 +49,12 @@ class Gateway:
         self.tunnels: dict[int, Tunnel] = {}
         self.tasks = TaskOwner("gateway")
         self.auth_limiter = FailureLimiter()
+        self.flaps = FlapGuard(
+            max_connects=settings.flap_connects,
+            window_s=settings.flap_window_s,
+            backoff_s=settings.flap_backoff_s,
+            backoff_max_s=settings.flap_backoff_max_s,
+        )
         self.server: asyncio.Server | None = None
         # Operability (qanat.ops): scrape-time metrics and readiness checks.
         self.metrics = GatewayMetrics(self)
@@ -118,6 +126,49 @@ class Gateway:
         self.tunnels.pop(tunnel.id, None)
         self.metrics.tunnel_closed(tunnel)
 
+    async def retire_stale(self, tunnel: Tunnel) -> None:
+        """Close older sessions of ``tunnel``'s connector that no longer answer.
+
+        A connector that restarts (crash, reboot, new network path) often
+        comes back before the gateway has noticed that its old session is
+        dead. Same stage and identity, and the old one does not answer a
+        ping within ``stale_check_s`` (or already missed a keepalive): it
+        is closed, so it neither blocks a changed target nor keeps catching
+        app connections. An old session that answers is left alone.
+        """
+        same = [
+            t
+            for t in self.tunnels.values()
+            if t is not tunnel
+            and t.state is TunnelState.ACTIVE
+            and not t.draining
+            and t.stage.key == tunnel.stage.key
+            and t.identity == tunnel.identity
+        ]
+        if not same:
+            return
+        timeout_s = self.settings.stale_check_s
+
+        async def stale(old: Tunnel) -> bool:
+            return bool(old.missed_pings) or not await old.answers(timeout_s)
+
+        verdicts = await asyncio.gather(*(stale(old) for old in same))
+        for old, is_stale in zip(same, verdicts, strict=True):
+            if is_stale:
+                old.close(
+                    f"replaced by tunnel {tunnel.id} of the same connector {tunnel.identity}: "
+                    f"this session did not answer a ping within {timeout_s:g}s"
+                )
+                tunnel.log.info("replaced stale tunnel %d of this connector", old.id)
+            elif tunnel.info.identity:
+                tunnel.log.warning(
+                    "connector identity %s is already connected as tunnel %d, which answers "
+                    "keepalives: two running connectors share this identity; give each its "
+                    "own --id",
+                    tunnel.identity,
+                    old.id,
+                )
+
     def _on_stage_event(self, event: StageEvent) -> None:
         stage = event.stage
         if event.kind is StageEventKind.REMOVED or not stage.active:
@@ -159,4 +210,12 @@ class Gateway:
         for udp_endpoint in self.ports.udp.endpoints.values():
             entry = stages.setdefault(udp_endpoint.stage_key, {"connectors": [], "endpoints": []})
             entry["endpoints"].append(udp_endpoint.snapshot())
-        return {"stages": stages, "fingerprint": self.host_key.fingerprint}
+        settings = self.settings
+        return {
+            "stages": stages,
+            "fingerprint": self.host_key.fingerprint,
+            "balance": settings.balance,
+            "keepalive_s": settings.keepalive_s,
+            "dead_peer_bound_s": settings.dead_peer_bound_s if settings.keepalive_s > 0 else None,
+            "flapping": self.flaps.snapshot(time.monotonic()),
+        }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from qanat.net.ssh import DEFAULT_WINDOW_BYTES
 from qanat.net.websocket import DEFAULT_MAX_FRAME_BYTES
@@ -20,6 +21,9 @@ PRIVATE_CIDRS = (
     "fc00::/7",
 )
 
+Balance = Literal["round_robin", "least_connections"]
+BALANCE_CHOICES: tuple[Balance, ...] = ("round_robin", "least_connections")
+
 
 @dataclass(frozen=True, slots=True)
 class GatewaySettings:
@@ -29,14 +33,33 @@ class GatewaySettings:
         listen_host / listen_port: where connectors (and the portal) are served.
         data_dir: holds the persisted host key.
         keepalive_s: interval between the gateway's pings to each connector
-            (0 disables them).
-        keepalive_timeout_s: how long one ping may take before it counts as missed.
+            (0 disables them). A frozen connector is detected within
+            ``keepalive_misses * keepalive_s + keepalive_timeout_s``.
+        keepalive_timeout_s: how long one ping may take before it counts as
+            missed; capped at ``keepalive_s`` so pings keep their rhythm.
         keepalive_misses: missed pings in a row that close a tunnel.
         request_head_timeout_s / max_request_head_bytes: bounds on the HTTP
             request a client must send first.
         setup_timeout_s: from the upgrade to a successful ``config``.
         channel_open_timeout_s: how long an app connection waits for one
             connector to open its channel before trying the next.
+        channel_stall_s: a tunnel with a channel open pending for longer than
+            this gets new app connections only when no other tunnel can
+            (the threshold adapts: ten times the tunnel's usual open time,
+            at least 0.1 s, at most this).
+        balance: how new app connections are spread over a port's healthy
+            tunnels: ``round_robin`` or ``least_connections`` (fewest open).
+        allow_target_mismatch: let a connector join a port that another
+            connector serves with a different target (refused by default).
+        failure_threshold: channel opens failing in a row (refused or timed
+            out) that take a tunnel out of a port's rotation ...
+        cooldown_s: ... for this long; then one app connection probes it.
+        stale_check_s: when a connector comes back with the same identity, its
+            old session gets this long to answer a ping before it is replaced.
+        flap_connects / flap_window_s: more tunnels than this from one
+            connector identity within the window is flapping ...
+        flap_backoff_s / flap_backoff_max_s: ... answered with 429 and
+            Retry-After for this long, doubling on each repeat up to the max.
         max_frame_bytes: largest WebSocket frame accepted.
         max_remotes: most remotes one connector may declare.
         ssh_window_bytes: per-channel SSH receive window.
@@ -67,6 +90,16 @@ class GatewaySettings:
     max_request_head_bytes: int = 16 * 1024
     setup_timeout_s: float = 30.0
     channel_open_timeout_s: float = 5.0
+    channel_stall_s: float = 1.0
+    balance: Balance = "round_robin"
+    allow_target_mismatch: bool = False
+    failure_threshold: int = 3
+    cooldown_s: float = 5.0
+    stale_check_s: float = 2.0
+    flap_connects: int = 10
+    flap_window_s: float = 60.0
+    flap_backoff_s: float = 10.0
+    flap_backoff_max_s: float = 300.0
     max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
     max_remotes: int = MAX_REMOTES
     ssh_window_bytes: int = DEFAULT_WINDOW_BYTES
@@ -84,3 +117,13 @@ class GatewaySettings:
     @property
     def host_key_path(self) -> Path:
         return self.data_dir / "host_key"
+
+    @property
+    def ping_timeout_s(self) -> float:
+        """The keepalive timeout actually used (never longer than the interval)."""
+        return min(self.keepalive_timeout_s, self.keepalive_s)
+
+    @property
+    def dead_peer_bound_s(self) -> float:
+        """Longest time a silent connector stays in its pools."""
+        return self.keepalive_misses * self.keepalive_s + self.ping_timeout_s

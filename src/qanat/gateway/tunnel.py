@@ -4,17 +4,39 @@ A tunnel is created by the front door after the token check and the 101
 answer. Its life::
 
     SETUP --config accepted--> ACTIVE --(peer gone | keepalive missed |
-      \                                 stage deactivated | gateway stop)--> CLOSED
-       `--no valid config within setup_timeout_s---------------------------> CLOSED
+      \                           |      replaced | stage deactivated |
+       \                          |      gateway stop)---------------------> CLOSED
+        \                    drain@qanat
+         \                        v
+          \                  ACTIVE, draining --(connector disconnects)----> CLOSED
+           `--no valid config within setup_timeout_s------------------------> CLOSED
 
 While ACTIVE it serves the ports it declared (in pools shared with other
-tunnels of the same stage) and answers app connections with channels.
+tunnels of the same stage) and answers app connections with channels. A
+draining tunnel stays in its pools but is only tried when no other tunnel
+can take a connection (see qanat.gateway.balancer).
+
+Identity: a qanat connector names itself in the upgrade (``--id``, or a hash
+of token, remotes and host name); for other connectors the gateway derives
+one from the source address and the remotes. When a connector comes back
+with the identity of a tunnel that is still ACTIVE here, the old session
+gets ``stale_check_s`` to answer a ping: silent, it is closed and replaced
+(a restarted connector is not refused because of its own ghost); alive, the
+two are simply two tunnels and the operator is warned.
+
+Dead peers: the gateway pings every ``keepalive_s`` on a fixed rhythm (a
+slow answer does not delay the next ping), each ping may take
+``keepalive_timeout_s``; ``keepalive_misses`` misses in a row close the
+tunnel, so a frozen connector leaves its pools within
+``misses * keepalive_s + timeout``. One miss already moves it to the back
+of its pools.
 """
 
 from __future__ import annotations
 
 import asyncio
 import enum
+import hashlib
 import itertools
 import logging
 import time
@@ -32,6 +54,7 @@ from qanat.wire.configmsg import decode_config
 from qanat.wire.remotes import Remote
 
 if TYPE_CHECKING:
+    from qanat.gateway.ports import Endpoint
     from qanat.gateway.server import Gateway
     from qanat.gateway.stages import StageConfig
 
@@ -53,6 +76,20 @@ class ConnectorInfo:
     peer: str
     user_agent: str
     ports: tuple[str, ...]
+    #: The X-Qanat-Connector-Id header ("" from stock connectors).
+    identity: str = ""
+
+    @property
+    def source(self) -> str:
+        return self.peer.rsplit(":", 1)[0]
+
+
+def derived_identity(info: ConnectorInfo, remotes: tuple[Remote, ...]) -> str:
+    """Identity of a connector that did not name itself: source address + remotes."""
+    h = hashlib.sha256(info.source.encode())
+    for text in sorted(str(r) for r in remotes):
+        h.update(b"\0" + text.encode())
+    return "src-" + h.hexdigest()[:12]
 
 
 class Tunnel:
@@ -76,10 +113,23 @@ class Tunnel:
         self.version = ""
         self.ssh: SshTunnel | None = None
         self.close_reason = ""
+        self.draining = False
+        self.draining_since: float | None = None
+        self.identity = info.identity
+        self.endpoints: list[Endpoint] = []
         self.tasks = TaskOwner(f"tunnel {self.id}")
         self.log = ContextLogger(
-            _log, stage=stage.key, tunnel=self.id, connector=info.client_id or "-", peer=info.peer
+            _log,
+            stage=stage.key,
+            tunnel=self.id,
+            connector=info.identity or info.client_id or "-",
+            peer=info.peer,
         )
+
+    @property
+    def serving(self) -> bool:
+        """Whether app connections may ride on this tunnel (draining included)."""
+        return self.state is TunnelState.ACTIVE
 
     # -- ServerHooks (called by the SSH adapter) ------------------------------
 
@@ -94,24 +144,43 @@ class Tunnel:
             self.log.warning("refused config: %s", exc)
             return str(exc)
         self.version = message.version
+        if not self.identity:
+            self.identity = derived_identity(self.info, remotes)
+            self.log = self.log.bind(connector=self.identity)
+        await self.gateway.retire_stale(self)
+        if self.state is not TunnelState.SETUP:  # closed while we waited
+            return "tunnel closed during setup"
+        started = time.perf_counter()
         error = await bind_remotes(self.gateway.ports, self, remotes)  # TCP, then UDP
-        if error is None and self.state is not TunnelState.SETUP:
+        if error is not None:
+            self.log.warning("refused remotes: %s", error)
+            return error
+        if self.state is not TunnelState.SETUP:
             # Closed while the listeners were being created: _closed() has
             # already unbound, so undo this bind or the ports stay open.
             self.gateway.ports.unbind(self)
             return f"tunnel closed during setup: {self.close_reason or 'connector left'}"
-        if error is not None:
-            self.log.warning("refused remotes: %s", error)
-            return error
         self.remotes = remotes
         self.state = TunnelState.ACTIVE
         self.gateway.tunnel_active(self)
+        bind_ms = (time.perf_counter() - started) * 1e3
+        pools = {e.port: len(e.pool) for e in self.endpoints}
+        shown = ", ".join(
+            f"secure-gateway:{r.local_port}=>{r.channel_extra.decode()}"
+            + (
+                f" (pool of {pools[int(r.local_port)]})"
+                if pools.get(int(r.local_port), 0) > 1
+                else ""
+            )
+            for r in remotes[:10]
+        )
+        if len(remotes) > 10:
+            shown += f" and {len(remotes) - 10} more ({bind_ms:.0f}ms to bind)"
         self.log.info(
             "connector %s connected (version %s), serving %s",
-            self.info.client_id or "?",
+            self.identity,
             self.version or "?",
-            ", ".join(f"secure-gateway:{r.local_port}=>{r.channel_extra.decode()}" for r in remotes)
-            or "nothing",
+            shown or "nothing",
         )
         if settings.keepalive_s > 0:
             self.tasks.spawn(self._keepalive(), name=f"keepalive-{self.id}")
@@ -119,7 +188,23 @@ class Tunnel:
 
     def on_lost(self, exc: BaseException | None) -> None:
         reason = self.close_reason or (str(exc) if exc else "connector disconnected")
+        if self.draining and not self.close_reason and exc is None:
+            reason = "connector finished draining"
         self._closed(reason)
+
+    def on_drain(self) -> bool:
+        if self.state is not TunnelState.ACTIVE:
+            return False
+        if not self.draining:
+            self.draining = True
+            self.draining_since = time.monotonic()
+            self.log.info(
+                "connector %s is draining: no new connections unless no other tunnel "
+                "can take them; %d open",
+                self.identity,
+                len(self.splices),
+            )
+        return True
 
     # -- life ---------------------------------------------------------------
 
@@ -159,11 +244,17 @@ class Tunnel:
 
     async def _keepalive(self) -> None:
         settings = self.gateway.settings
+        timeout_s = settings.ping_timeout_s
+        loop = asyncio.get_running_loop()
         assert self.ssh is not None
+        next_at = loop.time() + settings.keepalive_s
         while self.state is TunnelState.ACTIVE:
-            await asyncio.sleep(settings.keepalive_s)
+            await asyncio.sleep(max(0.0, next_at - loop.time()))
+            next_at += settings.keepalive_s
             try:
-                self.last_rtt_s = await self.ssh.ping(settings.keepalive_timeout_s)
+                self.last_rtt_s = await self.ssh.ping(timeout_s)
+                if self.missed_pings:
+                    self.log.info("keepalive answered again after %d miss(es)", self.missed_pings)
                 self.missed_pings = 0
             except TimeoutError:
                 self.missed_pings += 1
@@ -171,14 +262,29 @@ class Tunnel:
                     "keepalive %d/%d missed (no answer within %gs)",
                     self.missed_pings,
                     settings.keepalive_misses,
-                    settings.keepalive_timeout_s,
+                    timeout_s,
                 )
                 if self.missed_pings >= settings.keepalive_misses:
                     metrics.dead_peer_removed(self.stage.key)
-                    self.close(f"dead peer: {self.missed_pings} keepalives missed")
+                    self.close(
+                        f"dead peer: {self.missed_pings} keepalives in a row missed "
+                        f"(every {settings.keepalive_s:g}s, {timeout_s:g}s timeout)"
+                    )
                     return
             except TunnelError:
                 return
+            # A late answer must not shift the rhythm, nor a very late one pile pings up.
+            next_at = max(next_at, loop.time())
+
+    async def answers(self, timeout_s: float) -> bool:
+        """Whether the connector answers a ping within ``timeout_s`` now."""
+        if self.ssh is None or self.state is TunnelState.CLOSED:
+            return False
+        try:
+            await self.ssh.ping(timeout_s)
+        except (TimeoutError, TunnelError):
+            return False
+        return True
 
     def close(self, reason: str) -> None:
         """Close the tunnel and everything riding on it."""
@@ -194,7 +300,8 @@ class Tunnel:
             return
         was_active = self.state is TunnelState.ACTIVE
         self.state = TunnelState.CLOSED
-        self.gateway.ports.unbind(self)
+        cut = len(self.splices)
+        emptied = self.gateway.ports.unbind(self)
         for splice in list(self.splices):
             splice.close()
         self.splices.clear()
@@ -202,10 +309,15 @@ class Tunnel:
         # Cancel now: a reaper task spawned on the gateway would itself be
         # cancelled unstarted when the gateway is closing.
         self.tasks.cancel()
-        if was_active:
-            self.log.info("tunnel closed: %s", reason)
-        else:
+        if not was_active:
             self.log.info("tunnel setup ended: %s", reason)
+            return
+        detail = f"; {cut} open connection(s) cut" if cut else ""
+        if emptied:
+            ports = ", ".join(str(p) for p in emptied[:10])
+            more = f" and {len(emptied) - 10} more" if len(emptied) > 10 else ""
+            detail += f"; no connector serves port(s) {ports}{more} any more"
+        self.log.info("tunnel closed: %s%s", reason, detail)
 
     # -- channels -----------------------------------------------------------
 
@@ -224,8 +336,11 @@ class Tunnel:
             "connector": self.info.client_id,
             "peer": self.info.peer,
             "user_agent": self.info.user_agent,
+            "identity": self.identity,
             "version": self.version,
             "state": self.state.value,
+            "draining": self.draining,
+            "missed_keepalives": self.missed_pings,
             "connected_since": self.connected_at,
             "keepalive_rtt_ms": None
             if self.last_rtt_s is None

@@ -47,6 +47,7 @@ class Splice:
         "chan",
         "chan_end",
         "early",
+        "held",
         "loop",
         "owner",
         "pending",
@@ -75,6 +76,11 @@ class Splice:
         # _ChanEnd.data_received).
         self.pending: list[bytes] | None = None
         self.loop = asyncio.get_running_loop()
+        # The reverse: channel bytes that came before the TCP side was
+        # attached (gateway side, an endpoint that speaks first, such as an
+        # SMTP banner, answered with the open confirmation). Held here with
+        # the channel paused until attach_tcp().
+        self.held: list[bytes] = []
         self.tcp_end = _TcpEnd(self)
         self.chan_end = _ChanEnd(self)
 
@@ -88,6 +94,14 @@ class Splice:
         """
         self.tcp = transport
         transport.set_protocol(self.tcp_end)
+        held, self.held = self.held, []
+        for chunk in held:
+            self.received += len(chunk)
+            transport.write(chunk)
+        if held and self.chan is not None:
+            self.chan.resume_reading()
+        if self._chan_eof and transport.can_write_eof() and not transport.is_closing():
+            transport.write_eof()
         for chunk in early or ():
             self.tcp_end.data_received(chunk)
         if eof:
@@ -200,6 +214,10 @@ class _ChanEnd:
         # socket read; they go out in one writev at the end of this loop
         # iteration instead of one syscall each.
         s = self.s
+        if s.tcp is None:
+            s.held.append(data)
+            s.chan.pause_reading()
+            return
         s.received += len(data)
         pending = s.pending
         if pending is None:

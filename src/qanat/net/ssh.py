@@ -13,6 +13,10 @@ chisel speaks standard SSH with four twists, all handled here:
 4. App connections travel in channels of type ``chisel`` whose extra data is
    the raw ``host:port`` (``/udp`` appended for UDP).
 
+One qanat-only extra: the global request ``drain@qanat`` (connector to
+gateway: "send me no new channels"), sent only to a gateway that advertised
+it in the 101 answer.
+
 The gateway gets an :class:`SshTunnel` from :func:`serve_tunnel`; the
 connector gets one from :func:`connect_tunnel`. Both only see qanat's errors.
 This module touches a few private asyncssh members (version exchange, global
@@ -45,6 +49,7 @@ from qanat.wire.handshake import (
     CHANNEL_TYPE,
     CLIENT_VERSION,
     CONFIG_REQUEST,
+    DRAIN_REQUEST,
     PING_REQUEST,
     PONG_PAYLOAD,
     SERVER_VERSION,
@@ -228,6 +233,9 @@ class ServerHooks(Protocol):
     def on_lost(self, exc: BaseException | None) -> None:
         """The SSH connection is gone (after the transport closed)."""
 
+    def on_drain(self) -> bool:
+        """The connector asks for no new channels (``drain@qanat``); True to accept."""
+
 
 class _ServerConnection(_ChiselDialect, asyncssh.SSHServerConnection):
     _qanat_version = SERVER_VERSION
@@ -246,6 +254,11 @@ class _ServerConnection(_ChiselDialect, asyncssh.SSHServerConnection):
             error = f"internal error handling config: {exc}"
         if self._transport is not None:
             self._qanat_reply(error is None, (error or "").encode())
+
+    def _process_drain_at_qanat_global_request(self, _packet: Any) -> None:
+        # qanat's own request (see DRAIN_REQUEST); asyncssh answers failure to
+        # requests it has no handler for, a stock chisel server never answers.
+        self._qanat_reply(self.qanat_hooks.on_drain())
 
 
 class _ServerOwner(asyncssh.SSHServer):
@@ -284,6 +297,56 @@ class _ClientConnection(_ChiselDialect, asyncssh.SSHClientConnection):
             raise asyncssh.ChannelOpenError(OPEN_CONNECT_FAILED, f"internal error: {exc}") from None
 
 
+class _Discard:
+    """Session for a channel whose opener gave up waiting: closes it at once."""
+
+    def connection_made(self, chan: Any) -> None:
+        chan.close()
+
+    def session_started(self) -> None:
+        pass
+
+    def data_received(self, data: bytes, datatype: Any = None) -> None:
+        pass
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        pass
+
+    def pause_writing(self) -> None:
+        pass
+
+    def resume_writing(self) -> None:
+        pass
+
+
+class _LateOpen:
+    """Hands the real session to a channel only if it opens in time."""
+
+    def __init__(self, session_factory: Callable[[], Any]) -> None:
+        self._factory = session_factory
+        self._abandoned = False
+
+    def factory(self) -> Any:
+        return _Discard() if self._abandoned else self._factory()
+
+    def abandon(self, task: asyncio.Future[Any], chan: Any) -> None:
+        self._abandoned = True
+        if not task.done():
+            task.add_done_callback(_retrieve)
+        elif not task.cancelled() and task.exception() is None:
+            # It opened just as the waiter gave up: the session exists, so
+            # close the channel (the session sees connection_lost).
+            chan.close()
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
 # -- the tunnel object both sides use -----------------------------------------
 
 
@@ -293,6 +356,7 @@ class SshTunnel:
     def __init__(self, conn: Any, window_bytes: int = DEFAULT_WINDOW_BYTES) -> None:
         self._conn = conn
         self._window = window_bytes
+        self._late: set[asyncio.Future[Any]] = set()
 
     @property
     def peer_version(self) -> str:
@@ -303,18 +367,50 @@ class SshTunnel:
         key = self._conn.get_server_host_key()
         return chisel_fingerprint(key.public_data) if key is not None else ""
 
-    async def open_channel(self, extra: bytes, session_factory: Callable[[], Any]) -> Any:
+    async def open_channel(
+        self,
+        extra: bytes,
+        session_factory: Callable[[], Any],
+        *,
+        timeout_s: float | None = None,
+    ) -> Any:
         """Open a ``chisel`` channel with ``extra`` data; return its session.
+
+        With ``timeout_s``, an open the peer has not answered in time is
+        abandoned: should the confirmation still come, that channel is closed
+        at once and ``session_factory`` is never called for it.
 
         Raises:
             ChannelOpenFailed: the peer refused (``reason`` carries its text)
                 or the connection is gone.
+            TimeoutError: no answer within ``timeout_s``.
         """
-        chan = self._conn.create_tcp_channel(
-            window=self._window, max_pktsize=DEFAULT_MAX_PACKET_BYTES
-        )
         try:
-            return await chan._open_forward(session_factory, CHANNEL_TYPE, extra)
+            chan = self._conn.create_tcp_channel(
+                window=self._window, max_pktsize=DEFAULT_MAX_PACKET_BYTES
+            )
+        except (OSError, asyncssh.Error) as exc:  # the connection is closing
+            raise ChannelOpenFailed(f"channel failed: {exc}", reason=str(exc)) from None
+        if timeout_s is None:
+            opening: Awaitable[Any] = chan._open_forward(session_factory, CHANNEL_TYPE, extra)
+            return await self._translate_open(opening)
+        late = _LateOpen(session_factory)
+        task = asyncio.ensure_future(chan._open_forward(late.factory, CHANNEL_TYPE, extra))
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await self._translate_open(asyncio.shield(task))
+        except (TimeoutError, asyncio.CancelledError):
+            # Whatever the peer answers later is thrown away.
+            late.abandon(task, chan)
+            if not task.done():
+                self._late.add(task)
+                task.add_done_callback(self._late.discard)
+            raise
+
+    @staticmethod
+    async def _translate_open(opening: Awaitable[Any]) -> Any:
+        try:
+            return await opening
         except asyncssh.ChannelOpenError as exc:
             raise ChannelOpenFailed(f"channel refused: {exc.reason}", reason=exc.reason) from None
         except (OSError, asyncssh.Error) as exc:
@@ -436,6 +532,24 @@ async def connect_tunnel(
     return SshTunnel(conn, window_bytes)
 
 
+async def send_drain(tunnel: SshTunnel, timeout_s: float) -> bool:
+    """Ask the gateway for no new channels; True when it agreed.
+
+    Only for a gateway that advertised the ``drain`` feature: a stock chisel
+    server never answers unknown requests, and global replies are matched in
+    order, so an unanswered request would swallow the next ``ping`` reply.
+
+    Raises:
+        TunnelError: the connection closed first.
+    """
+    try:
+        async with asyncio.timeout(timeout_s):
+            ok, _ = await tunnel.request(DRAIN_REQUEST)
+    except TimeoutError:
+        return False
+    return ok
+
+
 async def send_config(tunnel: SshTunnel, payload: bytes) -> None:
     """Send the ``config`` request; raise RemotesRejected with the server's text."""
     ok, reply = await tunnel.request(CONFIG_REQUEST, payload)
@@ -455,5 +569,6 @@ __all__ = [
     "connect_tunnel",
     "same_fingerprint",
     "send_config",
+    "send_drain",
     "serve_tunnel",
 ]

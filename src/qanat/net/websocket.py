@@ -236,6 +236,12 @@ def http_response(
     return Response(status, HTTPStatus(status).phrase, h, body)
 
 
+def _retry_after(value: str) -> float | None:
+    """Retry-After in seconds (only the delay-seconds form), capped at an hour."""
+    value = value.strip()
+    return min(float(value), 3600.0) if value.isdigit() else None
+
+
 class _ClientHandshake(asyncio.Protocol):
     """Lower protocol while the connector waits for the 101 answer."""
 
@@ -342,6 +348,7 @@ async def client_handshake(
                 + (f": {body}" if body else ""),
                 status=status,
                 body=body,
+                retry_after_s=_retry_after(response.headers.get("Retry-After", "")),
             )
         raise HandshakeError(f"WebSocket upgrade failed: {exc}") from exc
     if ws.state is not State.OPEN:

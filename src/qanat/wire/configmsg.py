@@ -116,6 +116,7 @@ def decode_config(
         raise RemoteProtocolError("config: Remotes is not a list")
     if len(items) > max_remotes:
         raise RemoteProtocolError(
-            f"config: {len(items)} remotes exceeds the limit of {max_remotes} per connector"
+            f"config: {len(items)} remotes exceeds the limit of {max_remotes} per connector; "
+            "split the remotes over several connectors"
         )
     return ConfigMessage(version, tuple(_remote_from(i, item) for i, item in enumerate(items)))

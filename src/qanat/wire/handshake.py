@@ -6,9 +6,13 @@ the SSH version lines, the channel type and the keepalive request names.
 
 from __future__ import annotations
 
+import hashlib
+import re
 import secrets
 from collections.abc import Mapping, Sequence
 from urllib.parse import parse_qs, urlencode
+
+from qanat.wire.remotes import Remote
 
 SUBPROTOCOL = "chisel-v3"
 SERVER_VERSION = b"SSH-chisel-v3-server"
@@ -22,6 +26,19 @@ TOKEN_HEADER = "token"  # noqa: S105 -- a header name, not a secret
 OUTSYSTEMSCC_VERSION = "0.0.0-src"
 #: Seconds the gateway waits for the ``config`` request after SSH auth.
 CONFIG_TIMEOUT_S = 10.0
+
+# qanat-to-qanat extras, all ignored by stock chisel peers:
+#: Upgrade request header: the connector's stable identity (``--id``, or
+#: derived from token, remotes and host name). A restarted connector with
+#: the same identity replaces its own stale session.
+IDENTITY_HEADER = "X-Qanat-Connector-Id"
+#: 101 answer header of a qanat gateway: comma-separated extras it understands.
+FEATURES_HEADER = "X-Qanat-Features"
+FEATURE_DRAIN = "drain"
+#: SSH global request (connector -> gateway, want-reply): "no new channels".
+DRAIN_REQUEST = "drain@qanat"
+
+_CONNECTOR_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,63}\Z")
 
 
 def new_client_id() -> str:
@@ -40,3 +57,26 @@ def parse_tunnel_query(query: str) -> tuple[str, tuple[str, ...]]:
     client_id = values.get("id", [""])[0][:32]
     ports = tuple(p for p in values.get("ports", [""])[0].split(",") if p)[:1000]
     return client_id, ports
+
+
+def valid_connector_id(text: str) -> bool:
+    """Whether ``text`` may be a connector identity (1-64 of ``A-Za-z0-9._:@-``)."""
+    return _CONNECTOR_ID.match(text) is not None
+
+
+def derive_connector_id(token: str, remotes: Sequence[Remote], host: str) -> str:
+    """The default identity of a connector: same token, remotes and host, same id.
+
+    Only a hash leaves the machine (the token cannot be recovered from it).
+    """
+    h = hashlib.sha256()
+    h.update(hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest())
+    for text in sorted(str(r) for r in remotes):
+        h.update(b"\0" + text.encode("utf-8", "surrogateescape"))
+    h.update(b"\0" + host.encode("utf-8", "surrogateescape"))
+    return "h-" + h.hexdigest()[:16]
+
+
+def parse_features(value: str) -> frozenset[str]:
+    """``"drain, x"`` -> {"drain", "x"}."""
+    return frozenset(p.strip().lower() for p in value.split(",") if p.strip())
