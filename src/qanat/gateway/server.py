@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from typing import Any
+from typing import Any, Protocol
 
 from qanat.gateway.frontdoor import FrontDoor, HttpFallback
 from qanat.gateway.ports import PortTable
@@ -17,6 +17,18 @@ from qanat.net.ssh import HostKey
 from qanat.runtime import TaskOwner
 
 log = logging.getLogger("qanat.gateway")
+
+
+class TunnelListener(Protocol):
+    """Told when a tunnel starts serving and when it ends (in the event loop).
+
+    Listeners must not block: the live connector report, for one, queues the
+    event and writes the database from a worker thread.
+    """
+
+    def tunnel_active(self, tunnel: Tunnel) -> None: ...
+
+    def tunnel_closed(self, tunnel: Tunnel) -> None: ...
 
 
 class Gateway:
@@ -41,6 +53,7 @@ class Gateway:
         self.tasks = TaskOwner("gateway")
         self.auth_limiter = FailureLimiter()
         self.server: asyncio.Server | None = None
+        self.tunnel_listeners: list[TunnelListener] = []
 
     @property
     def address(self) -> tuple[str, int]:
@@ -82,10 +95,13 @@ class Gateway:
         self.tunnels[tunnel.id] = tunnel
 
     def tunnel_active(self, tunnel: Tunnel) -> None:
-        pass
+        for listener in list(self.tunnel_listeners):
+            _notify(listener.tunnel_active, tunnel)
 
     def tunnel_closed(self, tunnel: Tunnel) -> None:
         self.tunnels.pop(tunnel.id, None)
+        for listener in list(self.tunnel_listeners):
+            _notify(listener.tunnel_closed, tunnel)
 
     def _on_stage_event(self, event: StageEvent) -> None:
         stage = event.stage
@@ -126,3 +142,11 @@ class Gateway:
             entry = stages.setdefault(endpoint.stage_key, {"connectors": [], "endpoints": []})
             entry["endpoints"].append(endpoint.snapshot())
         return {"stages": stages, "fingerprint": self.host_key.fingerprint}
+
+
+def _notify(hook: Any, tunnel: Tunnel) -> None:
+    # A listener's bug must not break the tunnel's bookkeeping.
+    try:
+        hook(tunnel)
+    except Exception:
+        log.exception("tunnel listener %r failed", hook)
