@@ -66,12 +66,16 @@ def test_activate_first_time_gives_token_once(tmp_path: Path) -> None:
             await api.ok("POST", "/orgs", {"name": "acme"})
             first = await api.ok("POST", DEV + "/activate")
             assert first["address"].startswith(up.url + "/sg_")
-            assert first["token"] and first["first"] is True and first["status"] == "active"
+            assert first["token"]
+            assert first["first"] is True
+            assert first["status"] == "active"
             again = await api.ok("POST", DEV + "/activate")
             assert again["address"] == first["address"]
-            assert "token" not in again and again["changed"] is False
+            assert "token" not in again
+            assert again["changed"] is False
             status = await api.ok("GET", DEV)
-            assert status["status"] == "active" and status["address"] == first["address"]
+            assert status["status"] == "active"
+            assert status["address"] == first["address"]
             assert first["token"] not in str(status)
             audit = (await api.ok("GET", "/orgs/acme/audit"))["entries"]
             actions = [e["action"] for e in audit]
@@ -152,7 +156,8 @@ def test_deactivate_closes_tunnels_within_a_second_and_reactivate_reconnects(
 
                     # Reactivate: the same connector comes back by itself.
                     again = await api.ok("POST", DEV + "/activate")
-                    assert again["address"] == activation["address"] and "token" not in again
+                    assert again["address"] == activation["address"]
+                    assert "token" not in again
                     await eventually(served, 5, "the retrying connector re-establishes")
                     assert await app_request(app_port, "two") == "echo: two"
                     await eventually(listed, 3, "the status lists it again")
@@ -185,7 +190,8 @@ def test_renew_keeps_open_tunnels_and_refuses_the_old_token(tmp_path: Path) -> N
                     await eventually(old_served, 5, "the old-token connector is up")
                     renewal = await api.ok("POST", DEV + "/renew")
                     new_token = renewal["token"]
-                    assert new_token != old_token and renewal["address"] == address
+                    assert new_token != old_token
+                    assert renewal["address"] == address
 
                     async def old_refused() -> bool:
                         status, body = await tunnel_probe(up.url, address_id, old_token)
@@ -196,9 +202,7 @@ def test_renew_keeps_open_tunnels_and_refuses_the_old_token(tmp_path: Path) -> N
                     assert await app_request(old_port, "still") == "echo: still"
 
                     # The new token works for a new connector.
-                    async with connector(
-                        address, new_token, f"R:{new_port}:127.0.0.1:{ep_port}"
-                    ):
+                    async with connector(address, new_token, f"R:{new_port}:127.0.0.1:{ep_port}"):
 
                         async def new_served() -> bool:
                             return not await port_refuses(new_port)
@@ -224,6 +228,7 @@ def test_renew_keeps_open_tunnels_and_refuses_the_old_token(tmp_path: Path) -> N
 
             audit = (await api.ok("GET", "/orgs/acme/audit"))["entries"]
             assert audit[0]["action"] == "gateway.renew_token"
-            assert old_token not in str(audit) and new_token not in str(audit)
+            assert old_token not in str(audit)
+            assert new_token not in str(audit)
 
     asyncio.run(scenario())
