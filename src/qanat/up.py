@@ -63,6 +63,7 @@ class UpConfig:
         public_url: the base URL connectors dial (addresses are
             ``<public_url>/sg_<uuid>``); default ``http://<listen address>``.
         database_url: default SQLite in ``data_dir``.
+        busy_timeout_s: how long a write waits for a database lock.
         poll_interval_s: how often the gateway reads the stage change counter.
         keepalive_s: gateway pings to connectors.
         report_refresh_s: how often keepalive round-trips are written.
@@ -77,6 +78,7 @@ class UpConfig:
     listen_port: int = 8080
     public_url: str | None = None
     database_url: str | None = None
+    busy_timeout_s: float = 5.0
     poll_interval_s: float = 0.5
     keepalive_s: float = 25.0
     report_refresh_s: float = 5.0
@@ -146,7 +148,8 @@ class Up:
             cfg.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as exc:
             raise ConfigError(f"cannot create the data directory {cfg.data_dir}: {exc}") from None
-        self.store = await asyncio.to_thread(open_store, StoreConfig(url=cfg.store_url))
+        store_config = StoreConfig(url=cfg.store_url, busy_timeout_s=cfg.busy_timeout_s)
+        self.store = await asyncio.to_thread(open_store, store_config)
         source = DatabaseStageSource(self.store, poll_interval_s=cfg.poll_interval_s)
         settings = GatewaySettings(
             data_dir=cfg.data_dir,

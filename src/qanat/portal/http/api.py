@@ -8,6 +8,7 @@ become problem objects in the application's middleware.
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Any
 
@@ -269,9 +270,24 @@ async def openapi(request: web.Request) -> web.StreamResponse:
 
 
 async def not_found(request: web.Request) -> web.StreamResponse:
+    allowed = sorted({r.method for r in ROUTES if _path_pattern(r.path).fullmatch(request.path)})
+    if allowed:
+        raise web.HTTPMethodNotAllowed(
+            request.method,
+            allowed,
+            text=f"{request.method} is not an operation on {request.path}; it allows"
+            f" {', '.join(allowed)}",
+        )
     raise web.HTTPNotFound(
         text=f"no API operation at {request.method} {request.path}; see {PREFIX}/openapi.json"
     )
+
+
+def _path_pattern(path: str) -> re.Pattern[str]:
+    parts = [
+        "[^/]+" if p.startswith("{") and p.endswith("}") else re.escape(p) for p in path.split("/")
+    ]
+    return re.compile("/".join(parts))
 
 
 _ORG_PATH = PREFIX + "/orgs/{org}"

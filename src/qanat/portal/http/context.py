@@ -141,7 +141,7 @@ async def json_body(request: web.Request) -> dict[str, Any]:
     if not raw.strip():
         return {}
     try:
-        doc = json.loads(raw)
+        doc = json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
         raise BadRequest("request body is not UTF-8 text; send a JSON object") from None
     except json.JSONDecodeError as exc:
