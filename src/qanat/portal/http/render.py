@@ -22,7 +22,7 @@ from qanat.store import AuditRecord, ConnectorRecord, MembershipRecord
 
 
 def when(value: datetime | None) -> str | None:
-    return None if value is None else value.isoformat().replace("+00:00", "Z")
+    return None if value is None else value.isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def org(info: OrgInfo, role: str | None = None) -> dict[str, Any]:

@@ -220,13 +220,13 @@ async def _stage_page(
         return {
             "role": role.value,
             "stages": [render.stage(s) for s in stages],
-            "status": render.status(status),
+            "gw": render.status(status),
             "audit": audit,
         }
 
     data = await d.run(load)
-    status = data["status"]
-    address = status["address"] or "<address>"
+    gw = data["gw"]
+    address = gw["address"] or "<address>"
     command = (
         f'qanat connect --header "token: {token or "<token>"}" {address} R:<port>:<host>:<port>'
     )
@@ -235,7 +235,7 @@ async def _stage_page(
         "stage.html",
         session=session,
         org=org,
-        stage=status["stage"],
+        stage=gw["stage"],
         token=token,
         reveal_reason=reveal_reason,
         notice=notice or _NOTICES.get(request.query.get("done", "")),

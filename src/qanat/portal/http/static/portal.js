@@ -105,7 +105,18 @@ function liveStatus() {
   tick();
 }
 
+// A token is shown in the answer to the POST that issued it. Point the
+// address bar back at the plain page, so that a reload is a GET (which never
+// shows a token) instead of re-sending the form (which would renew again).
+function forgetPost() {
+  const root = document.querySelector("[data-page-url]");
+  if (root && document.getElementById("token")) {
+    history.replaceState(null, "", root.dataset.pageUrl);
+  }
+}
+
 document.addEventListener("DOMContentLoaded", () => {
+  forgetPost();
   copyButtons();
   confirmations();
   liveStatus();
