@@ -37,7 +37,7 @@ from qanat.errors import ConfigError
 from qanat.gateway.server import Gateway
 from qanat.gateway.settings import GatewaySettings
 from qanat.portal import PasswordHasher, Portal, PortalConfig, localadmin
-from qanat.portal.http import PortalHttp, PortalHttpSettings, build_app
+from qanat.portal.http import PortalHttp, PortalHttpSettings, build_app, set_local_admin
 from qanat.portal.http.sessions import Signer, load_secret
 from qanat.store import (
     ConnectorRegistry,
@@ -98,6 +98,29 @@ class FirstAdmin:
 
     username: str
     password: str = field(repr=False)
+
+
+def bootstrap(
+    portal: Portal, data_dir: Path, url: str
+) -> tuple[FirstAdmin | None, localadmin.LocalAdmin]:
+    """Create the first admin if there is no user yet; write the local admin key.
+
+    Blocking (database, scrypt, files): call it from a worker thread.
+    """
+    password = localadmin.new_password()
+    first = None
+    if portal.create_first_admin("qanat-up", localadmin.FIRST_ADMIN, password):
+        first = FirstAdmin(localadmin.FIRST_ADMIN, password)
+    return first, localadmin.write_file(data_dir, url)
+
+
+def _announce_first_admin(first: FirstAdmin | None, data_dir: Path) -> None:
+    if first is not None:
+        _say("  first start: created the admin user (shown only now; stored as a hash)")
+        _say(f"    username: {first.username}")
+        _say(f"    password: {first.password}")
+    path = data_dir / localadmin.LOCAL_ADMIN_FILE
+    _say(f"  qanat admin uses the local admin key in {path} (mode 0600)")
 
 
 def tls_context(data_dir: Path) -> ssl.SSLContext | None:
@@ -190,10 +213,8 @@ class Up:
 
     def _first_start(self) -> localadmin.LocalAdmin:
         assert self.portal is not None
-        password = localadmin.new_password()
-        if self.portal.create_first_admin("qanat-up", localadmin.FIRST_ADMIN, password):
-            self.first_admin = FirstAdmin(localadmin.FIRST_ADMIN, password)
-        return localadmin.write_file(self.config.data_dir, self.url)
+        self.first_admin, local = bootstrap(self.portal, self.config.data_dir, self.url)
+        return local
 
     async def close(self) -> None:
         """Stop accepting, close portal connections and tunnels, then the database."""
@@ -229,11 +250,7 @@ async def run_up(config: UpConfig) -> int:
         _say(f"  portal:     {up.url}/")
         _say(f"  connectors: {up.url}/sg_<id> (the address a stage shows when activated)")
         _say(f"  database:   {redact_url(config.store_url)}")
-        if up.first_admin is not None:
-            _say("  first start: created the admin user (shown only now; stored as a hash)")
-            _say(f"    username: {up.first_admin.username}")
-            _say(f"    password: {up.first_admin.password}")
-        _say(f"  qanat admin uses the local admin key in {up.local_admin_path} (mode 0600)")
+        _announce_first_admin(up.first_admin, config.data_dir)
         _say("  press Ctrl-C to stop")
         await _until_signal()
         _say("qanat up: stopping")
@@ -246,6 +263,11 @@ async def run_portal(
     data_dir: Path, database_url: str, listen: tuple[str, int], public_url: str
 ) -> int:
     """``qanat portal``: pages and API only, on their own listen address."""
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    try:
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create the data directory {data_dir}: {exc}") from None
     store = await asyncio.to_thread(open_store, StoreConfig(url=database_url))
     http: PortalHttp | None = None
     try:
@@ -254,12 +276,17 @@ async def run_portal(
             portal,
             Signer(load_secret(data_dir)),
             settings=PortalHttpSettings(secure_cookies=public_url.startswith("https:")),
+            local_admin=None,
         )
         http = PortalHttp(app)
         await http.start()
         host, port = await http.listen(*listen)
-        _say(f"qanat portal on http://{host}:{port}/ (database {redact_url(database_url)})")
+        url = f"http://{host}:{port}"
+        first, local = await asyncio.to_thread(bootstrap, portal, data_dir, url)
+        set_local_admin(app, local)
+        _say(f"qanat portal on {url}/ (database {redact_url(database_url)})")
         _say(f"  stage addresses: {public_url}/sg_<id>")
+        _announce_first_admin(first, data_dir)
         await _until_signal()
     finally:
         if http is not None:

@@ -21,7 +21,7 @@ is exactly what the gateway's front door hands a non-tunnel connection to,
 so pages, API and tunnels share one listen address without a proxy.
 """
 
-from qanat.portal.http.app import PortalHttp, build_app
+from qanat.portal.http.app import PortalHttp, build_app, set_local_admin
 from qanat.portal.http.context import PortalHttpSettings
 
-__all__ = ["PortalHttp", "PortalHttpSettings", "build_app"]
+__all__ = ["PortalHttp", "PortalHttpSettings", "build_app", "set_local_admin"]

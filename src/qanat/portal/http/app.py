@@ -134,6 +134,11 @@ def build_app(
     return app
 
 
+def set_local_admin(app: web.Application, local_admin: LocalAdmin | None) -> None:
+    """Accept (another) local admin key from now on."""
+    app[DEPS].local_admin = local_admin
+
+
 class PortalHttp:
     """Runs the application: inside the gateway's front door, or on its own port."""
 
