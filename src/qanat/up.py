@@ -100,6 +100,18 @@ class FirstAdmin:
     password: str = field(repr=False)
 
 
+def make_data_dir(path: Path) -> None:
+    """Create the data directory (mode 0700: it holds secrets).
+
+    Raises:
+        ConfigError: it cannot be created.
+    """
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create the data directory {path}: {exc}") from None
+
+
 def bootstrap(
     portal: Portal, data_dir: Path, url: str
 ) -> tuple[FirstAdmin | None, localadmin.LocalAdmin]:
@@ -167,10 +179,7 @@ class Up:
             OSError: the listen address cannot be bound.
         """
         cfg = self.config
-        try:
-            cfg.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        except OSError as exc:
-            raise ConfigError(f"cannot create the data directory {cfg.data_dir}: {exc}") from None
+        make_data_dir(cfg.data_dir)
         store_config = StoreConfig(url=cfg.store_url, busy_timeout_s=cfg.busy_timeout_s)
         self.store = await asyncio.to_thread(open_store, store_config)
         source = DatabaseStageSource(self.store, poll_interval_s=cfg.poll_interval_s)
@@ -264,10 +273,7 @@ async def run_portal(
 ) -> int:
     """``qanat portal``: pages and API only, on their own listen address."""
     logging.getLogger("alembic").setLevel(logging.WARNING)
-    try:
-        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"cannot create the data directory {data_dir}: {exc}") from None
+    make_data_dir(data_dir)
     store = await asyncio.to_thread(open_store, StoreConfig(url=database_url))
     http: PortalHttp | None = None
     try:
