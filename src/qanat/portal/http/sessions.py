@@ -70,6 +70,11 @@ def load_secret(data_dir: Path | None) -> bytes:
     return secret
 
 
+def _same(given: str, expected: str) -> bool:
+    # compare_digest refuses non-ASCII str: compare bytes (any input, constant time).
+    return hmac.compare_digest(given.encode("utf-8", "surrogateescape"), expected.encode())
+
+
 def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
@@ -98,9 +103,8 @@ class Signer:
 
     def issue(self, user_id: int, username: str) -> tuple[str, Session]:
         """A new session and its cookie value."""
-        session = Session(
-            user_id, username, time.time() + self.session_ttl_s, secrets.token_hex(16)
-        )
+        expires_at = float(int(time.time() + self.session_ttl_s))
+        session = Session(user_id, username, expires_at, secrets.token_hex(16))
         payload = _b64(
             json.dumps(
                 {"u": user_id, "n": username, "e": int(session.expires_at), "r": session.nonce}
@@ -113,7 +117,7 @@ class Signer:
         if not cookie or len(cookie) > 1024 or "." not in cookie:
             return None
         payload, _, mac = cookie.rpartition(".")
-        if not hmac.compare_digest(mac, self._mac("session", payload)):
+        if not _same(mac, self._mac("session", payload)):
             return None
         try:
             doc = json.loads(_unb64(payload))
@@ -129,7 +133,7 @@ class Signer:
         return self._mac("csrf", session.nonce)
 
     def csrf_ok(self, session: Session, token: str | None) -> bool:
-        return bool(token) and hmac.compare_digest(str(token), self.csrf_token(session))
+        return bool(token) and _same(str(token), self.csrf_token(session))
 
     def login_nonce(self) -> str:
         """A fresh pre-session nonce (the sign-in form's cookie)."""
