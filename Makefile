@@ -5,6 +5,9 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.installed-bench
+# Extra arguments for bench/run.py, e.g. `make bench BENCH_ARGS="--quick --only ssh"`.
+BENCH_ARGS ?=
 
 .PHONY: demo test lint typecheck unit bench system-deps clean
 
@@ -33,8 +36,13 @@ typecheck: $(STAMP)
 test: $(STAMP) system-deps lint typecheck
 	$(VENV)/bin/pytest -q
 
-bench: $(STAMP) system-deps
-	$(PY) bench/run.py
+# The bench extras (aiohttp for bench/wslib.py) are installed on top of dev.
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP) system-deps
+	$(PY) bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

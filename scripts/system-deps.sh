@@ -2,7 +2,9 @@
 # Installs the Debian packages the tests and benchmarks run for real.
 # Only as root and only what is missing; otherwise says what is skipped.
 set -euo pipefail
-packages=(openssh-server openssh-client iproute2 postgresql chromium)
+# tinyproxy (HTTP CONNECT with basic auth) and microsocks (SOCKS5 with
+# user/password) are the real proxies of tests/corporate.
+packages=(openssh-server openssh-client iproute2 postgresql tinyproxy microsocks chromium)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -13,6 +13,8 @@ connectors that only ever dial out. The package draws the architecture::
                 into SSH channels
     connector/  `qanat connect`: outbound tunnel, dials endpoints on the
                 private side, reconnects with backoff
+    ops/        operability: `qanat diagnose` and `qanat probe`, Prometheus
+                metrics, /healthz and /readyz
 
 Path of one app connection::
 

@@ -31,14 +31,15 @@ def _host_port(text: str, what: str) -> tuple[str, int]:
 def _cmd_connect(args: argparse.Namespace) -> int:
     from qanat.connector.options import options_from_args
     from qanat.connector.runner import Connector
+    from qanat.ops.commands import connector_metrics
     from qanat.runtime import run
 
     options = options_from_args(args)
-    if options.proxy:
-        raise ConfigError("--proxy is not supported by this version yet; connect directly")
 
     async def main() -> int:
-        return await Connector(options).run()
+        connector = Connector(options)
+        async with connector_metrics(args.metrics, connector):
+            return await connector.run()
 
     return run(main())
 
@@ -59,16 +60,29 @@ def _cmd_gateway(args: argparse.Namespace) -> int:
     from qanat.connector.options import parse_duration
     from qanat.gateway.server import Gateway
     from qanat.gateway.stages import FileStageSource
+    from qanat.ops.commands import metrics_allow_from_args
     from qanat.runtime import run
 
     host, port = _host_port(args.listen, "--listen")
     stage_file = Path(args.stage_file) if args.stage_file else data_dir / "stages.toml"
+    tls_cert, tls_key = _gateway_tls_files(args, data_dir)
+    udp_idle = parse_duration(args.udp_idle_timeout, "--udp-idle-timeout")
+    if udp_idle <= 0:
+        raise ConfigError("--udp-idle-timeout must be positive")
+    if args.udp_max_flows < 1:
+        raise ConfigError("--udp-max-flows must be at least 1")
     settings = GatewaySettings(
         data_dir=data_dir,
         listen_host=host,
         listen_port=port,
         keepalive_s=parse_duration(args.keepalive, "--keepalive"),
         redirect_url=args.redirect,
+        tls_cert_path=tls_cert,
+        tls_key_path=tls_key,
+        tls_client_ca_path=Path(args.tls_client_ca) if args.tls_client_ca else None,
+        udp_idle_timeout_s=udp_idle,
+        udp_max_flows=args.udp_max_flows,
+        metrics_allow_cidrs=metrics_allow_from_args(args),
     )
     if args.database_url:
         from qanat.store import normalize_url
@@ -81,7 +95,19 @@ def _cmd_gateway(args: argparse.Namespace) -> int:
         gateway = Gateway(settings, source)
         await gateway.start()
         bound_host, bound_port = gateway.address
-        log.info("qanat gateway %s listening on http://%s:%d", __version__, bound_host, bound_port)
+        log.info(
+            "qanat gateway %s listening on %s://%s:%d",
+            __version__,
+            gateway.scheme,
+            bound_host,
+            bound_port,
+        )
+        if args.tls_self_signed:
+            _warn_dev_certificate(tls_cert)
+        elif tls_cert is not None:
+            log.info("TLS certificate %s (reloaded on SIGHUP)", tls_cert)
+        if settings.tls_client_ca_path is not None:
+            log.info("mutual TLS: connectors need a certificate from %s", args.tls_client_ca)
         log.info("host key fingerprint %s", gateway.host_key.fingerprint)
         log.info("%d stage(s) from %s", len(source.stages()), stage_file)
         stop = asyncio.Event()
@@ -95,6 +121,15 @@ def _cmd_gateway(args: argparse.Namespace) -> int:
                 log.info("reloaded %s: %d stage(s)", stage_file, len(source.stages()))
             except ConfigError as exc:
                 log.error("reload failed, keeping the current stages: %s", exc)
+            try:
+                if gateway.reload_tls():
+                    log.info(
+                        "reloaded the TLS certificate %s: new connections get it, "
+                        "established tunnels are kept",
+                        tls_cert,
+                    )
+            except ConfigError as exc:
+                log.error("TLS reload failed, keeping the current certificate: %s", exc)
 
         loop.add_signal_handler(signal.SIGHUP, reload)
         await stop.wait()
@@ -103,6 +138,33 @@ def _cmd_gateway(args: argparse.Namespace) -> int:
         return 0
 
     return run(main())
+
+
+def _gateway_tls_files(args: argparse.Namespace, data_dir: Path) -> tuple[Path | None, Path | None]:
+    """The certificate and key to serve, from --tls-cert/--tls-key or --tls-self-signed."""
+    if args.tls_self_signed:
+        if args.tls_cert or args.tls_key:
+            raise ConfigError("--tls-self-signed and --tls-cert/--tls-key exclude each other")
+        from qanat.tls import ensure_dev_certificate
+
+        return ensure_dev_certificate(data_dir)
+    if args.tls_key and not args.tls_cert:
+        raise ConfigError("--tls-key needs --tls-cert")
+    if args.tls_client_ca and not args.tls_cert:
+        raise ConfigError("--tls-client-ca needs TLS: give --tls-cert and --tls-key")
+    if not args.tls_cert:
+        return None, None
+    return Path(args.tls_cert), Path(args.tls_key) if args.tls_key else None
+
+
+def _warn_dev_certificate(cert: Path | None) -> None:
+    bar = "!" * 72
+    log.warning(bar)
+    log.warning("DEVELOPMENT CERTIFICATE: this gateway serves a self-signed certificate")
+    log.warning("(%s) that no connector trusts by default.", cert)
+    log.warning("Connectors must be given it: qanat connect --tls-ca %s ...", cert)
+    log.warning("For production use --tls-cert/--tls-key with a certificate from a real CA.")
+    log.warning(bar)
 
 
 def _add_stage(args: argparse.Namespace, data_dir: Path) -> int:
@@ -126,7 +188,8 @@ def _add_stage(args: argparse.Namespace, data_dir: Path) -> int:
         handle.write(entry)
     host, port = _host_port(args.listen, "--listen")
     print(f"stage {args.name} added to {stage_file}")
-    print(f"address: http://{host}:{port}/{address_id}")
+    scheme = "https" if args.tls_cert or args.tls_self_signed else "http"
+    print(f"address: {scheme}://{host}:{port}/{address_id}")
     print(f"token:   {token}   (shown once; only its hash is stored)")
     return 0
 
@@ -218,6 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
 
     from qanat.connector.options import add_connect_arguments
+    from qanat.ops import commands as ops_commands
 
     connect = sub.add_parser(
         "connect",
@@ -225,6 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Open an outbound tunnel to a stage's gateway and serve the given remotes.",
     )
     add_connect_arguments(connect)
+    ops_commands.add_connect_metrics_argument(connect)
     connect.set_defaults(func=_cmd_connect)
 
     gateway = sub.add_parser("gateway", help="run a standalone gateway (stages from a file)")
@@ -248,6 +313,30 @@ def build_parser() -> argparse.ArgumentParser:
     gateway.add_argument(
         "--redirect", default=None, help="answer address GETs with 302 to this base URL"
     )
+    gateway.add_argument(
+        "--tls-cert", default=None, help="serve HTTPS with this PEM certificate chain"
+    )
+    gateway.add_argument(
+        "--tls-key", default=None, help="private key of --tls-cert (PEM; may be in the cert file)"
+    )
+    gateway.add_argument(
+        "--tls-client-ca",
+        default=None,
+        help="require connector client certificates issued by these CAs (mutual TLS)",
+    )
+    gateway.add_argument(
+        "--tls-self-signed",
+        action="store_true",
+        help="serve HTTPS with a self-signed development certificate (DATA_DIR/tls)",
+    )
+    gateway.add_argument(
+        "--udp-idle-timeout",
+        default="60s",
+        help="forget a UDP flow (one app source) after this long without traffic",
+    )
+    gateway.add_argument(
+        "--udp-max-flows", type=int, default=100, help="most UDP flows per UDP endpoint"
+    )
     gateway.add_argument("--name", default=None, help="add-stage: stage name")
     gateway.add_argument(
         "--bind", default="127.0.0.1", help="add-stage: address the stage's ports bind"
@@ -259,7 +348,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="take stages from the portal's database (sqlite:///... or postgresql://...)",
     )
     gateway.add_argument("-v", "--verbose", action="count", default=0)
+    ops_commands.add_gateway_metrics_argument(gateway)
     gateway.set_defaults(func=_cmd_gateway)
+
+    ops_commands.add_commands(sub)  # diagnose, probe
     _add_portal_parsers(sub)
     return parser
 

@@ -13,6 +13,8 @@ thing that went wrong and what to do about it::
     ├── TunnelError            a tunnel could not be set up or was lost
     │   ├── HandshakeError     HTTP/WebSocket upgrade refused or malformed
     │   │   └── AuthError      the gateway rejected the token
+    │   ├── ProxyError         the HTTP CONNECT or SOCKS5 proxy refused or failed
+    │   ├── TlsError           the TLS handshake failed (certificate problems)
     │   └── RemotesRejected    the gateway refused the declared remotes
     ├── ChannelOpenFailed      one app connection could not be carried
     ├── PortalError            a portal operation was refused
@@ -72,16 +74,37 @@ class HandshakeError(TunnelError):
     Attributes:
         status: HTTP status of the refusal, or 0 when there was no response.
         body: the (short) response body the gateway sent, if any.
+        no_answer: the connection closed before a single byte of answer (a
+            TLS server refusing a client certificate looks like this).
     """
 
-    def __init__(self, message: str, *, status: int = 0, body: str = "") -> None:
+    def __init__(
+        self, message: str, *, status: int = 0, body: str = "", no_answer: bool = False
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.body = body
+        self.no_answer = no_answer
 
 
 class AuthError(HandshakeError):
     """The gateway refused the token (HTTP 401/403)."""
+
+
+class ProxyError(TunnelError):
+    """The proxy between the connector and the gateway refused or failed.
+
+    Attributes:
+        status: the proxy's HTTP status (HTTP CONNECT), or 0.
+    """
+
+    def __init__(self, message: str, *, status: int = 0) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class TlsError(TunnelError):
+    """The TLS handshake with the gateway failed; the message names the fix."""
 
 
 class RemotesRejected(TunnelError):

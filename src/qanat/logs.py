@@ -74,4 +74,8 @@ def setup_logging(verbose: int = 0, fmt: str = "human") -> None:
     # asyncssh and websockets are chatty at INFO; their news reaches the
     # operator through our own messages.
     logging.getLogger("asyncssh").setLevel(logging.DEBUG if verbose >= 3 else logging.WARNING)
+    if verbose >= 3:
+        import asyncssh
+
+        asyncssh.set_debug_level(3)
     logging.getLogger("websockets").setLevel(logging.WARNING)

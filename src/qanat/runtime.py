@@ -49,11 +49,18 @@ class TaskOwner:
     def __len__(self) -> int:
         return len(self._tasks)
 
+    def cancel(self) -> None:
+        """Refuse new tasks and cancel every running one, without waiting.
+
+        For owners that end inside a callback, where nothing can be awaited.
+        """
+        self._closed = True
+        for task in list(self._tasks):
+            task.cancel()
+
     async def close(self, timeout_s: float = 5.0) -> None:
         """Cancel every task and wait for them (bounded)."""
-        self._closed = True
         tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
+        self.cancel()
         if tasks:
             await asyncio.wait(tasks, timeout=timeout_s)

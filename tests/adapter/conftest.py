@@ -14,11 +14,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from pgserver import PgServer, find_bindir
-from support import BASE_URL, TEST_HASHER, FakeClock
 
 from qanat.portal import Actor, Portal, PortalConfig
 from qanat.store import Store, StoreConfig, sqlite_url, upgrade
+from support.pgserver import PgServer, find_bindir
+from support.store import BASE_URL, TEST_HASHER, FakeClock
 
 
 def _unavailable(reason: str) -> None:

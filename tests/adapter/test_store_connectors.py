@@ -5,11 +5,11 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from support import FakeClock
 
 from qanat.errors import NotFound
 from qanat.portal import Actor, Portal
 from qanat.store import ConnectorRegistry, ConnectorReport, EndpointRecord, Store
+from support.store import FakeClock
 
 SRC = "127.0.0.1"
 

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from pgserver import free_port
-from support import TEST_HASHER, FakeClock
 
 from qanat.errors import DatabaseBusy, DatabaseUnreachable
 from qanat.portal import Actor, Portal, PortalConfig
 from qanat.store import Store, StoreConfig, open_store, sqlite_url, upgrade
+from support.pgserver import free_port
+from support.store import TEST_HASHER, FakeClock
 
 BUSY_S = 0.3
 

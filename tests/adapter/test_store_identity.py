@@ -6,11 +6,11 @@ import dataclasses
 from datetime import timedelta
 
 import pytest
-from support import TEST_HASHER, FakeClock
 
 from qanat.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthorized
 from qanat.portal import Actor, ActorKind, ApiKeyState, Portal, PortalConfig
 from qanat.store import Role, Store
+from support.store import TEST_HASHER, FakeClock
 
 SRC = "127.0.0.1"
 PASSWORD = "correct horse battery staple"

@@ -11,13 +11,13 @@ import re
 
 import pytest
 import sqlalchemy as sa
-from support import BASE_URL, FakeClock
 
 from qanat.errors import Conflict, InvalidInput, NotFound
 from qanat.gateway.stages import StageConfig, TokenVerdict, check_token
 from qanat.portal import Actor, Portal
 from qanat.store import DatabaseStageSource, GatewayState, Store
 from qanat.wire.tokens import is_address_id
+from support.store import BASE_URL, FakeClock
 
 SRC = "127.0.0.1"
 TOKEN = re.compile(r"[A-Za-z0-9_-]{43}\Z")  # 256 bits, URL-safe base64

@@ -7,6 +7,7 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
+from qanat.connector.udp import UdpExit, UdpLimits, open_udp_exit
 from qanat.errors import ChannelOpenFailed
 from qanat.net.splice import Splice
 
@@ -33,16 +34,23 @@ class Dialer:
         timeout_s: float,
         on_splice: Callable[[Splice], None],
         on_done: Callable[[Splice], None],
+        *,
+        udp: UdpLimits | None = None,
     ) -> None:
         self.timeout_s = timeout_s
         self.on_splice = on_splice
         self.on_done = on_done
+        self.udp = udp or UdpLimits()
+        self.udp_exits: set[UdpExit] = set()
 
     async def __call__(self, target: str) -> Any:
         if target.endswith("/udp"):
-            raise ChannelOpenFailed(
-                "udp", reason=f"UDP target {target} is not supported by this connector yet"
+            host, port = split_target(target[: -len("/udp")])
+            udp_exit = await open_udp_exit(
+                host, port, self.udp, self.timeout_s, on_close=self.udp_exits.discard
             )
+            self.udp_exits.add(udp_exit)
+            return udp_exit
         host, port = split_target(target)
         splice = Splice(on_done=self.on_done)
         loop = asyncio.get_running_loop()
@@ -63,3 +71,8 @@ class Dialer:
             ) from None
         self.on_splice(splice)
         return splice.chan_end
+
+    def close(self) -> None:
+        """Close every UDP channel (the session is ending)."""
+        for udp_exit in list(self.udp_exits):
+            udp_exit.close()

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import os
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from qanat.connector.proxies import ProxyEnvironment, parse_proxy_url
 from qanat.errors import ConfigError
+from qanat.net.proxy import ProxySpec
 from qanat.wire.remotes import Remote, decode_remotes
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
@@ -70,13 +74,19 @@ class ConnectOptions:
         keepalive_timeout_s: a ping without answer in this time ends the session.
         max_retry_count: attempts before giving up (None = unlimited).
         max_retry_interval_s: cap of the backoff.
-        proxy: proxy URL (HTTP CONNECT or SOCKS5), or None.
+        proxy: the ``--proxy`` (HTTP CONNECT or SOCKS5), or None.
+        proxy_env: proxies from the environment, used when ``proxy`` is None.
         pid_file: where to write the process id, or None.
         fingerprint: expected gateway host key fingerprint, or None.
         auth: ``user:pass`` for SSH password auth (chisel's --auth), or "".
         connect_timeout_s: TCP + TLS + upgrade + SSH handshake bound.
         dial_timeout_s: bound for dialling one endpoint.
         verbose: log level step.
+        tls_ca / tls_cert / tls_key: CA bundle replacing the system trust
+            store, client certificate and key (mutual TLS).
+        udp_idle_timeout_s: a UDP flow (one app source) without traffic for
+            this long is forgotten and its socket closed.
+        udp_max_flows: most UDP flows per UDP channel (chisel: 100).
     """
 
     address: str
@@ -86,7 +96,8 @@ class ConnectOptions:
     keepalive_timeout_s: float = 5.0
     max_retry_count: int | None = None
     max_retry_interval_s: float = 300.0
-    proxy: str | None = None
+    proxy: ProxySpec | None = None
+    proxy_env: ProxyEnvironment = field(default_factory=ProxyEnvironment)
     pid_file: str | None = None
     fingerprint: str | None = None
     auth: str = ""
@@ -96,6 +107,8 @@ class ConnectOptions:
     tls_ca: str | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
+    udp_idle_timeout_s: float = 60.0
+    udp_max_flows: int = 100
 
 
 def add_connect_arguments(parser: argparse.ArgumentParser) -> None:
@@ -129,7 +142,10 @@ def add_connect_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-retry-interval", default="5m", help="longest wait between retries (default 5m)"
     )
     parser.add_argument(
-        "--proxy", default=None, help="HTTP CONNECT or SOCKS5 proxy URL (credentials in the URL)"
+        "--proxy",
+        default=None,
+        help="http://user:pass@host:port (HTTP CONNECT) or socks5://user:pass@host:port; "
+        "default: HTTPS_PROXY / HTTP_PROXY / NO_PROXY from the environment",
     )
     parser.add_argument(
         "--pid",
@@ -151,12 +167,26 @@ def add_connect_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tls-cert", default=None, help="client certificate for mutual TLS")
     parser.add_argument("--tls-key", default=None, help="client key for mutual TLS")
     parser.add_argument(
+        "--udp-idle-timeout",
+        default="60s",
+        help="forget a UDP flow (one app source) after this long without traffic (default 60s)",
+    )
+    parser.add_argument(
+        "--udp-max-flows",
+        type=int,
+        default=100,
+        help="most UDP flows per UDP endpoint (default 100, as chisel)",
+    )
+    parser.add_argument(
         "-v", "--verbose", action="count", default=0, help="more logging (repeat for more)"
     )
 
 
-def options_from_args(args: argparse.Namespace) -> ConnectOptions:
-    """Validate the parsed arguments into :class:`ConnectOptions`.
+def options_from_args(
+    args: argparse.Namespace, environ: Mapping[str, str] | None = None
+) -> ConnectOptions:
+    """Validate the parsed arguments (and the proxy variables of ``environ``,
+    default the process environment) into :class:`ConnectOptions`.
 
     Raises:
         ConfigError: for the first invalid value, naming it.
@@ -178,6 +208,14 @@ def options_from_args(args: argparse.Namespace) -> ConnectOptions:
         None if args.max_retry_count is None or args.max_retry_count < 0 else args.max_retry_count
     )
     pid_file = args.pid_file or ("qanat-connect.pid" if args.pid else None)
+    proxy = parse_proxy_url(args.proxy) if args.proxy and args.proxy.strip() else None
+    proxy_env = ProxyEnvironment.from_environ(os.environ if environ is None else environ)
+    udp_idle = parse_duration(getattr(args, "udp_idle_timeout", "60s"), "--udp-idle-timeout")
+    if udp_idle <= 0:
+        raise ConfigError("--udp-idle-timeout must be positive")
+    udp_max_flows = getattr(args, "udp_max_flows", 100)
+    if udp_max_flows < 1:
+        raise ConfigError("--udp-max-flows must be at least 1")
     return ConnectOptions(
         address=address if "://" in address else f"http://{address}",
         remotes=remotes,
@@ -186,7 +224,8 @@ def options_from_args(args: argparse.Namespace) -> ConnectOptions:
         keepalive_timeout_s=min(5.0, keepalive_s) if keepalive_s > 0 else 5.0,
         max_retry_count=retries,
         max_retry_interval_s=max_interval,
-        proxy=args.proxy,
+        proxy=proxy,
+        proxy_env=proxy_env,
         pid_file=pid_file,
         fingerprint=args.fingerprint,
         auth=args.auth,
@@ -194,4 +233,6 @@ def options_from_args(args: argparse.Namespace) -> ConnectOptions:
         tls_ca=args.tls_ca,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
+        udp_idle_timeout_s=udp_idle,
+        udp_max_flows=udp_max_flows,
     )

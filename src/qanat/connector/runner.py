@@ -11,11 +11,14 @@ import time
 from collections.abc import Awaitable
 from pathlib import Path
 from typing import TypeVar
+from urllib.parse import urlsplit
 
 from qanat.connector.backoff import Backoff
+from qanat.connector.egress import Egress
 from qanat.connector.options import ConnectOptions
-from qanat.connector.session import Session, Stats, tunnel_url
+from qanat.connector.session import Session, Stats
 from qanat.errors import AuthError, HandshakeError, QanatError, RemotesRejected
+from qanat.logs import ContextLogger
 from qanat.wire.handshake import new_client_id
 
 log = logging.getLogger("qanat.connector")
@@ -23,6 +26,12 @@ T = TypeVar("T")
 
 #: A session that lasted this long resets the backoff.
 STABLE_AFTER_S = 30.0
+
+
+def stage_of(address: str) -> str:
+    """The stage as the connector knows it: the address id (``sg_<uuid>``), else the path."""
+    path = urlsplit(address).path.rstrip("/")
+    return path.rsplit("/", 1)[-1] or "-"
 
 
 def _describe(exc: BaseException) -> str:
@@ -44,6 +53,10 @@ class Connector:
         self.stop_event = asyncio.Event()
         self.skip_wait = asyncio.Event()
         self.session: Session | None = None
+        # Every line carries stage and connector id; session lines add
+        # tunnel=<attempt number> (the gateway numbers its tunnels itself;
+        # correlate the two sides by connector id).
+        self.log = ContextLogger(log, stage=stage_of(options.address), connector=self.client_id)
 
     def print_stats(self) -> None:
         s = self.stats
@@ -53,7 +66,7 @@ class Connector:
             else "not connected"
         )
         rtt = f"{s.last_rtt_s * 1e3:.1f}ms" if s.last_rtt_s is not None else "-"
-        log.info(
+        self.log.info(
             "stats: %s, sessions %d, attempts %d, channels open %d / total %d, "
             "keepalive rtt %s, bytes to gateway %d, from gateway %d",
             since,
@@ -76,26 +89,30 @@ class Connector:
     async def run(self) -> int:
         """Returns the process exit code: 0 when stopped, 1 when out of retries."""
         opts = self.options
+        egress = Egress(opts)  # checks the TLS files before anything else
         pid_path = Path(opts.pid_file) if opts.pid_file else None
         if pid_path is not None:
             pid_path.write_text(f"{os.getpid()}\n")
         self._install_signals()
-        url = tunnel_url(opts.address, self.client_id, opts)
         remotes = ", ".join(r.describe() for r in opts.remotes)
-        log.info("qanat connect %s: %s (id %s)", opts.address, remotes, self.client_id)
+        self.log.info("qanat connect %s: %s (id %s)", opts.address, remotes, self.client_id)
+        proxy = egress.proxy_for(opts.address)
+        if proxy is not None:
+            self.log.info("through proxy %s (from %s)", proxy, proxy.source)
         try:
-            return await self._loop(url)
+            return await self._loop(egress)
         finally:
             if pid_path is not None:
                 with contextlib.suppress(OSError):
                     pid_path.unlink()
 
-    async def _loop(self, url: str) -> int:
+    async def _loop(self, egress: Egress) -> int:
         opts = self.options
         failures = 0
         while not self.stop_event.is_set():
             self.stats.attempts += 1
-            session = Session(opts, self.client_id, self.stats, url)
+            slog = self.log.bind(tunnel=self.stats.attempts)
+            session = Session(opts, self.client_id, self.stats, egress, logger=slog)
             self.session = session
             try:
                 latency = await self._until_stop(session.connect())
@@ -106,9 +123,9 @@ class Connector:
                 if self.stop_event.is_set():
                     break
                 failures += 1
-                log.warning("Connection failed: %s", _describe(exc))
+                slog.warning("Connection failed: %s", _describe(exc))
                 if opts.max_retry_count is not None and failures > opts.max_retry_count:
-                    log.error(
+                    slog.error(
                         "Giving up after %d attempts (--max-retry-count %d)",
                         failures,
                         opts.max_retry_count,
@@ -122,26 +139,26 @@ class Connector:
             self.stats.sessions += 1
             started = time.monotonic()
             self.stats.connected_since = time.time()
-            log.info("Connected (latency %.1fms)", latency * 1e3)
+            slog.info("Connected (latency %.1fms)", latency * 1e3)
             reason = await self._until_stop(asyncio.shield(session.ended))
             await session.close()
             self.stats.connected_since = None
             if reason is None or self.stop_event.is_set():
                 break
-            log.warning("Disconnected: %s", reason)
+            slog.warning("Disconnected: %s", reason)
             if time.monotonic() - started >= STABLE_AFTER_S:
                 self.backoff.reset()
                 failures = 0
             failures += 1
             if opts.max_retry_count is not None and failures > opts.max_retry_count:
-                log.error(
+                slog.error(
                     "Giving up after %d attempts (--max-retry-count %d)",
                     failures,
                     opts.max_retry_count,
                 )
                 return 1
             await self._wait_retry(failures)
-        log.info("Stopped")
+        self.log.info("Stopped")
         return 0
 
     async def _until_stop(self, aw: Awaitable[T]) -> T | None:
@@ -166,7 +183,7 @@ class Connector:
             if self.options.max_retry_count is None
             else str(self.options.max_retry_count)
         )
-        log.info("Retrying in %.1fs (attempt %d/%s)", delay, failures, total)
+        self.log.info("Retrying in %.1fs (attempt %d/%s)", delay, failures, total)
         self.skip_wait.clear()
         waiters = {
             asyncio.ensure_future(self.skip_wait.wait()),
@@ -178,4 +195,4 @@ class Connector:
             for waiter in waiters:
                 waiter.cancel()
         if self.skip_wait.is_set() and not self.stop_event.is_set():
-            log.info("SIGHUP: retrying now")
+            self.log.info("SIGHUP: retrying now")

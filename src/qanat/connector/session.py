@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import ssl
 import time
 from dataclasses import dataclass, field
@@ -12,12 +11,19 @@ from urllib.parse import urlsplit, urlunsplit
 
 from qanat import __version__
 from qanat.connector.dialer import Dialer
+from qanat.connector.egress import Egress, endpoint_of
 from qanat.connector.options import ConnectOptions
-from qanat.errors import HandshakeError, TunnelError
+from qanat.connector.refusals import LoggedDialer
+from qanat.connector.resolve import resolve_address
+from qanat.connector.udp import UdpLimits
+from qanat.errors import HandshakeError, TlsError, TunnelError
+from qanat.logs import ContextLogger
+from qanat.net.proxy import ProxySpec
 from qanat.net.splice import Splice
 from qanat.net.ssh import SshTunnel, connect_tunnel, same_fingerprint, send_config
 from qanat.net.websocket import client_handshake
 from qanat.runtime import TaskOwner
+from qanat.tls import describe_silent_close, describe_tls_failure
 from qanat.wire.configmsg import encode_config
 from qanat.wire.handshake import tunnel_query
 from qanat.wire.remotes import ports_query
@@ -49,13 +55,6 @@ def tunnel_url(address: str, client_id: str, options: ConnectOptions) -> str:
     return urlunsplit((scheme, parts.netloc, parts.path or "/", query, ""))
 
 
-def make_ssl_context(options: ConnectOptions) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(cafile=options.tls_ca)
-    if options.tls_cert:
-        ctx.load_cert_chain(options.tls_cert, options.tls_key)
-    return ctx
-
-
 class _Placeholder(asyncio.Protocol):
     """Owns the socket between connect and the WebSocket handshake."""
 
@@ -63,53 +62,55 @@ class _Placeholder(asyncio.Protocol):
 class Session:
     """One attempt: connect, authenticate, declare remotes, serve until the end."""
 
-    def __init__(self, options: ConnectOptions, client_id: str, stats: Stats, url: str) -> None:
+    def __init__(
+        self,
+        options: ConnectOptions,
+        client_id: str,
+        stats: Stats,
+        egress: Egress,
+        *,
+        logger: ContextLogger | None = None,
+    ) -> None:
+        self.log = logger or ContextLogger(log, connector=client_id)
         self.options = options
         self.client_id = client_id
         self.stats = stats
-        self.url = url
+        self.egress = egress
+        self.url = ""
+        self.proxy: ProxySpec | None = None
+        self.dialer: Dialer | None = None
         self.tunnel: SshTunnel | None = None
         self.splices: set[Splice] = set()
         self.tasks = TaskOwner("session")
         self.ended: asyncio.Future[str] = asyncio.get_running_loop().create_future()
 
     async def connect(self) -> float:
-        """Establish the tunnel; return the handshake latency in seconds.
+        """Resolve the address, establish the tunnel; return the handshake latency.
 
         Raises:
-            HandshakeError / AuthError / RemotesRejected / TunnelError: what failed,
-            worded for the operator.
+            HandshakeError / AuthError / RemotesRejected / ProxyError / TlsError /
+            TunnelError: what failed, worded for the operator.
         """
         opts = self.options
-        parts = urlsplit(self.url)
-        secure = parts.scheme == "wss"
-        host = parts.hostname or ""
-        port = parts.port or (443 if secure else 80)
-        loop = asyncio.get_running_loop()
+        base = await resolve_address(opts.address, self.egress, timeout_s=opts.connect_timeout_s)
+        if base != opts.address:
+            self.log.info("address %s redirects to %s", opts.address, base)
         start = time.perf_counter()
-        try:
-            async with asyncio.timeout(opts.connect_timeout_s):
-                tcp, _ = await loop.create_connection(
-                    _Placeholder,
-                    host,
-                    port,
-                    ssl=make_ssl_context(opts) if secure else None,
-                    server_hostname=host if secure else None,
-                )
-        except TimeoutError:
-            raise TunnelError(
-                f"cannot reach {host}:{port}: no answer within {opts.connect_timeout_s:g}s"
-            ) from None
-        except socket.gaierror as exc:
-            raise TunnelError(f"cannot resolve gateway host {host!r}: {exc.strerror}") from None
-        except ssl.SSLCertVerificationError as exc:
-            raise TunnelError(f"TLS certificate of {host} rejected: {exc.verify_message}") from None
-        except OSError as exc:
-            raise TunnelError(f"cannot connect to {host}:{port}: {exc.strerror or exc}") from None
+        self.url = tunnel_url(base, self.client_id, opts)
+        self.proxy = self.egress.proxy_for(self.url)
+        scheme, host, port = endpoint_of(self.url)
+        tcp, _ = await self.egress.open(self.url, _Placeholder, timeout_s=opts.connect_timeout_s)
 
         headers = [("User-Agent", f"qanat/{__version__}"), *opts.headers]
         user, _, password = opts.auth.partition(":")
-        dialer = Dialer(opts.dial_timeout_s, self._splice_started, self._splice_done)
+        dial = Dialer(
+            opts.dial_timeout_s,
+            self._splice_started,
+            self._splice_done,
+            udp=UdpLimits(opts.udp_idle_timeout_s, opts.udp_max_flows),
+        )
+        self.dialer = dial
+        dialer = LoggedDialer(dial, self.log, self.stats)
 
         async def attach(upper: asyncio.Protocol) -> asyncio.BaseTransport:
             transport, _response = await client_handshake(
@@ -121,6 +122,16 @@ class Session:
             self.tunnel = await connect_tunnel(
                 attach, dialer, username=user, password=password, timeout_s=opts.connect_timeout_s
             )
+        except HandshakeError as exc:
+            tcp.abort()
+            # A gateway wanting a client certificate says so with a TLS alert,
+            # which TLS 1.3 delivers only once the upgrade request is sent.
+            if isinstance(exc.__cause__, ssl.SSLError):
+                raise TlsError(describe_tls_failure(exc.__cause__, host, port)) from None
+            if exc.no_answer and scheme == "wss":
+                has_cert = bool(opts.tls_cert)
+                raise TlsError(describe_silent_close(host, has_cert)) from None
+            raise
         except BaseException:
             tcp.abort()
             raise
@@ -145,7 +156,14 @@ class Session:
     async def _watch_closed(self) -> None:
         assert self.tunnel is not None
         await self.tunnel.wait_closed()
-        self._end("tunnel closed by the gateway or the network")
+        if self.proxy is None:
+            self._end("tunnel closed by the gateway or the network")
+        else:
+            self._end(
+                f"tunnel closed by the gateway, the network or the proxy {self.proxy} "
+                "(proxies often close connections they think idle: a shorter --keepalive "
+                "keeps the tunnel busy)"
+            )
 
     async def _keepalive(self) -> None:
         opts = self.options
@@ -162,7 +180,7 @@ class Session:
             except TunnelError as exc:
                 self._end(f"keepalive failed: {exc}")
                 return
-            log.debug("keepalive round trip %.1fms", self.stats.last_rtt_s * 1e3)
+            self.log.debug("keepalive round trip %.1fms", self.stats.last_rtt_s * 1e3)
 
     def _end(self, reason: str) -> None:
         if not self.ended.done():
@@ -190,5 +208,7 @@ class Session:
                 self.tunnel.abort()
         for splice in list(self.splices):
             splice.close()
+        if self.dialer is not None:
+            self.dialer.close()
         await self.tasks.close()
         self._end("closed")

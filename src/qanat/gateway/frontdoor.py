@@ -8,6 +8,7 @@ in size and time) and routes:
   or a 302 when a redirect is configured. With an upgrade it must ask for the
   ``chisel-v3`` subprotocol and present a valid ``token`` header, checked
   before the 101 answer; then the connection becomes a tunnel.
+- ``GET /metrics``, ``/healthz``, ``/readyz`` go to :mod:`qanat.ops.httpd`.
 - Anything else goes to the HTTP application when one is configured (the
   portal), otherwise gets 404.
 - Bytes that are not HTTP get a 400 and the connection is closed.
@@ -34,6 +35,7 @@ from qanat.gateway.stages import StageConfig, TokenVerdict, check_token
 from qanat.gateway.tunnel import ConnectorInfo, Tunnel
 from qanat.net.ssh import serve_tunnel
 from qanat.net.websocket import attach_server, http_response, new_server_protocol
+from qanat.ops import httpd, metrics
 from qanat.wire.handshake import SUBPROTOCOL, TOKEN_HEADER, parse_tunnel_query
 from qanat.wire.tokens import MAX_TOKEN_CHARS
 
@@ -46,6 +48,31 @@ _REQUEST_LINE = re.compile(rb"([A-Z]{3,10}) (\S{1,8192}) HTTP/1\.[01]\r?\Z")
 _TUNNEL_PATH = re.compile(r"/(sg_[0-9a-f-]{36})/?\Z")
 
 HttpFallback = Callable[[], asyncio.Protocol]
+
+
+def _drop_oversized_token(data: bytes) -> tuple[bytes, bool]:
+    """Take token header lines longer than a token can be out of a request head.
+
+    websockets refuses any header line over 8 KiB as a malformed request
+    (400), but an oversized token is simply a wrong token: it must get the
+    same 401 as any other, and count as a failed attempt. Returns the head
+    without such lines (bytes after the head untouched) and whether any was
+    dropped.
+    """
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        end = data.find(b"\n\n")
+    head, rest = (data, b"") if end < 0 else (data[: end + 2], data[end + 2 :])
+    lines = head.split(b"\n")
+    kept = [
+        line
+        for line in lines
+        if len(line) <= MAX_TOKEN_CHARS + 16
+        or line.partition(b":")[0].strip().lower() != TOKEN_HEADER.encode()
+    ]
+    if len(kept) == len(lines):
+        return data, False
+    return b"\n".join(kept) + rest, True
 
 
 class FrontDoor(asyncio.Protocol):
@@ -102,6 +129,11 @@ class FrontDoor(asyncio.Protocol):
             self._route_done()
             self._tunnel_request(tunnel_path.group(1))
             return
+        if path in httpd.OPS_PATHS:  # operations paths, before the portal
+            self._route_done()
+            assert self.transport is not None
+            httpd.hand_over(self.gateway, self.transport, bytes(self.buffer))
+            return
         factory = self.gateway.http_fallback
         if factory is None:
             self._route_done()
@@ -142,7 +174,8 @@ class FrontDoor(asyncio.Protocol):
         assert self.transport is not None
         gateway = self.gateway
         ws = new_server_protocol(gateway.settings.max_frame_bytes)
-        ws.receive_data(bytes(self.buffer))
+        head, oversized_token = _drop_oversized_token(bytes(self.buffer))
+        ws.receive_data(head)
         events = ws.events_received()
         if ws.handshake_exc is not None or not events or not isinstance(events[0], Request):
             self._bad(f"malformed request head ({ws.handshake_exc or 'incomplete'})")
@@ -170,6 +203,7 @@ class FrontDoor(asyncio.Protocol):
                 429, b"too many failed token attempts; retry later\n", headers={"Retry-After": "60"}
             )
             log.warning("%s: token attempts rate-limited", self.peer)
+            metrics.token_failure("rate_limited")
             return
         tokens = headers.get_all(TOKEN_HEADER)
         token = tokens[0] if len(tokens) == 1 else ""
@@ -177,7 +211,7 @@ class FrontDoor(asyncio.Protocol):
             token = ""
         verdict = check_token(stage, token) if stage is not None else TokenVerdict.BAD
         if verdict is not TokenVerdict.OK:
-            self._refuse(verdict, stage, bool(tokens), source_ip)
+            self._refuse(verdict, stage, bool(tokens) or oversized_token, source_ip)
             return
 
         assert stage is not None
@@ -228,10 +262,12 @@ class FrontDoor(asyncio.Protocol):
                 else b'token missing: send it as --header "token: <token>"\n'
             )
             status = 401
+        reason = verdict.value if had_token or verdict is not TokenVerdict.BAD else "missing"
+        metrics.token_failure(reason)
         log.warning(
             "%s: tunnel refused (%s) for %s",
             self.peer,
-            verdict.value if had_token or verdict is not TokenVerdict.BAD else "no token",
+            reason if reason != "missing" else "no token",
             stage.key if stage is not None and verdict is not TokenVerdict.BAD else "address",
         )
         self._respond(status, body)

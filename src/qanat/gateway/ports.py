@@ -16,11 +16,16 @@ import asyncio
 import errno
 import ipaddress
 import logging
+import time
 from typing import TYPE_CHECKING, cast
 
 from qanat.errors import ChannelOpenFailed
+from qanat.gateway.failures import RecentFailures
+from qanat.gateway.udp import UdpPortTable
 from qanat.logs import ContextLogger
+from qanat.net import tcpclose
 from qanat.net.splice import Splice
+from qanat.ops import metrics
 from qanat.wire.remotes import Remote
 
 if TYPE_CHECKING:
@@ -53,6 +58,7 @@ class Endpoint:
         self.connections_total = 0
         self.connections_failed = 0
         self.refused_sources = 0
+        self.recent_failures = RecentFailures()  # for the status page
         self.log = ContextLogger(_log, stage=stage.key, port=self.port)
 
     async def listen(self) -> None:
@@ -96,6 +102,8 @@ class Endpoint:
             "connections_total": self.connections_total,
             "connections_failed": self.connections_failed,
             "refused_sources": self.refused_sources,
+            "port": self.port,
+            "recent_failures": self.recent_failures.snapshot(),
         }
 
 
@@ -114,11 +122,10 @@ class AppConnection(asyncio.Protocol):
         self.early: list[bytes] = []
         self.eof = False
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+    def connection_made(self, base: asyncio.BaseTransport) -> None:
         ep = self.endpoint
-        # uvloop's transports are not asyncio.Transport subclasses, hence the cast.
-        transport = cast(asyncio.Transport, transport)
-        self.transport = transport
+        # uvloop's transports do not derive from asyncio.Transport: no isinstance.
+        self.transport = transport = cast(asyncio.Transport, base)
         peer = transport.get_extra_info("peername") or ("?", 0)
         if not ep.allows(str(peer[0])):
             ep.refused_sources += 1
@@ -129,7 +136,8 @@ class AppConnection(asyncio.Protocol):
                     peer[0],
                     ep.refused_sources,
                 )
-            transport.abort()
+            ep.recent_failures.add("allowlist", str(peer[0]), "source not in the stage allowlist")
+            tcpclose.reset(transport)  # RST: the app can tell this from a failed channel
             return
         transport.pause_reading()
         ep.open_connections += 1
@@ -141,6 +149,7 @@ class AppConnection(asyncio.Protocol):
         transport = self.transport
         assert transport is not None
         timeout_s = ep.gateway.settings.channel_open_timeout_s
+        started = time.perf_counter()
         splice = Splice(on_done=self._splice_done)
         reasons: list[str] = []
         for tunnel in ep.candidates():
@@ -160,18 +169,18 @@ class AppConnection(asyncio.Protocol):
             if self.lost:
                 splice.close()
                 return
+            metrics.channel_opened(ep.stage_key, ep.port, time.perf_counter() - started)
             splice.owner = tunnel
             tunnel.track(splice)
             splice.attach_tcp(transport, self.early, self.eof)
             return
         ep.connections_failed += 1
         ep.open_connections -= 1
-        ep.log.warning(
-            "app connection from %s failed: %s",
-            (transport.get_extra_info("peername") or ("?",))[0],
-            "; ".join(reasons) or "no connector serves this port",
-        )
-        transport.abort()
+        source = str((transport.get_extra_info("peername") or ("?",))[0])
+        reason = "; ".join(reasons) or "no connector serves this port"
+        ep.log.warning("app connection from %s failed: %s", source, reason)
+        ep.recent_failures.add("channel", source, reason)
+        tcpclose.close_after_refusal(transport)  # FIN: closed without data
 
     def _splice_done(self, splice: Splice) -> None:
         self.endpoint.open_connections -= 1
@@ -202,6 +211,7 @@ class PortTable:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
         self.endpoints: dict[tuple[str, int], Endpoint] = {}
+        self.udp = UdpPortTable(gateway)  # UDP remotes (gateway/udp.py)
 
     async def bind(self, tunnel: Tunnel, remotes: tuple[Remote, ...]) -> str | None:
         """Put ``tunnel`` into the pools of its remotes, creating listeners.
@@ -249,6 +259,7 @@ class PortTable:
 
     def unbind(self, tunnel: Tunnel) -> None:
         """Remove ``tunnel`` from every pool; close listeners left empty."""
+        self.udp.unbind(tunnel)
         for key, endpoint in list(self.endpoints.items()):
             if tunnel in endpoint.tunnels:
                 endpoint.tunnels.remove(tunnel)
@@ -260,6 +271,7 @@ class PortTable:
         return [e for e in self.endpoints.values() if e.stage_key == stage_key]
 
     def close_all(self) -> None:
+        self.udp.close_all()
         for endpoint in self.endpoints.values():
             endpoint.close()
         self.endpoints.clear()

@@ -31,7 +31,9 @@ class FailureLimiter:
         """Whether ``source`` may try a token now."""
         if source not in self._buckets:
             return True
-        return self._level(source, time.monotonic()) < self.burst
+        # Room for one more whole failure: with "< burst", the drain since the
+        # last failure (a fraction of one) let a 21st attempt through a burst of 20.
+        return self._level(source, time.monotonic()) + 1.0 <= self.burst
 
     def failed(self, source: str) -> None:
         """Record one failed attempt from ``source``."""

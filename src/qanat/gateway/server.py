@@ -14,7 +14,10 @@ from qanat.gateway.settings import GatewaySettings
 from qanat.gateway.stages import StageEvent, StageEventKind, StageSource
 from qanat.gateway.tunnel import Tunnel, TunnelState
 from qanat.net.ssh import HostKey
+from qanat.ops.health import gateway_health
+from qanat.ops.metrics import GatewayMetrics
 from qanat.runtime import TaskOwner
+from qanat.tls import reload_certificate, server_context
 
 log = logging.getLogger("qanat.gateway")
 
@@ -47,6 +50,10 @@ class Gateway:
         self.stages = stages
         self.host_key = host_key or HostKey.load_or_create(settings.host_key_path)
         self.http_fallback = http_fallback
+        if ssl_context is None and settings.tls_cert_path is not None:
+            ssl_context = server_context(
+                settings.tls_cert_path, settings.tls_key_path, settings.tls_client_ca_path
+            )
         self.ssl_context = ssl_context
         self.ports = PortTable(self)
         self.tunnels: dict[int, Tunnel] = {}
@@ -54,6 +61,9 @@ class Gateway:
         self.auth_limiter = FailureLimiter()
         self.server: asyncio.Server | None = None
         self.tunnel_listeners: list[TunnelListener] = []
+        # Operability (qanat.ops): scrape-time metrics and readiness checks.
+        self.metrics = GatewayMetrics(self)
+        self.health = gateway_health(self)
 
     @property
     def address(self) -> tuple[str, int]:
@@ -75,6 +85,26 @@ class Gateway:
             reuse_address=True,
             backlog=1024,
         )
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.ssl_context is not None else "http"
+
+    def reload_tls(self) -> bool:
+        """Load the certificate files again (SIGHUP) into the live context.
+
+        New handshakes present the new certificate; established tunnels are
+        not touched. Returns False when TLS is off or the certificate comes
+        from elsewhere (a context given to the constructor).
+
+        Raises:
+            ConfigError: the new files are unusable; the old certificate stays.
+        """
+        settings = self.settings
+        if self.ssl_context is None or settings.tls_cert_path is None:
+            return False
+        reload_certificate(self.ssl_context, settings.tls_cert_path, settings.tls_key_path)
+        return True
 
     async def close(self, drain_s: float = 5.0) -> None:
         """Stop accepting, close every tunnel, wait (bounded) for the rest."""
@@ -102,6 +132,7 @@ class Gateway:
         self.tunnels.pop(tunnel.id, None)
         for listener in list(self.tunnel_listeners):
             _notify(listener.tunnel_closed, tunnel)
+        self.metrics.tunnel_closed(tunnel)
 
     def _on_stage_event(self, event: StageEvent) -> None:
         stage = event.stage
@@ -141,6 +172,9 @@ class Gateway:
         for endpoint in self.ports.endpoints.values():
             entry = stages.setdefault(endpoint.stage_key, {"connectors": [], "endpoints": []})
             entry["endpoints"].append(endpoint.snapshot())
+        for udp_endpoint in self.ports.udp.endpoints.values():
+            entry = stages.setdefault(udp_endpoint.stage_key, {"connectors": [], "endpoints": []})
+            entry["endpoints"].append(udp_endpoint.snapshot())
         return {"stages": stages, "fingerprint": self.host_key.fingerprint}
 
 

@@ -8,6 +8,17 @@ from pathlib import Path
 from qanat.net.ssh import DEFAULT_WINDOW_BYTES
 from qanat.net.websocket import DEFAULT_MAX_FRAME_BYTES
 from qanat.wire.configmsg import MAX_REMOTES
+from qanat.wire.gob import MAX_PAYLOAD_BYTES
+
+#: Loopback and private ranges: where a Prometheus server usually scrapes from.
+PRIVATE_CIDRS = (
+    "127.0.0.0/8",
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "::1/128",
+    "fc00::/7",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +42,19 @@ class GatewaySettings:
         ssh_window_bytes: per-channel SSH receive window.
         redirect_url: when set, a plain GET of an address answers 302 to it
             (outsystemscc then tunnels there).
+        tls_cert_path / tls_key_path: certificate chain and key served to
+            connectors (HTTPS); None serves plain HTTP. Reloaded on SIGHUP.
+        tls_client_ca_path: when set, connectors must present a client
+            certificate issued by one of these authorities (mutual TLS).
+        udp_idle_timeout_s: a UDP flow (one app source) without traffic for
+            this long is forgotten.
+        udp_max_flows: most UDP flows per UDP endpoint (chisel: 100).
+        udp_max_payload_bytes: largest datagram carried (chisel: 9012).
+        udp_max_pending: datagrams held per UDP channel while it opens.
+        udp_reopen_delay_s: after a connector refused a UDP channel, how
+            long before it is asked again.
+        metrics_allow_cidrs: sources allowed to read ``/metrics`` on the
+            listener (it names stages and ports); health paths are open.
     """
 
     data_dir: Path
@@ -47,6 +71,15 @@ class GatewaySettings:
     max_remotes: int = MAX_REMOTES
     ssh_window_bytes: int = DEFAULT_WINDOW_BYTES
     redirect_url: str | None = None
+    tls_cert_path: Path | None = None
+    tls_key_path: Path | None = None
+    tls_client_ca_path: Path | None = None
+    udp_idle_timeout_s: float = 60.0
+    udp_max_flows: int = 100
+    udp_max_payload_bytes: int = MAX_PAYLOAD_BYTES
+    udp_max_pending: int = 64
+    udp_reopen_delay_s: float = 1.0
+    metrics_allow_cidrs: tuple[str, ...] = PRIVATE_CIDRS
 
     @property
     def host_key_path(self) -> Path:

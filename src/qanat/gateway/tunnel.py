@@ -22,9 +22,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from qanat.errors import ProtocolError, TunnelError
+from qanat.gateway.udp import bind_remotes
 from qanat.logs import ContextLogger
 from qanat.net.splice import Splice
 from qanat.net.ssh import SshTunnel
+from qanat.ops import metrics
 from qanat.runtime import TaskOwner
 from qanat.wire.configmsg import decode_config
 from qanat.wire.remotes import Remote
@@ -92,7 +94,12 @@ class Tunnel:
             self.log.warning("refused config: %s", exc)
             return str(exc)
         self.version = message.version
-        error = await self.gateway.ports.bind(self, remotes)
+        error = await bind_remotes(self.gateway.ports, self, remotes)  # TCP, then UDP
+        if error is None and self.state is not TunnelState.SETUP:
+            # Closed while the listeners were being created: _closed() has
+            # already unbound, so undo this bind or the ports stay open.
+            self.gateway.ports.unbind(self)
+            return f"tunnel closed during setup: {self.close_reason or 'connector left'}"
         if error is not None:
             self.log.warning("refused remotes: %s", error)
             return error
@@ -103,7 +110,8 @@ class Tunnel:
             "connector %s connected (version %s), serving %s",
             self.info.client_id or "?",
             self.version or "?",
-            ", ".join(f"secure-gateway:{r.local_port}=>{r.target}" for r in remotes) or "nothing",
+            ", ".join(f"secure-gateway:{r.local_port}=>{r.channel_extra.decode()}" for r in remotes)
+            or "nothing",
         )
         if settings.keepalive_s > 0:
             self.tasks.spawn(self._keepalive(), name=f"keepalive-{self.id}")
@@ -126,8 +134,8 @@ class Tunnel:
                 )
             if r.socks or r.stdio:
                 raise ProtocolError(f"remote {text}: socks and stdio remotes are not served")
-            if r.remote_proto != "tcp":
-                raise ProtocolError(f"remote {text}: only TCP remotes are served by this gateway")
+            if r.remote_proto not in ("tcp", "udp"):
+                raise ProtocolError(f"remote {text}: only TCP and UDP remotes are served")
             try:
                 port = int(r.local_port)
             except ValueError:
@@ -166,6 +174,7 @@ class Tunnel:
                     settings.keepalive_timeout_s,
                 )
                 if self.missed_pings >= settings.keepalive_misses:
+                    metrics.dead_peer_removed(self.stage.key)
                     self.close(f"dead peer: {self.missed_pings} keepalives missed")
                     return
             except TunnelError:
@@ -190,7 +199,9 @@ class Tunnel:
             splice.close()
         self.splices.clear()
         self.gateway.tunnel_closed(self)
-        self.gateway.tasks.spawn(self.tasks.close(), name=f"reap-tunnel-{self.id}")
+        # Cancel now: a reaper task spawned on the gateway would itself be
+        # cancelled unstarted when the gateway is closing.
+        self.tasks.cancel()
         if was_active:
             self.log.info("tunnel closed: %s", reason)
         else:
@@ -223,4 +234,7 @@ class Tunnel:
             "open_connections": len(self.splices),
             "connections_total": self.channels_total,
             "connections_failed": self.channels_failed,
+            # Live traffic (closed channels plus the open ones so far).
+            "bytes_to_endpoint": self.bytes_up + sum(s.sent for s in self.splices),
+            "bytes_to_app": self.bytes_down + sum(s.received for s in self.splices),
         }

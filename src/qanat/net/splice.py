@@ -47,7 +47,9 @@ class Splice:
         "chan",
         "chan_end",
         "early",
+        "loop",
         "owner",
+        "pending",
         "received",
         "sent",
         "tcp",
@@ -69,6 +71,10 @@ class Splice:
         # before the pause takes effect; it is kept here, and reading is
         # paused right after it, so this holds at most one read.
         self.early: list[bytes] = []
+        # Channel data waiting for this loop iteration's single writev (see
+        # _ChanEnd.data_received).
+        self.pending: list[bytes] | None = None
+        self.loop = asyncio.get_running_loop()
         self.tcp_end = _TcpEnd(self)
         self.chan_end = _ChanEnd(self)
 
@@ -110,6 +116,11 @@ class Splice:
             self._done = True
             if self._on_done is not None:
                 self._on_done(self)
+
+    def flush_pending(self) -> None:
+        pending, self.pending = self.pending, None
+        if pending and self.tcp is not None:
+            self.tcp.writelines(pending)
 
     def _both_eof(self) -> None:
         if self._tcp_eof and self._chan_eof:
@@ -185,12 +196,21 @@ class _ChanEnd:
         self.s.chan.resume_reading()
 
     def data_received(self, data: bytes, datatype: Any = None) -> None:
+        # asyncssh hands over one SSH packet at a time, often several from one
+        # socket read; they go out in one writev at the end of this loop
+        # iteration instead of one syscall each.
         s = self.s
         s.received += len(data)
-        s.tcp.write(data)  # type: ignore[union-attr]
+        pending = s.pending
+        if pending is None:
+            s.pending = [data]
+            s.loop.call_soon(s.flush_pending)
+        else:
+            pending.append(data)
 
     def eof_received(self) -> bool:
         s = self.s
+        s.flush_pending()
         s._chan_eof = True
         tcp = s.tcp
         if tcp is not None and tcp.can_write_eof() and not tcp.is_closing():
@@ -200,6 +220,7 @@ class _ChanEnd:
 
     def connection_lost(self, exc: BaseException | None) -> None:
         s = self.s
+        s.flush_pending()
         if s.tcp is not None:
             s.tcp.close()
         s._finish()

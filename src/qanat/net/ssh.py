@@ -52,6 +52,29 @@ from qanat.wire.handshake import (
 
 log = logging.getLogger("qanat.ssh")
 
+
+def _skip_packet_logging_unless_enabled() -> None:
+    """asyncssh formats a line and copies the payload for *every* packet
+    before its logger checks the level (4-5 us and a 32 KiB copy per data
+    packet, measured). Gate the work on the level it will be checked
+    against; with ``-vvv`` (asyncssh debug level 3) nothing changes."""
+    from asyncssh.logging import SSHLogger
+    from asyncssh.packet import SSHPacketLogger
+
+    original = SSHPacketLogger._log_packet
+    if getattr(original, "_qanat_gated", False):
+        return
+
+    def _log_packet(self: Any, *args: Any) -> None:
+        if SSHLogger._debug_level >= 3:
+            original(self, *args)
+
+    _log_packet._qanat_gated = True  # type: ignore[attr-defined]
+    setattr(SSHPacketLogger, "_log_packet", _log_packet)  # noqa: B010 - patching on purpose
+
+
+_skip_packet_logging_unless_enabled()
+
 #: Per-channel receive window and the largest data packet we ask peers to
 #: send (OpenSSH's and Go's value). Measured: 128 KiB and 224 KiB packets
 #: cost *more* CPU here (kernel time tripled on loopback), see

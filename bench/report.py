@@ -1,0 +1,221 @@
+"""Targets, pass/miss verdicts and the stdout table of the path benchmark.
+
+Units: MB/s is 10^6 bytes per second; KiB is 1,024 bytes (the memory target
+"50 KB per connection" is read as 50 KiB, the stricter of the two only by
+2%); latencies are microseconds.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+PATH_ORDER = ("direct", "ssh", "qanat")
+
+
+@dataclass(frozen=True)
+class Target:
+    key: str
+    text: str
+    op: str  # ">=" or "<="
+    limit: float
+    unit: str
+
+    def judge(self, value: float | None) -> str | None:
+        if value is None or math.isnan(value):
+            return None
+        ok = value >= self.limit if self.op == ">=" else value <= self.limit
+        return "pass" if ok else "miss"
+
+    def describe(self) -> str:
+        return f"{self.text} {self.op} {self.limit:g} {self.unit}"
+
+
+TARGETS = (
+    Target("bulk_MBps", "one stream", ">=", 300, "MB/s"),
+    Target("rtt_overhead_p50_us", "round-trip overhead over direct at p50", "<=", 150, "us"),
+    Target("connect_p50_us", "connect + first round trip at p50", "<=", 1000, "us"),
+    Target("gateway_KiB_per_conn", "gateway memory per open connection", "<=", 50, "KiB"),
+)
+
+
+def _get(res: dict[str, Any], phase: str, key: str) -> float | None:
+    value = res.get(phase, {}).get(key)
+    return float(value) if isinstance(value, int | float) else None
+
+
+def headline(res: dict[str, Any], direct_rtt_p50: float | None) -> dict[str, float | None]:
+    """The figures the targets are about, for one path's results."""
+    rtt = _get(res, "rtt", "p50_us")
+    return {
+        "bulk_MBps": _get(res, "bulk", "MBps_median"),
+        "rtt_overhead_p50_us": (
+            rtt - direct_rtt_p50 if rtt is not None and direct_rtt_p50 is not None else None
+        ),
+        "connect_p50_us": _get(res, "connect", "p50_us"),
+        "gateway_KiB_per_conn": _get(res, "idle", "server_KiB_per_conn"),
+    }
+
+
+def evaluate(paths: dict[str, dict[str, Any]]) -> None:
+    """Add ``headline`` and ``verdicts`` to every tunnel path that ran."""
+    direct = paths.get("direct", {})
+    direct_p50 = _get(direct, "rtt", "p50_us") if direct.get("status") == "ok" else None
+    for name, res in paths.items():
+        if name == "direct" or res.get("status") != "ok":
+            continue
+        figures = headline(res, direct_p50)
+        res["headline"] = figures
+        res["verdicts"] = {t.key: t.judge(figures[t.key]) for t in TARGETS}
+
+
+def _num(value: float | None, fmt: str = ".0f") -> str:
+    return "-" if value is None or math.isnan(value) else format(value, fmt)
+
+
+def _cell(res: dict[str, Any], phase: str, render: str) -> str:
+    """One table cell: the figure, or the phase's error in short."""
+    if res.get("status") != "ok":
+        return "n/a"
+    got = res.get(phase)
+    if got is None:
+        return "-"
+    if "error" in got:
+        return "error"
+    return render
+
+
+def _verdict(res: dict[str, Any], key: str) -> str:
+    verdict = res.get("verdicts", {}).get(key)
+    return f" {verdict}" if verdict else ""
+
+
+def render(results: dict[str, Any]) -> str:
+    paths: dict[str, dict[str, Any]] = results["paths"]
+    names = [n for n in PATH_ORDER if n in paths]
+    if not names:
+        return ""
+    head = ["metric", "target", *[paths[n].get("short", n) for n in names]]
+    rows: list[list[str]] = [head]
+
+    def row(label: str, target: str, cells: list[str]) -> None:
+        rows.append([label, target, *cells])
+
+    t = {x.key: x for x in TARGETS}
+    row(
+        "one stream, MB/s",
+        ">= 300",
+        [
+            _cell(r, "bulk", _num(_get(r, "bulk", "MBps_median")) + _verdict(r, "bulk_MBps"))
+            for r in (paths[n] for n in names)
+        ],
+    )
+    row(
+        "64 B round trip p50 / p99, us",
+        "",
+        [
+            _cell(r, "rtt", f"{_num(_get(r, 'rtt', 'p50_us'))} / {_num(_get(r, 'rtt', 'p99_us'))}")
+            for r in (paths[n] for n in names)
+        ],
+    )
+    row(
+        "  overhead over direct at p50, us",
+        "<= 150",
+        [
+            "-"
+            if n == "direct"
+            else _cell(
+                paths[n],
+                "rtt",
+                _fmt_signed(paths[n].get("headline", {}).get("rtt_overhead_p50_us"))
+                + _verdict(paths[n], "rtt_overhead_p50_us"),
+            )
+            for n in names
+        ],
+    )
+    row(
+        "connect + 1st round trip p50 / p99, us",
+        "<= 1000",
+        [
+            _cell(
+                r,
+                "connect",
+                f"{_num(_get(r, 'connect', 'p50_us'))} / {_num(_get(r, 'connect', 'p99_us'))}"
+                + _verdict(r, "connect_p50_us"),
+            )
+            for r in (paths[n] for n in names)
+        ],
+    )
+    row(
+        "gateway RSS per open conn, KiB",
+        "<= 50",
+        [
+            "-"
+            if n == "direct"
+            else _cell(
+                paths[n],
+                "idle",
+                _num(_get(paths[n], "idle", "server_KiB_per_conn"), ".1f")
+                + _verdict(paths[n], "gateway_KiB_per_conn"),
+            )
+            for n in names
+        ],
+    )
+    row(
+        "connector RSS per open conn, KiB",
+        "",
+        [
+            "-"
+            if n == "direct"
+            else _cell(paths[n], "idle", _num(_get(paths[n], "idle", "client_KiB_per_conn"), ".1f"))
+            for n in names
+        ],
+    )
+    for label, phase, unit in (
+        ("gateway / connector CPU per MiB, us", "bulk", "MiB"),
+        ("gateway / connector CPU per round trip, us", "rtt", "rt"),
+    ):
+        row(
+            label,
+            "",
+            [
+                "-"
+                if n == "direct"
+                else _cell(
+                    paths[n],
+                    phase,
+                    f"{_num(_get(paths[n], phase, f'server_cpu_us_per_{unit}'))} / "
+                    f"{_num(_get(paths[n], phase, f'client_cpu_us_per_{unit}'))}",
+                )
+                for n in names
+            ],
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+
+    notes = []
+    for n in names:
+        res = paths[n]
+        if res.get("status") != "ok":
+            notes.append(f"{n}: {res['status']} ({res.get('reason', '')})")
+            continue
+        notes.append(f"{n}: {res.get('label', n)}")
+        for phase in ("bulk", "rtt", "connect", "idle"):
+            err = res.get(phase, {}).get("error")
+            if err:
+                notes.append(f"  {n} {phase}: {err}")
+    lines += [
+        "",
+        *notes,
+        "",
+        "targets (tunnel paths): " + "; ".join(x.describe() for x in t.values()),
+    ]
+    return "\n".join(lines)
+
+
+def _fmt_signed(value: float | None) -> str:
+    if value is None or math.isnan(value):
+        return "-"
+    return f"{value:+.0f}"

@@ -1,0 +1,61 @@
+"""Channels the connector refused: counted, and told to the operator without flooding.
+
+When an endpoint is down, every app connection becomes one refused channel;
+an app retrying in a loop would turn the log into a firehose. So each target
+is logged at most once per ``quiet_s`` with the number of refusals in
+between, and the count goes to the statistics (and ``/metrics``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from qanat.errors import ChannelOpenFailed
+
+if TYPE_CHECKING:
+    from qanat.connector.session import Stats
+
+#: Targets remembered for log suppression (a gateway chooses targets).
+MAX_TARGETS = 1000
+
+
+class LoggedDialer:
+    """Wraps a dialer: refusals are counted and logged, sparingly."""
+
+    def __init__(
+        self,
+        dialer: Callable[[str], Awaitable[Any]],
+        log: logging.Logger | logging.LoggerAdapter,  # type: ignore[type-arg]
+        stats: Stats,
+        quiet_s: float = 10.0,
+    ) -> None:
+        self.dialer = dialer
+        self.log = log
+        self.stats = stats
+        self.quiet_s = quiet_s
+        self._last: OrderedDict[str, tuple[float, int]] = OrderedDict()
+
+    async def __call__(self, target: str) -> Any:
+        try:
+            return await self.dialer(target)
+        except ChannelOpenFailed as exc:
+            self.stats.channels_refused += 1
+            self._note(target, exc.reason or str(exc))
+            raise
+
+    def _note(self, target: str, reason: str) -> None:
+        now = time.monotonic()
+        last, suppressed = self._last.get(target, (float("-inf"), 0))
+        if now - last < self.quiet_s:
+            self._last[target] = (last, suppressed + 1)
+            return
+        more = f" ({suppressed} more since the last report)" if suppressed else ""
+        self.log.warning("refused a channel to %s: %s%s", target, reason, more)
+        self._last[target] = (now, 0)
+        self._last.move_to_end(target)
+        while len(self._last) > MAX_TARGETS:
+            self._last.popitem(last=False)

@@ -1,0 +1,403 @@
+"""Shared helpers of the operability tests: a gateway, a connector, endpoints, HTTP.
+
+Everything runs on loopback with port 0; every wait has a deadline scaled by
+QANAT_TEST_TIMEOUT_FACTOR (for slow machines).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from qanat.connector.options import ConnectOptions
+from qanat.connector.runner import Connector
+from qanat.gateway.server import Gateway
+from qanat.gateway.settings import GatewaySettings
+from qanat.gateway.stages import MemoryStageSource, StageConfig
+from qanat.wire.remotes import decode_remotes
+from qanat.wire.tokens import hash_token, new_address_id, new_token
+
+
+def scaled(seconds: float) -> float:
+    return seconds * float(os.environ.get("QANAT_TEST_TIMEOUT_FACTOR", "1"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    return free_port()
+
+
+async def wait_until(
+    predicate: Callable[[], bool], timeout_s: float = 5.0, what: str = "condition"
+) -> None:
+    deadline = time.monotonic() + scaled(timeout_s)
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached within {scaled(timeout_s):g}s")
+        await asyncio.sleep(0.01)
+
+
+async def port_open(port: int, timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + scaled(timeout_s)
+    while True:
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"port {port} not open within {scaled(timeout_s):g}s"
+                ) from None
+            await asyncio.sleep(0.02)
+            continue
+        writer.close()
+        return
+
+
+@dataclass
+class GatewayEnv:
+    gateway: Gateway
+    source: MemoryStageSource
+    stage: StageConfig
+    token: str
+
+    @property
+    def port(self) -> int:
+        return self.gateway.address[1]
+
+    @property
+    def address(self) -> str:
+        return f"http://127.0.0.1:{self.port}/{self.stage.address_id}"
+
+    def options(self, *remotes: str, token: str | None = None, **more: Any) -> ConnectOptions:
+        headers = () if token == "" else (("token", self.token if token is None else token),)
+        return ConnectOptions(
+            address=more.pop("address", self.address),
+            remotes=tuple(decode_remotes(remotes)),
+            headers=headers,
+            **more,
+        )
+
+
+@contextlib.asynccontextmanager
+async def gateway_env(
+    tmp: Path, *, stage: dict[str, Any] | None = None, ssl_context: Any = None, **settings: Any
+) -> AsyncIterator[GatewayEnv]:
+    token = new_token()
+    config = StageConfig(
+        key="acme/Development",
+        address_id=new_address_id(),
+        token_hashes=(hash_token(token),),
+        **(stage or {}),
+    )
+    source = MemoryStageSource()
+    source.put(config)
+    gateway = Gateway(
+        GatewaySettings(data_dir=tmp, listen_port=0, **settings), source, ssl_context=ssl_context
+    )
+    await gateway.start()
+    try:
+        yield GatewayEnv(gateway, source, config, token)
+    finally:
+        await gateway.close(drain_s=2.0)
+
+
+@dataclass
+class RunningConnector:
+    connector: Connector
+    task: asyncio.Task[int]
+    port: int
+
+    async def stop(self) -> None:
+        self.connector.stop_event.set()
+        async with asyncio.timeout(scaled(5.0)):
+            await self.task
+
+
+@contextlib.asynccontextmanager
+async def connector(
+    options: ConnectOptions, serves_port: int | None
+) -> AsyncIterator[RunningConnector]:
+    """Run a connector; when ``serves_port`` is given, wait until the gateway listens on it."""
+    conn = Connector(options)
+    task = asyncio.get_running_loop().create_task(conn.run(), name="test-connector")
+    running = RunningConnector(conn, task, serves_port or 0)
+    try:
+        if serves_port:
+            await port_open(serves_port)
+        yield running
+    finally:
+        await running.stop()
+
+
+@dataclass
+class Endpoint:
+    server: asyncio.Server
+    requests: list[bytes] = field(default_factory=list)
+
+    @property
+    def port(self) -> int:
+        return int(self.server.sockets[0].getsockname()[1])
+
+
+@contextlib.asynccontextmanager
+async def http_endpoint(body: bytes = b"hello from the private side\n") -> AsyncIterator[Endpoint]:
+    """A tiny HTTP/1.1 server: every request gets 200 and ``body``, then close."""
+    endpoint: Endpoint
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            endpoint.requests.append(head)
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: close\r\n"
+                + f"Content-Length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
+            await writer.drain()
+        except (OSError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    endpoint = Endpoint(server)
+    try:
+        yield endpoint
+    finally:
+        server.close()
+
+
+@contextlib.asynccontextmanager
+async def raw_server(
+    handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+) -> AsyncIterator[int]:
+    """A loopback server running ``handler`` per connection; yields its port."""
+
+    async def guarded(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await handler(reader, writer)
+        except (OSError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(guarded, "127.0.0.1", 0)
+    try:
+        yield int(server.sockets[0].getsockname()[1])
+    finally:
+        server.close()
+
+
+async def http_request(
+    port: int, path: str, method: str = "GET", headers: str = ""
+) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP/1.1 request to 127.0.0.1:port; (status, headers, body)."""
+    async with asyncio.timeout(scaled(5.0)):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{headers}"
+        writer.write(f"{head}Connection: close\r\n\r\n".encode())
+        data = await reader.read()
+        writer.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    parsed = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        parsed[name.strip().lower()] = value.strip()
+    return status, parsed, body
+
+
+# -- TLS material ----------------------------------------------------------------
+
+
+@dataclass
+class TlsFiles:
+    ca: Path
+    cert: Path
+    key: Path
+
+    def server_context(self) -> Any:
+        import ssl
+
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(self.cert, self.key)
+        return ctx
+
+
+def make_tls(
+    tmp: Path, name: str = "localhost", *, expired: bool = False, tag: str = ""
+) -> TlsFiles:
+    """A throwaway CA and a server certificate for ``name`` signed by it."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "qanat test CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=30))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    start, end = (
+        (now - datetime.timedelta(days=20), now - datetime.timedelta(days=1))
+        if expired
+        else (now - datetime.timedelta(days=1), now + datetime.timedelta(days=10))
+    )
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(end)
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+        )
+        .add_extension(
+            x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    tag = tag or name
+    files = TlsFiles(tmp / f"ca-{tag}.pem", tmp / f"cert-{tag}.pem", tmp / f"key-{tag}.pem")
+    files.ca.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    files.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    files.key.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return files
+
+
+# -- a loop in a thread, for tests that call the (blocking) command line ----------------
+
+
+@contextlib.contextmanager
+def background_loop() -> Any:
+    import threading
+
+    import uvloop
+
+    loop = uvloop.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="test-loop", daemon=True)
+    thread.start()
+    try:
+        yield loop
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(scaled(5.0))
+        loop.close()
+
+
+def call(loop: asyncio.AbstractEventLoop, coro: Any, timeout_s: float = 10.0) -> Any:
+    return asyncio.run_coroutine_threadsafe(coro, loop).result(scaled(timeout_s))
+
+
+# -- a TCP relay that can stop forwarding (a peer that went silent) ---------------------
+
+
+@dataclass
+class Relay:
+    port: int
+    frozen: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@contextlib.asynccontextmanager
+async def relay(target_port: int) -> AsyncIterator[Relay]:
+    """Forward 127.0.0.1:<port> to target_port until ``frozen`` is set; then drop bytes."""
+    writers: list[asyncio.StreamWriter] = []
+    tasks: set[asyncio.Task[None]] = set()
+    state: Relay
+
+    async def pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                if not state.frozen.is_set():
+                    writer.write(data)
+        except OSError:
+            pass
+        finally:
+            writer.close()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", target_port)
+        writers.extend((writer, up_writer))
+        for task in (
+            asyncio.ensure_future(pump(reader, up_writer)),
+            asyncio.ensure_future(pump(up_reader, writer)),
+        ):
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    state = Relay(int(server.sockets[0].getsockname()[1]))
+    try:
+        yield state
+    finally:
+        server.close()
+        for writer in writers:
+            writer.transport.abort()
+        for task in list(tasks):
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=scaled(2.0))
+
+
+async def http_through(port: int, path: str = "/") -> tuple[int, int]:
+    """One GET through secure-gateway:<port>; (bytes sent, bytes received)."""
+    request = f"GET {path} HTTP/1.1\r\nHost: secure-gateway\r\nConnection: close\r\n\r\n".encode()
+    async with asyncio.timeout(scaled(5.0)):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(request)
+        answer = await reader.read()
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 200 OK"), answer[:80]
+    return len(request), len(answer)

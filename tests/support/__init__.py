@@ -1,0 +1,1 @@
+"""Helpers for the tunnel tests: deadlines, servers, in-process tunnels, processes."""

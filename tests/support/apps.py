@@ -1,0 +1,66 @@
+"""The app side of the process tests: blocking sockets with deadlines."""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+import threading
+from collections.abc import Iterable
+
+from support.timing import scaled
+
+
+def app_socket(port: int, timeout_s: float = 10.0) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", port), timeout=scaled(timeout_s))
+
+
+def exchange(
+    port: int,
+    command: bytes,
+    payload: Iterable[bytes] = (),
+    *,
+    timeout_s: float = 30.0,
+) -> tuple[int, str, bytes]:
+    """Send ``command`` and ``payload`` (from a thread), half-close, read to EOF.
+
+    Returns (bytes received, their sha256, the first 4 KiB of them).
+    """
+    digest = hashlib.sha256()
+    count = 0
+    head = b""
+    failure: list[BaseException] = []
+    with app_socket(port, timeout_s) as sock:
+
+        def send() -> None:
+            try:
+                sock.sendall(command)
+                for chunk in payload:
+                    sock.sendall(chunk)
+                sock.shutdown(socket.SHUT_WR)
+            except OSError as exc:  # reported by the reader's assertion
+                failure.append(exc)
+
+        sender = threading.Thread(target=send, daemon=True)
+        sender.start()
+        while data := sock.recv(256 * 1024):
+            digest.update(data)
+            if len(head) < 4096:
+                head += data[: 4096 - len(head)]
+            count += len(data)
+        sender.join(scaled(timeout_s))
+    assert not failure, f"sending failed: {failure[0]!r}"
+    return count, digest.hexdigest(), head
+
+
+def echo_ok(port: int, payload: bytes = b"still working\n") -> bool:
+    """One ECHO exchange through ``port``; True when the bytes came back exactly."""
+    count, sha, _ = exchange(port, b"ECHO\n", [payload])
+    return count == len(payload) and sha == hashlib.sha256(payload).hexdigest()
+
+
+def connection_refused(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=scaled(2)):
+            return False
+    except ConnectionRefusedError:
+        return True
