@@ -198,6 +198,7 @@ def _add_stage(args: argparse.Namespace, data_dir: Path) -> int:
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
+    from qanat.portal import names
     from qanat.runtime import run
     from qanat.store import normalize_url
     from qanat.up import UpConfig, default_node, run_up, tls_context
@@ -211,6 +212,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
         public_url=_public_url(args.public_url),
         database_url=normalize_url(args.database_url) if args.database_url else None,
         node=default_node(),
+        endpoint_host=names.bind_host(args.endpoint_bind),
         ssl_context=tls_context(data_dir),
     )
     return run(run_up(config))

@@ -48,6 +48,9 @@ from qanat.store import (
     redact_url,
     sqlite_url,
 )
+from qanat.store import (
+    GatewaySettings as StoreGatewaySettings,
+)
 from qanat.store.reporter import GatewayReporter
 
 log = logging.getLogger("qanat.up")
@@ -67,6 +70,8 @@ class UpConfig:
         poll_interval_s: how often the gateway reads the stage change counter.
         keepalive_s: gateway pings to connectors.
         report_refresh_s: how often keepalive round-trips are written.
+        endpoint_host: where the endpoint ports (``secure-gateway:<port>``)
+            of new stages listen; loopback unless configured otherwise.
         node: this gateway node's name in the connector status.
         ssl_context: TLS for the listen address (None: plain HTTP).
         hasher: password KDF (tests pass a cheap one).
@@ -82,6 +87,7 @@ class UpConfig:
     poll_interval_s: float = 0.5
     keepalive_s: float = 25.0
     report_refresh_s: float = 5.0
+    endpoint_host: str = "127.0.0.1"
     node: str = field(default_factory=socket.gethostname)
     ssl_context: ssl.SSLContext | None = None
     hasher: PasswordHasher | None = None
@@ -199,7 +205,9 @@ class Up:
         self.url = cfg.public_url or base_url(
             cfg.listen_host if cfg.listen_host else host, port, tls=cfg.ssl_context is not None
         )
-        self.portal = Portal(self.store, PortalConfig(self.url), hasher=cfg.hasher)
+        defaults = StoreGatewaySettings(bind_host=cfg.endpoint_host)
+        portal_config = PortalConfig(self.url, stage_defaults=defaults)
+        self.portal = Portal(self.store, portal_config, hasher=cfg.hasher)
         local = await asyncio.to_thread(self._first_start)
         http_settings = cfg.http
         if self.url.startswith("https:") and not http_settings.secure_cookies:

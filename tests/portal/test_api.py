@@ -388,3 +388,18 @@ def test_first_start_credentials_and_the_private_local_key(tmp_path: Path) -> No
             assert await _sign_in(session, up, "admin", password)
 
     asyncio.run(scenario())
+
+
+def test_endpoint_ports_bind_on_loopback_unless_configured(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with running_up(tmp_path / "a") as up, api_client(up) as api:
+            await _org(api)
+            assert (await api.ok("GET", DEV))["stage"]["bind_host"] == "127.0.0.1"
+        async with (
+            running_up(tmp_path / "b", endpoint_host="127.0.0.2") as up,
+            api_client(up) as api,
+        ):
+            await _org(api)
+            assert (await api.ok("GET", DEV))["stage"]["bind_host"] == "127.0.0.2"
+
+    asyncio.run(scenario())
