@@ -253,6 +253,11 @@ def _add_portal_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignor
         "--public-url", default=None, help="base URL connectors dial (default http://LISTEN)"
     )
     up.add_argument("--database-url", default=env_db, help="use this database instead of SQLite")
+    up.add_argument(
+        "--endpoint-bind",
+        default="127.0.0.1",
+        help="address the endpoint ports (secure-gateway:<port>) of new stages listen on",
+    )
     up.add_argument("-v", "--verbose", action="count", default=0)
     up.set_defaults(func=_cmd_up)
 
