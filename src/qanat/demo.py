@@ -110,6 +110,9 @@ def main() -> int:
         )
         _wait_port(up_port, 20, up)
         _wait_file(data_dir / "local-admin.json", 10, up)
+        end = time.monotonic() + 10
+        while "Ctrl-C" not in (workdir / "up.log").read_text() and time.monotonic() < end:
+            time.sleep(0.05)  # the banner follows the key file by a moment
         local = json.loads((data_dir / "local-admin.json").read_text())
         url, key = local["url"], local["api_key"]
         for line in (workdir / "up.log").read_text().splitlines():

@@ -208,7 +208,6 @@ class Up:
         defaults = StoreGatewaySettings(bind_host=cfg.endpoint_host)
         portal_config = PortalConfig(self.url, stage_defaults=defaults)
         self.portal = Portal(self.store, portal_config, hasher=cfg.hasher)
-        local = await asyncio.to_thread(self._first_start)
         http_settings = cfg.http
         if self.url.startswith("https:") and not http_settings.secure_cookies:
             http_settings = PortalHttpSettings(
@@ -221,12 +220,14 @@ class Up:
             self.portal,
             Signer(load_secret(cfg.data_dir), session_ttl_s=http_settings.session_ttl_s),
             settings=http_settings,
-            local_admin=local,
         )
         self.http = PortalHttp(app)
         await self.http.start()
         self.gateway.http_fallback = self.http.protocol_factory()  # type: ignore[assignment]
         await self.reporter.start()
+        # Last: the local admin file tells `qanat admin` (and scripts) that the
+        # portal is ready to answer.
+        set_local_admin(app, await asyncio.to_thread(self._first_start))
 
     def _first_start(self) -> localadmin.LocalAdmin:
         assert self.portal is not None

@@ -60,6 +60,14 @@ def _wait_for(path: Path, proc: subprocess.Popen[bytes], log: Path, deadline_s: 
         time.sleep(0.05)
 
 
+def _wait_for_text(log: Path, text: str, proc: subprocess.Popen[bytes]) -> None:
+    end = time.monotonic() + 20 * SLOW
+    while text not in log.read_text():
+        assert proc.poll() is None, log.read_text()
+        assert time.monotonic() < end, f"{text!r} not printed; log:\n{log.read_text()}"
+        time.sleep(0.05)
+
+
 def _admin(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
     capsys.readouterr()
     code = qanat_main(["admin", *args])
@@ -82,6 +90,7 @@ def test_qanat_up_and_the_admin_command_line(
     monkeypatch.delenv("QANAT_API_KEY", raising=False)
     with _process(["up", "--data-dir", str(data), "--listen", "127.0.0.1:0"], log) as up:
         _wait_for(data / "local-admin.json", up, log)
+        _wait_for_text(log, "Ctrl-C", up)
         printed = log.read_text()
         assert "password: " in printed
         assert "username: admin" in printed
@@ -165,9 +174,7 @@ def test_qanat_up_and_the_admin_command_line(
         assert "stopping" in log_text
     # Second start: the admin password is never printed again.
     with _process(["up", "--data-dir", str(data), "--listen", "127.0.0.1:0"], log) as up:
-        end = time.monotonic() + 20 * SLOW
-        while "Ctrl-C" not in log.read_text() and time.monotonic() < end:
-            time.sleep(0.05)
+        _wait_for_text(log, "Ctrl-C", up)
         assert "password" not in _stop(up, log)
 
 
