@@ -120,6 +120,11 @@ def _cmd_gateway(args: argparse.Namespace) -> int:
     )
     if settings.keepalive_s and settings.keepalive_timeout_s > settings.keepalive_s:
         raise ConfigError("--keepalive-timeout must not be longer than --keepalive")
+    if args.database_url:
+        from qanat.store import normalize_url
+        from qanat.up import default_node, run_db_gateway
+
+        return run(run_db_gateway(settings, normalize_url(args.database_url), default_node()))
     source = FileStageSource(stage_file)
 
     async def main() -> int:
@@ -236,6 +241,90 @@ def _add_stage(args: argparse.Namespace, data_dir: Path) -> int:
     print(f"address: {scheme}://{host}:{port}/{address_id}")
     print(f"token:   {token}   (shown once; only its hash is stored)")
     return 0
+
+
+# -- qanat up / qanat portal -------------------------------------------------------
+
+
+def _cmd_up(args: argparse.Namespace) -> int:
+    from qanat.portal import names
+    from qanat.runtime import run
+    from qanat.store import normalize_url
+    from qanat.up import UpConfig, default_node, run_up, tls_context
+
+    data_dir = Path(args.data_dir).expanduser()
+    host, port = _host_port(args.listen, "--listen")
+    config = UpConfig(
+        data_dir=data_dir,
+        listen_host=host,
+        listen_port=port,
+        public_url=_public_url(args.public_url),
+        database_url=normalize_url(args.database_url) if args.database_url else None,
+        node=default_node(),
+        endpoint_host=names.bind_host(args.endpoint_bind),
+        ssl_context=tls_context(data_dir),
+    )
+    return run(run_up(config))
+
+
+def _cmd_portal(args: argparse.Namespace) -> int:
+    from qanat.runtime import run
+    from qanat.store import database_url
+    from qanat.up import run_portal
+
+    data_dir = Path(args.data_dir).expanduser()
+    url = database_url(data_dir, {"QANAT_DATABASE_URL": args.database_url or ""})
+    public = _public_url(args.public_url) or "http://127.0.0.1:8080"
+    return run(run_portal(data_dir, url, _host_port(args.listen, "--listen"), public))
+
+
+def _public_url(text: str | None) -> str | None:
+    if not text:
+        return None
+    from qanat.portal import PortalConfig
+
+    return PortalConfig(text).public_base_url  # validates; raises ConfigError
+
+
+def _add_portal_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    import os
+
+    env_db = os.environ.get("QANAT_DATABASE_URL") or None
+    up = sub.add_parser(
+        "up",
+        help="portal and gateway in one process on an embedded database",
+        description="Run the portal (pages and API) and the gateway (connector tunnels) on"
+        " one listen address, with SQLite in the data directory.",
+    )
+    up.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR), help="database, keys, secrets")
+    up.add_argument("--listen", default="127.0.0.1:8080", help="HOST:PORT for portal and tunnels")
+    up.add_argument(
+        "--public-url", default=None, help="base URL connectors dial (default http://LISTEN)"
+    )
+    up.add_argument("--database-url", default=env_db, help="use this database instead of SQLite")
+    up.add_argument(
+        "--endpoint-bind",
+        default="127.0.0.1",
+        help="address the endpoint ports (secure-gateway:<port>) of new stages listen on",
+    )
+    up.add_argument("-v", "--verbose", action="count", default=0)
+    up.set_defaults(func=_cmd_up)
+
+    portal = sub.add_parser(
+        "portal", help="run the portal alone (pages and API), sharing the gateways' database"
+    )
+    portal.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR), help="portal secret, SQLite")
+    portal.add_argument("--listen", default="127.0.0.1:8090", help="HOST:PORT for pages and API")
+    portal.add_argument(
+        "--public-url", default=None, help="base URL of the gateway connectors dial"
+    )
+    portal.add_argument("--database-url", default=env_db, help="default: SQLite in --data-dir")
+    portal.add_argument("-v", "--verbose", action="count", default=0)
+    portal.set_defaults(func=_cmd_portal)
+
+    from qanat.admincli import add_admin_parser
+
+    add_admin_parser(sub, DEFAULT_DATA_DIR)
 
 
 # -- parser -----------------------------------------------------------------------
@@ -370,11 +459,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--bind", default="127.0.0.1", help="add-stage: address the stage's ports bind"
     )
     gateway.add_argument("--ports", default="1024-65535", help="add-stage: allowed port range")
+    gateway.add_argument(
+        "--database-url",
+        default=None,
+        help="take stages from the portal's database (sqlite:///... or postgresql://...)",
+    )
     gateway.add_argument("-v", "--verbose", action="count", default=0)
     ops_commands.add_gateway_metrics_argument(gateway)
     gateway.set_defaults(func=_cmd_gateway)
 
     ops_commands.add_commands(sub)  # diagnose, probe
+    _add_portal_parsers(sub)
     return parser
 
 

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import ssl
 import time
-from typing import Any
+from typing import Any, Protocol
 
 from qanat.gateway.flapping import FlapGuard
 from qanat.gateway.frontdoor import FrontDoor, HttpFallback
@@ -22,6 +22,18 @@ from qanat.runtime import TaskOwner
 from qanat.tls import reload_certificate, server_context
 
 log = logging.getLogger("qanat.gateway")
+
+
+class TunnelListener(Protocol):
+    """Told when a tunnel starts serving and when it ends (in the event loop).
+
+    Listeners must not block: the live connector report, for one, queues the
+    event and writes the database from a worker thread.
+    """
+
+    def tunnel_active(self, tunnel: Tunnel) -> None: ...
+
+    def tunnel_closed(self, tunnel: Tunnel) -> None: ...
 
 
 class Gateway:
@@ -56,6 +68,7 @@ class Gateway:
             backoff_max_s=settings.flap_backoff_max_s,
         )
         self.server: asyncio.Server | None = None
+        self.tunnel_listeners: list[TunnelListener] = []
         # Operability (qanat.ops): scrape-time metrics and readiness checks.
         self.metrics = GatewayMetrics(self)
         self.health = gateway_health(self)
@@ -120,10 +133,13 @@ class Gateway:
         self.tunnels[tunnel.id] = tunnel
 
     def tunnel_active(self, tunnel: Tunnel) -> None:
-        pass
+        for listener in list(self.tunnel_listeners):
+            _notify(listener.tunnel_active, tunnel)
 
     def tunnel_closed(self, tunnel: Tunnel) -> None:
         self.tunnels.pop(tunnel.id, None)
+        for listener in list(self.tunnel_listeners):
+            _notify(listener.tunnel_closed, tunnel)
         self.metrics.tunnel_closed(tunnel)
 
     async def retire_stale(self, tunnel: Tunnel) -> None:
@@ -219,3 +235,11 @@ class Gateway:
             "dead_peer_bound_s": settings.dead_peer_bound_s if settings.keepalive_s > 0 else None,
             "flapping": self.flaps.snapshot(time.monotonic()),
         }
+
+
+def _notify(hook: Any, tunnel: Tunnel) -> None:
+    # A listener's bug must not break the tunnel's bookkeeping.
+    try:
+        hook(tunnel)
+    except Exception:
+        log.exception("tunnel listener %r failed", hook)

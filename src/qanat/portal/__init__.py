@@ -13,6 +13,8 @@ How it works::
     names.py      validation of names, passwords, networks (InvalidInput)
     config.py     PortalConfig: public base URL and defaults for new stages
     views.py      the frozen results; secrets only where shown once
+    localadmin.py first admin and the local admin key of ``qanat up``
+    http/         the REST API (/api/v1, OpenAPI), the pages, sessions, CSRF
 
 Every operation is one transaction of ``qanat.store`` and writes its audit
 entry inside that transaction: a change and its audit line are committed

@@ -84,7 +84,50 @@ class IdentityOps(PortalContext):
             )
         return Actor(ActorKind.API_KEY, prefix)
 
+    def user_actor(self, username: str) -> Actor:
+        """The actor for an existing user, without a password (local admin key).
+
+        Raises:
+            Unauthorized: no such user.
+        """
+        with self._store.transaction(write=False) as tx:
+            user = tx.find_user(names.username(username))
+        if user is None:
+            raise Unauthorized(
+                f"the local admin key belongs to user {username!r}, who no longer exists;"
+                " delete the key file and restart qanat up to make a new one"
+            )
+        return Actor(ActorKind.USER, user.username, user.id)
+
     # -- users and roles -----------------------------------------------------
+
+    def create_first_admin(self, source: str, username: str, password: str) -> bool:
+        """Create the installation's first user, if there is no user at all.
+
+        The first user has no organisation yet; creating one makes them its
+        admin. Returns False (and changes nothing) when users exist.
+
+        Raises:
+            InvalidInput: malformed username or too short a password.
+        """
+        login = names.username(username)
+        password_hash = self._hasher.hash(names.new_password(password))
+        now = self._clock()
+        with self._store.transaction() as tx:
+            if tx.user_count() > 0:
+                return False
+            tx.add_user(login, password_hash, now)
+            self._audit(
+                tx,
+                Actor.system("qanat-up"),
+                source,
+                "user.create",
+                org=None,
+                target=f"user:{login}",
+                now=now,
+                details={"first_admin": True},
+            )
+        return True
 
     def create_user(
         self, actor: Actor, source: str, org: str, username: str, password: str, role: str | Role

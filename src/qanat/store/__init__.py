@@ -16,6 +16,8 @@ How it works::
     stagesource.py  DatabaseStageSource: the gateway's StageSource, an
                     in-memory view refreshed by polling a change counter
     live.py         ConnectorRegistry: gateway nodes report live connectors
+    reporter.py     GatewayReporter: a gateway's tunnel hooks -> ConnectorRegistry,
+                    queued and written from a worker thread
 
 Schema (one row per ...)::
 

@@ -35,6 +35,9 @@ class IdentityQueries:
         self._session.flush()
         return _user(user)
 
+    def user_count(self) -> int:
+        return int(self._session.scalar(select(func.count()).select_from(User)) or 0)
+
     def find_user(self, username: str) -> UserRecord | None:
         user = self._session.scalars(select(User).where(User.username == username)).one_or_none()
         return None if user is None else _user(user)

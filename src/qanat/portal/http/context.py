@@ -1,0 +1,172 @@
+"""What every request handler shares: who is asking, the body, the service.
+
+The portal service and its store are synchronous (SQLAlchemy, scrypt), and
+in ``qanat up`` the same event loop carries the connectors' tunnels. So no
+handler calls the service directly: :meth:`Deps.run` runs each call in a
+worker thread and the loop only ever waits for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import jinja2
+from aiohttp import web
+
+from qanat.errors import Forbidden, InvalidInput, Unauthorized
+from qanat.portal.access import Actor, ActorKind
+from qanat.portal.http.problems import BadRequest
+from qanat.portal.http.sessions import CSRF_HEADER, SESSION_COOKIE, Session, Signer
+from qanat.portal.localadmin import LocalAdmin
+from qanat.portal.service import Portal
+
+T = TypeVar("T")
+
+UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+@dataclass(frozen=True, slots=True)
+class PortalHttpSettings:
+    """The HTTP side's limits and switches.
+
+    Attributes:
+        max_body_bytes: largest request body accepted (JSON or form).
+        secure_cookies: mark cookies ``Secure`` (set when served over HTTPS).
+        session_ttl_s: how long a browser sign-in lasts.
+        refresh_s: how often the stage page re-reads its status.
+    """
+
+    max_body_bytes: int = 64 * 1024
+    secure_cookies: bool = False
+    session_ttl_s: float = 12 * 3600
+    refresh_s: float = 3.0
+
+
+@dataclass(slots=True)
+class Deps:
+    """The portal service and what the HTTP layer adds to it."""
+
+    portal: Portal
+    signer: Signer
+    settings: PortalHttpSettings
+    templates: jinja2.Environment
+    local_admin: LocalAdmin | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a blocking service call in a worker thread."""
+        return await asyncio.to_thread(fn, *args, **kwargs)
+
+
+DEPS: web.AppKey[Deps] = web.AppKey("qanat_deps", Deps)
+
+
+def deps(request: web.Request) -> Deps:
+    return request.app[DEPS]
+
+
+def source_of(request: web.Request) -> str:
+    """The client's address for the audit log."""
+    return (request.remote or "unknown")[:64]
+
+
+def session_of(request: web.Request) -> Session | None:
+    return deps(request).signer.read(request.cookies.get(SESSION_COOKIE))
+
+
+def _presented_key(request: web.Request) -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    key = request.headers.get("X-API-Key", "").strip()
+    return key or None
+
+
+async def api_actor(request: web.Request) -> Actor:
+    """Who is calling the API: an API key, the local admin key, or a session.
+
+    A session may change something only with its CSRF token in the
+    ``X-CSRF-Token`` header.
+
+    Raises:
+        Unauthorized: no credentials, or not valid ones.
+        Forbidden: a session's unsafe request without a valid CSRF token.
+    """
+    d = deps(request)
+    key = _presented_key(request)
+    if key is not None:
+        if d.local_admin is not None and d.local_admin.matches(key):
+            return await d.run(d.portal.user_actor, d.local_admin.username)
+        return await d.run(d.portal.authenticate_api_key, key, source_of(request))
+    session = session_of(request)
+    if session is None:
+        raise Unauthorized(
+            "not signed in: send an API key as 'Authorization: Bearer <key>' or"
+            " 'X-API-Key: <key>', or sign in to the portal first"
+        )
+    if request.method in UNSAFE_METHODS and not d.signer.csrf_ok(
+        session, request.headers.get(CSRF_HEADER)
+    ):
+        raise Forbidden(
+            f"missing or wrong {CSRF_HEADER} header: a signed-in page must send the token"
+            " from its <meta name='csrf-token'>; scripts should use an API key instead"
+        )
+    return session_actor(session)
+
+
+def session_actor(session: Session) -> Actor:
+    return Actor(ActorKind.USER, session.username, session.user_id)
+
+
+async def json_body(request: web.Request) -> dict[str, Any]:
+    """The request's JSON object (size-limited by the application).
+
+    Raises:
+        BadRequest: not JSON, or not an object.
+        web.HTTPRequestEntityTooLarge: over the body limit (answered 413).
+    """
+    ctype = request.content_type
+    known = ctype in ("application/json", "application/octet-stream") or ctype.endswith("+json")
+    if request.body_exists and not known:
+        raise BadRequest(
+            f"request body has Content-Type {ctype!r}; send JSON with"
+            " 'Content-Type: application/json'"
+        )
+    raw = await request.read()
+    if not raw.strip():
+        return {}
+    try:
+        doc = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise BadRequest("request body is not UTF-8 text; send a JSON object") from None
+    except json.JSONDecodeError as exc:
+        raise BadRequest(
+            f"request body is not valid JSON: {exc.msg} at line {exc.lineno} column"
+            f' {exc.colno}; send a JSON object such as {{"name": "acme"}}'
+        ) from None
+    if not isinstance(doc, dict):
+        raise BadRequest(
+            f'request body must be a JSON object, not {type(doc).__name__}; e.g. {{"name": "acme"}}'
+        )
+    return doc
+
+
+def field_str(doc: dict[str, Any], name: str, *, required: bool = True) -> str | None:
+    """A string field of a JSON body.
+
+    Raises:
+        InvalidInput: missing (when required) or not a string.
+    """
+    value = doc.get(name)
+    if value is None:
+        if required:
+            raise InvalidInput(f"field {name!r} is required (a string)")
+        return None
+    if not isinstance(value, str):
+        raise InvalidInput(f"field {name!r} must be a string, not {type(value).__name__}")
+    return value

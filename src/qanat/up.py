@@ -1,0 +1,336 @@
+"""``qanat up``, ``qanat portal`` and the database-backed ``qanat gateway``.
+
+``qanat up`` is the whole product on one machine, in one process and one
+event loop::
+
+    listen address (default 127.0.0.1:8080)
+      └─ gateway front door ── GET /sg_<uuid> + upgrade ──> connector tunnels
+                            └─ anything else ─────────────> portal (pages, /api/v1)
+    embedded SQLite in the data directory
+      ├─ portal service: writes stages, gateways, tokens (hashes), audit
+      ├─ DatabaseStageSource: the gateway's view, polled (to_thread) every 0.5 s
+      └─ GatewayReporter: live connectors written back for the status
+
+The same pieces run as separate processes sharing one database:
+``qanat portal`` (pages and API on their own port) and ``qanat gateway
+--database-url URL`` (tunnels; stages from the database). A change made in
+the portal reaches every gateway through the same polling source, within a
+second; that source is the one interface to replace with a message bus.
+
+Every database call of the portal and of the gateway's hooks runs in a
+worker thread, so a slow or locked database never stalls the tunnels.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import ssl
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from qanat import __version__
+from qanat.errors import ConfigError
+from qanat.gateway.server import Gateway
+from qanat.gateway.settings import GatewaySettings
+from qanat.portal import PasswordHasher, Portal, PortalConfig, localadmin
+from qanat.portal.http import PortalHttp, PortalHttpSettings, build_app, set_local_admin
+from qanat.portal.http.sessions import Signer, load_secret
+from qanat.store import (
+    ConnectorRegistry,
+    DatabaseStageSource,
+    Store,
+    StoreConfig,
+    open_store,
+    redact_url,
+    sqlite_url,
+)
+from qanat.store import (
+    GatewaySettings as StoreGatewaySettings,
+)
+from qanat.store.reporter import GatewayReporter
+
+log = logging.getLogger("qanat.up")
+
+
+@dataclass(frozen=True, slots=True)
+class UpConfig:
+    """Everything ``qanat up`` is configured with, parsed once at the edge.
+
+    Attributes:
+        data_dir: database, host key, portal secret, local admin key.
+        listen_host / listen_port: the one address for pages, API and tunnels.
+        public_url: the base URL connectors dial (addresses are
+            ``<public_url>/sg_<uuid>``); default ``http://<listen address>``.
+        database_url: default SQLite in ``data_dir``.
+        busy_timeout_s: how long a write waits for a database lock.
+        poll_interval_s: how often the gateway reads the stage change counter.
+        keepalive_s: gateway pings to connectors.
+        report_refresh_s: how often keepalive round-trips are written.
+        endpoint_host: where the endpoint ports (``secure-gateway:<port>``)
+            of new stages listen; loopback unless configured otherwise.
+        node: this gateway node's name in the connector status.
+        ssl_context: TLS for the listen address (None: plain HTTP).
+        hasher: password KDF (tests pass a cheap one).
+        http: the portal's HTTP limits.
+    """
+
+    data_dir: Path
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 8080
+    public_url: str | None = None
+    database_url: str | None = None
+    busy_timeout_s: float = 5.0
+    poll_interval_s: float = 0.5
+    keepalive_s: float = 25.0
+    report_refresh_s: float = 5.0
+    endpoint_host: str = "127.0.0.1"
+    node: str = field(default_factory=socket.gethostname)
+    ssl_context: ssl.SSLContext | None = None
+    hasher: PasswordHasher | None = None
+    http: PortalHttpSettings = field(default_factory=PortalHttpSettings)
+
+    @property
+    def store_url(self) -> str:
+        return self.database_url or sqlite_url(self.data_dir)
+
+
+@dataclass(frozen=True, slots=True)
+class FirstAdmin:
+    """The credentials created on the very first start (printed once)."""
+
+    username: str
+    password: str = field(repr=False)
+
+
+def make_data_dir(path: Path) -> None:
+    """Create the data directory (mode 0700: it holds secrets).
+
+    Raises:
+        ConfigError: it cannot be created.
+    """
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create the data directory {path}: {exc}") from None
+
+
+def bootstrap(
+    portal: Portal, data_dir: Path, url: str
+) -> tuple[FirstAdmin | None, localadmin.LocalAdmin]:
+    """Create the first admin if there is no user yet; write the local admin key.
+
+    Blocking (database, scrypt, files): call it from a worker thread.
+    """
+    password = localadmin.new_password()
+    first = None
+    if portal.create_first_admin("qanat-up", localadmin.FIRST_ADMIN, password):
+        first = FirstAdmin(localadmin.FIRST_ADMIN, password)
+    return first, localadmin.write_file(data_dir, url)
+
+
+def _announce_first_admin(first: FirstAdmin | None, data_dir: Path) -> None:
+    if first is not None:
+        _say("  first start: created the admin user (shown only now; stored as a hash)")
+        _say(f"    username: {first.username}")
+        _say(f"    password: {first.password}")
+    path = data_dir / localadmin.LOCAL_ADMIN_FILE
+    _say(f"  qanat admin uses the local admin key in {path} (mode 0600)")
+
+
+def tls_context(data_dir: Path) -> ssl.SSLContext | None:
+    """TLS for ``qanat up``'s listen address: the hook for development certificates.
+
+    Serving plain HTTP for now; the TLS work replaces this body with
+    ``ensure_dev_certificate(data_dir)`` and a server context built from it.
+    """
+    return None
+
+
+def base_url(host: str, port: int, *, tls: bool) -> str:
+    """How a connector on this machine (or the LAN, for a wildcard) reaches us."""
+    if host in ("0.0.0.0", "::", ""):
+        host = socket.getfqdn()
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{'https' if tls else 'http'}://{host}:{port}"
+
+
+class Up:
+    """Portal and gateway in one process (see the module docstring)."""
+
+    def __init__(self, config: UpConfig) -> None:
+        self.config = config
+        self.store: Store | None = None
+        self.portal: Portal | None = None
+        self.gateway: Gateway | None = None
+        self.http: PortalHttp | None = None
+        self.reporter: GatewayReporter | None = None
+        self.url = ""
+        self.first_admin: FirstAdmin | None = None
+
+    @property
+    def local_admin_path(self) -> Path:
+        return self.config.data_dir / localadmin.LOCAL_ADMIN_FILE
+
+    async def start(self) -> None:
+        """Open (and migrate) the database, bind, create the first admin if needed.
+
+        Raises:
+            StoreError: the database cannot be opened or migrated.
+            ConfigError: the data directory cannot be written.
+            OSError: the listen address cannot be bound.
+        """
+        cfg = self.config
+        make_data_dir(cfg.data_dir)
+        store_config = StoreConfig(url=cfg.store_url, busy_timeout_s=cfg.busy_timeout_s)
+        self.store = await asyncio.to_thread(open_store, store_config)
+        source = DatabaseStageSource(self.store, poll_interval_s=cfg.poll_interval_s)
+        settings = GatewaySettings(
+            data_dir=cfg.data_dir,
+            listen_host=cfg.listen_host,
+            listen_port=cfg.listen_port,
+            keepalive_s=cfg.keepalive_s,
+        )
+        self.gateway = Gateway(settings, source, ssl_context=cfg.ssl_context)
+        self.reporter = GatewayReporter(
+            ConnectorRegistry(self.store, cfg.node), cfg.node, refresh_s=cfg.report_refresh_s
+        )
+        self.reporter.attach(self.gateway)
+        await self.gateway.start()
+        host, port = self.gateway.address
+        self.url = cfg.public_url or base_url(
+            cfg.listen_host if cfg.listen_host else host, port, tls=cfg.ssl_context is not None
+        )
+        defaults = StoreGatewaySettings(bind_host=cfg.endpoint_host)
+        portal_config = PortalConfig(self.url, stage_defaults=defaults)
+        self.portal = Portal(self.store, portal_config, hasher=cfg.hasher)
+        http_settings = cfg.http
+        if self.url.startswith("https:") and not http_settings.secure_cookies:
+            http_settings = PortalHttpSettings(
+                max_body_bytes=http_settings.max_body_bytes,
+                secure_cookies=True,
+                session_ttl_s=http_settings.session_ttl_s,
+                refresh_s=http_settings.refresh_s,
+            )
+        app = build_app(
+            self.portal,
+            Signer(load_secret(cfg.data_dir), session_ttl_s=http_settings.session_ttl_s),
+            settings=http_settings,
+        )
+        self.http = PortalHttp(app)
+        await self.http.start()
+        self.gateway.http_fallback = self.http.protocol_factory()  # type: ignore[assignment]
+        await self.reporter.start()
+        # Last: the local admin file tells `qanat admin` (and scripts) that the
+        # portal is ready to answer.
+        set_local_admin(app, await asyncio.to_thread(self._first_start))
+
+    def _first_start(self) -> localadmin.LocalAdmin:
+        assert self.portal is not None
+        self.first_admin, local = bootstrap(self.portal, self.config.data_dir, self.url)
+        return local
+
+    async def close(self) -> None:
+        """Stop accepting, close portal connections and tunnels, then the database."""
+        if self.http is not None:
+            await self.http.close()
+        if self.gateway is not None:
+            await self.gateway.close(drain_s=3.0)
+        if self.reporter is not None:
+            await self.reporter.close()
+        if self.store is not None:
+            self.store.close()
+
+
+async def _until_signal() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+async def run_up(config: UpConfig) -> int:
+    """``qanat up`` until SIGINT/SIGTERM."""
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    up = Up(config)
+    try:
+        await up.start()
+        _say(f"qanat {__version__} up: portal and gateway on {up.url}")
+        _say(f"  portal:     {up.url}/")
+        _say(f"  connectors: {up.url}/sg_<id> (the address a stage shows when activated)")
+        _say(f"  database:   {redact_url(config.store_url)}")
+        _announce_first_admin(up.first_admin, config.data_dir)
+        _say("  press Ctrl-C to stop")
+        await _until_signal()
+        _say("qanat up: stopping")
+    finally:
+        await up.close()
+    return 0
+
+
+async def run_portal(
+    data_dir: Path, database_url: str, listen: tuple[str, int], public_url: str
+) -> int:
+    """``qanat portal``: pages and API only, on their own listen address."""
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    make_data_dir(data_dir)
+    store = await asyncio.to_thread(open_store, StoreConfig(url=database_url))
+    http: PortalHttp | None = None
+    try:
+        portal = Portal(store, PortalConfig(public_url))
+        app = build_app(
+            portal,
+            Signer(load_secret(data_dir)),
+            settings=PortalHttpSettings(secure_cookies=public_url.startswith("https:")),
+            local_admin=None,
+        )
+        http = PortalHttp(app)
+        await http.start()
+        host, port = await http.listen(*listen)
+        url = f"http://{host}:{port}"
+        first, local = await asyncio.to_thread(bootstrap, portal, data_dir, url)
+        set_local_admin(app, local)
+        _say(f"qanat portal on {url}/ (database {redact_url(database_url)})")
+        _say(f"  stage addresses: {public_url}/sg_<id>")
+        _announce_first_admin(first, data_dir)
+        await _until_signal()
+    finally:
+        if http is not None:
+            await http.close()
+        store.close()
+    return 0
+
+
+async def run_db_gateway(settings: GatewaySettings, database_url: str, node: str) -> int:
+    """``qanat gateway --database-url``: tunnels with stages from the portal's database."""
+    store = await asyncio.to_thread(open_store, StoreConfig(url=database_url), migrate=False)
+    source = DatabaseStageSource(store)
+    gateway = Gateway(settings, source)
+    reporter = GatewayReporter(ConnectorRegistry(store, node), node)
+    reporter.attach(gateway)
+    try:
+        await gateway.start()
+        await reporter.start()
+        host, port = gateway.address
+        log.info("qanat gateway %s listening on http://%s:%d", __version__, host, port)
+        log.info("stages from %s (%d addressed)", redact_url(database_url), len(source.stages()))
+        await _until_signal()
+        log.info("shutting down")
+    finally:
+        await gateway.close()
+        await reporter.close()
+        store.close()
+    return 0
+
+
+def default_node() -> str:
+    return os.environ.get("QANAT_NODE") or socket.gethostname()
