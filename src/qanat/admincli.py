@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import ssl
 import sys
 import urllib.error
 import urllib.request
@@ -31,6 +32,7 @@ from qanat.portal import localadmin
 
 URL_ENV = "QANAT_URL"
 API_KEY_ENV = "QANAT_API_KEY"
+CA_ENV = "QANAT_CA_FILE"
 
 
 class ApiError(QanatError):
@@ -48,6 +50,7 @@ class Client:
     url: str
     api_key: str = field(repr=False)
     timeout_s: float = 15.0
+    ca_file: str = ""
 
     def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         data = None if body is None else json.dumps(body).encode()
@@ -62,7 +65,10 @@ class Client:
             },
         )
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:  # noqa: S310
+            context = ssl.create_default_context(cafile=self.ca_file) if self.ca_file else None
+            with urllib.request.urlopen(  # noqa: S310
+                request, timeout=self.timeout_s, context=context
+            ) as response:
                 raw = response.read()
         except urllib.error.HTTPError as exc:
             raw = exc.read()
@@ -88,12 +94,15 @@ def find_client(args: argparse.Namespace) -> Client:
     """
     url = args.url or os.environ.get(URL_ENV)
     key = args.api_key or os.environ.get(API_KEY_ENV)
+    ca_file = getattr(args, "tls_ca", None) or os.environ.get(CA_ENV) or ""
     if url and key:
-        return Client(url, key)
+        return Client(url, key, ca_file=ca_file)
     data_dir = Path(args.data_dir).expanduser()
     local = localadmin.read_file(data_dir)
     if local is not None:
-        return Client(url or local.url, key or local.api_key)
+        if not ca_file and (url or local.url) == local.url:
+            ca_file = local.ca_file
+        return Client(url or local.url, key or local.api_key, ca_file=ca_file)
     raise ConfigError(
         f"no portal to talk to: give --url and --api-key (or {URL_ENV} and"
         f" {API_KEY_ENV}), or run this as the user of a local `qanat up` whose data"
@@ -309,6 +318,12 @@ def add_admin_parser(sub: Any, default_data_dir: Path) -> None:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--url", default=None, help=f"portal URL (or {URL_ENV})")
     common.add_argument("--api-key", default=None, help=f"API key (or {API_KEY_ENV})")
+    common.add_argument(
+        "--tls-ca",
+        default=None,
+        help=f"CA bundle to verify the portal (or {CA_ENV}); a local `qanat up`'s "
+        "development certificate is trusted automatically",
+    )
     common.add_argument(
         "--data-dir",
         default=str(default_data_dir),

@@ -254,6 +254,16 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
     data_dir = Path(args.data_dir).expanduser()
     host, port = _host_port(args.listen, "--listen")
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise ConfigError("--tls-cert and --tls-key go together")
+    if args.plain_http and args.tls_cert:
+        raise ConfigError("--plain-http and --tls-cert exclude each other")
+    ssl_context, ca_file = tls_context(
+        data_dir,
+        Path(args.tls_cert) if args.tls_cert else None,
+        Path(args.tls_key) if args.tls_key else None,
+        plain_http=args.plain_http,
+    )
     config = UpConfig(
         data_dir=data_dir,
         listen_host=host,
@@ -262,7 +272,8 @@ def _cmd_up(args: argparse.Namespace) -> int:
         database_url=normalize_url(args.database_url) if args.database_url else None,
         node=default_node(),
         endpoint_host=names.bind_host(args.endpoint_bind),
-        ssl_context=tls_context(data_dir),
+        ssl_context=ssl_context,
+        ca_file=ca_file,
     )
     return run(run_up(config))
 
@@ -299,13 +310,21 @@ def _add_portal_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignor
     up.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR), help="database, keys, secrets")
     up.add_argument("--listen", default="127.0.0.1:8080", help="HOST:PORT for portal and tunnels")
     up.add_argument(
-        "--public-url", default=None, help="base URL connectors dial (default http://LISTEN)"
+        "--public-url", default=None, help="base URL connectors dial (default https://LISTEN)"
     )
     up.add_argument("--database-url", default=env_db, help="use this database instead of SQLite")
     up.add_argument(
         "--endpoint-bind",
         default="127.0.0.1",
         help="address the endpoint ports (secure-gateway:<port>) of new stages listen on",
+    )
+    up.add_argument("--tls-cert", default=None, help="certificate chain to serve (PEM)")
+    up.add_argument("--tls-key", default=None, help="its private key (PEM)")
+    up.add_argument(
+        "--plain-http",
+        action="store_true",
+        help="serve plain HTTP (default without --tls-cert: HTTPS with a generated "
+        "self-signed development certificate)",
     )
     up.add_argument("-v", "--verbose", action="count", default=0)
     up.set_defaults(func=_cmd_up)

@@ -16,6 +16,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -60,6 +61,9 @@ def _step(text: str) -> None:
     print(f"\n== {text}", flush=True)
 
 
+_CA_FILE = ""  # the development certificate of this demo's `qanat up`
+
+
 def _api(url: str, key: str, method: str, path: str, body: Any = None) -> Any:
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(  # noqa: S310 - our own portal on loopback
@@ -68,7 +72,8 @@ def _api(url: str, key: str, method: str, path: str, body: Any = None) -> Any:
         method=method,
         headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
     )
-    with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+    context = ssl.create_default_context(cafile=_CA_FILE) if _CA_FILE else None
+    with urllib.request.urlopen(request, timeout=10, context=context) as response:  # noqa: S310
         return json.loads(response.read())
 
 
@@ -115,8 +120,10 @@ def main() -> int:
             time.sleep(0.05)  # the banner follows the key file by a moment
         local = json.loads((data_dir / "local-admin.json").read_text())
         url, key = local["url"], local["api_key"]
+        global _CA_FILE
+        _CA_FILE = local.get("ca_file", "")
         for line in (workdir / "up.log").read_text().splitlines():
-            if line.startswith(("qanat", "  ")) and "password" not in line:
+            if line.startswith(("qanat", "  ")) and "password" not in line and "!!!" not in line:
                 print(f"   {line.strip()}")
         print(f"   local admin key: {data_dir / 'local-admin.json'} (mode 0600)")
 
@@ -133,8 +140,10 @@ def main() -> int:
 
         _step(f"connector: qanat connect ... R:{app_port}:127.0.0.1:{ep_port}")
         remote = f"R:{app_port}:127.0.0.1:{ep_port}"
+        tls = ["--tls-ca", _CA_FILE] if _CA_FILE else []
         connector = start(
-            [*qanat, "connect", "--header", f"token: {token}", address, remote], "connector.log"
+            [*qanat, "connect", *tls, "--header", f"token: {token}", address, remote],
+            "connector.log",
         )
         _wait_port(app_port, 15, connector)
         status: dict[str, Any] = {}
@@ -162,7 +171,8 @@ def main() -> int:
             "   qanat up                                   # prints the admin password once\n"
             "   qanat admin org create acme\n"
             "   qanat admin activate --org acme --stage Development   # address + token, once\n"
-            '   qanat connect --header "token: <token>" <address> R:8081:10.0.0.5:8393\n'
+            "   qanat connect --tls-ca <data-dir>/tls/dev-cert.pem \\  # dev certificate only\n"
+            '        --header "token: <token>" <address> R:8081:10.0.0.5:8393\n'
             "   curl http://127.0.0.1:8081/   # an app, via secure-gateway:8081"
         )
     except Exception as exc:

@@ -52,6 +52,7 @@ from qanat.store import (
     GatewaySettings as StoreGatewaySettings,
 )
 from qanat.store.reporter import GatewayReporter
+from qanat.tls import ensure_dev_certificate, server_context
 
 log = logging.getLogger("qanat.up")
 
@@ -74,6 +75,8 @@ class UpConfig:
             of new stages listen; loopback unless configured otherwise.
         node: this gateway node's name in the connector status.
         ssl_context: TLS for the listen address (None: plain HTTP).
+        ca_file: the certificate connectors and ``qanat admin`` must trust
+            when it is a development certificate, else "".
         hasher: password KDF (tests pass a cheap one).
         http: the portal's HTTP limits.
     """
@@ -90,6 +93,7 @@ class UpConfig:
     endpoint_host: str = "127.0.0.1"
     node: str = field(default_factory=socket.gethostname)
     ssl_context: ssl.SSLContext | None = None
+    ca_file: str = ""
     hasher: PasswordHasher | None = None
     http: PortalHttpSettings = field(default_factory=PortalHttpSettings)
 
@@ -119,7 +123,7 @@ def make_data_dir(path: Path) -> None:
 
 
 def bootstrap(
-    portal: Portal, data_dir: Path, url: str
+    portal: Portal, data_dir: Path, url: str, ca_file: str = ""
 ) -> tuple[FirstAdmin | None, localadmin.LocalAdmin]:
     """Create the first admin if there is no user yet; write the local admin key.
 
@@ -129,7 +133,7 @@ def bootstrap(
     first = None
     if portal.create_first_admin("qanat-up", localadmin.FIRST_ADMIN, password):
         first = FirstAdmin(localadmin.FIRST_ADMIN, password)
-    return first, localadmin.write_file(data_dir, url)
+    return first, localadmin.write_file(data_dir, url, ca_file=ca_file)
 
 
 def _announce_first_admin(first: FirstAdmin | None, data_dir: Path) -> None:
@@ -141,13 +145,30 @@ def _announce_first_admin(first: FirstAdmin | None, data_dir: Path) -> None:
     _say(f"  qanat admin uses the local admin key in {path} (mode 0600)")
 
 
-def tls_context(data_dir: Path) -> ssl.SSLContext | None:
-    """TLS for ``qanat up``'s listen address: the hook for development certificates.
+def tls_context(
+    data_dir: Path,
+    cert: Path | None = None,
+    key: Path | None = None,
+    *,
+    plain_http: bool = False,
+) -> tuple[ssl.SSLContext | None, str]:
+    """TLS for ``qanat up``'s listen address.
 
-    Serving plain HTTP for now; the TLS work replaces this body with
-    ``ensure_dev_certificate(data_dir)`` and a server context built from it.
+    With ``cert``/``key`` those are served; with ``plain_http`` nothing is
+    (for a TLS-terminating proxy in front, or a throwaway local run);
+    otherwise a self-signed development certificate is made once in the data
+    directory and served. Returns the context and, for the development
+    certificate, its path (connectors pass it as ``--tls-ca``).
+
+    Raises:
+        ConfigError: the certificate files are missing or do not match.
     """
-    return None
+    if plain_http:
+        return None, ""
+    if cert is not None:
+        return server_context(cert, key), ""
+    dev_cert, dev_key = ensure_dev_certificate(data_dir)
+    return server_context(dev_cert, dev_key), str(dev_cert)
 
 
 def base_url(host: str, port: int, *, tls: bool) -> str:
@@ -231,7 +252,9 @@ class Up:
 
     def _first_start(self) -> localadmin.LocalAdmin:
         assert self.portal is not None
-        self.first_admin, local = bootstrap(self.portal, self.config.data_dir, self.url)
+        self.first_admin, local = bootstrap(
+            self.portal, self.config.data_dir, self.url, self.config.ca_file
+        )
         return local
 
     async def close(self) -> None:
@@ -258,6 +281,16 @@ def _say(text: str) -> None:
     print(text, flush=True)
 
 
+def _announce_dev_certificate(ca_file: str) -> None:
+    bar = "  " + "!" * 70
+    _say(bar)
+    _say("  DEVELOPMENT CERTIFICATE: served over HTTPS with a self-signed certificate")
+    _say(f"  ({ca_file}) that browsers and connectors do not trust by default.")
+    _say(f"  Connectors: qanat connect --tls-ca {ca_file} ...")
+    _say("  For production: qanat up --tls-cert FILE --tls-key FILE (a real CA's certificate).")
+    _say(bar)
+
+
 async def run_up(config: UpConfig) -> int:
     """``qanat up`` until SIGINT/SIGTERM."""
     logging.getLogger("alembic").setLevel(logging.WARNING)
@@ -269,6 +302,10 @@ async def run_up(config: UpConfig) -> int:
         _say(f"  connectors: {up.url}/sg_<id> (the address a stage shows when activated)")
         _say(f"  database:   {redact_url(config.store_url)}")
         _announce_first_admin(up.first_admin, config.data_dir)
+        if config.ca_file:
+            _announce_dev_certificate(config.ca_file)
+        elif config.ssl_context is None:
+            _say("  plain HTTP (--plain-http): put a TLS-terminating proxy in front")
         _say("  press Ctrl-C to stop")
         await _until_signal()
         _say("qanat up: stopping")

@@ -88,6 +88,7 @@ def test_qanat_up_and_the_admin_command_line(
     log = tmp_path / "up.log"
     monkeypatch.delenv("QANAT_URL", raising=False)
     monkeypatch.delenv("QANAT_API_KEY", raising=False)
+    monkeypatch.delenv("QANAT_CA_FILE", raising=False)
     with _process(["up", "--data-dir", str(data), "--listen", "127.0.0.1:0"], log) as up:
         _wait_for(data / "local-admin.json", up, log)
         _wait_for_text(log, "Ctrl-C", up)
@@ -146,9 +147,15 @@ def test_qanat_up_and_the_admin_command_line(
         assert key["key"].startswith("qk_")
         assert key["role"] == "viewer"
 
-        # Another machine: URL and key from the environment, a viewer key.
-        url = json.loads((data / "local-admin.json").read_text())["url"]
+        # Another machine: URL, key and the dev certificate from the
+        # environment, a viewer key. `qanat up` serves HTTPS by default.
+        local = json.loads((data / "local-admin.json").read_text())
+        url = local["url"]
+        assert url.startswith("https://")
+        assert Path(local["ca_file"]).is_file()
+        assert "DEVELOPMENT CERTIFICATE" in printed
         monkeypatch.setenv("QANAT_URL", url)
+        monkeypatch.setenv("QANAT_CA_FILE", local["ca_file"])
         monkeypatch.setenv("QANAT_API_KEY", key["key"])
         elsewhere = ["--data-dir", str(tmp_path / "nothing-here")]
         code, out, _ = _admin(capsys, "stage", "list", "--org", "acme", *elsewhere, "--json")
@@ -166,6 +173,7 @@ def test_qanat_up_and_the_admin_command_line(
 
         monkeypatch.delenv("QANAT_URL")
         monkeypatch.delenv("QANAT_API_KEY")
+        monkeypatch.delenv("QANAT_CA_FILE")
         code = qanat_main(["admin", "org", "list", *elsewhere])
         assert code == 2  # no portal to be found: says where it looked
         assert "--url" in capsys.readouterr().err

@@ -47,6 +47,9 @@ class LocalAdminFile:
     url: str
     username: str
     api_key: str = field(repr=False)
+    #: CA bundle to verify the portal with (the development certificate of a
+    #: ``qanat up`` serving HTTPS with one), or "" for the system trust store.
+    ca_file: str = ""
 
 
 def new_password() -> str:
@@ -59,12 +62,16 @@ def read_file(data_dir: Path) -> LocalAdminFile | None:
     path = data_dir / LOCAL_ADMIN_FILE
     try:
         doc = json.loads(path.read_text())
-        return LocalAdminFile(str(doc["url"]), str(doc["username"]), str(doc["api_key"]))
+        return LocalAdminFile(
+            str(doc["url"]), str(doc["username"]), str(doc["api_key"]), str(doc.get("ca_file", ""))
+        )
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
 
-def write_file(data_dir: Path, url: str, username: str = FIRST_ADMIN) -> LocalAdmin:
+def write_file(
+    data_dir: Path, url: str, username: str = FIRST_ADMIN, ca_file: str = ""
+) -> LocalAdmin:
     """Write (or refresh) the local admin file; return what the portal checks.
 
     Raises:
@@ -80,6 +87,8 @@ def write_file(data_dir: Path, url: str, username: str = FIRST_ADMIN) -> LocalAd
     else:
         key = LOCAL_KEY_PREFIX + secrets.token_urlsafe(32)
     doc = {"url": url, "username": username, "api_key": key}
+    if ca_file:
+        doc["ca_file"] = ca_file
     path = data_dir / LOCAL_ADMIN_FILE
     tmp = path.with_suffix(".tmp")
     try:
