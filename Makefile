@@ -43,6 +43,7 @@ $(BENCH_STAMP): $(STAMP)
 
 bench: $(BENCH_STAMP) system-deps
 	$(PY) bench/run.py $(BENCH_ARGS)
+	$(PY) bench/failover.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
