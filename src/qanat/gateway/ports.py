@@ -19,6 +19,8 @@ import logging
 from typing import TYPE_CHECKING, cast
 
 from qanat.errors import ChannelOpenFailed
+from qanat.gateway.bindcheck import unbindable_text
+from qanat.gateway.refusals import RefusalLog
 from qanat.logs import ContextLogger
 from qanat.net.splice import Splice
 from qanat.wire.remotes import Remote
@@ -121,15 +123,12 @@ class AppConnection(asyncio.Protocol):
         self.transport = transport
         peer = transport.get_extra_info("peername") or ("?", 0)
         if not ep.allows(str(peer[0])):
-            ep.refused_sources += 1
-            if ep.refused_sources <= 10 or ep.refused_sources % 1000 == 0:
-                ep.log.warning(
-                    "refused app connection from %s: not in the stage allowlist "
-                    "(%d refused so far)",
-                    peer[0],
-                    ep.refused_sources,
-                )
+            # Closed at once (RST), counted, logged within RefusalLog's bound.
             transport.abort()
+            ep.refused_sources += 1
+            ep.gateway.ports.refusals.refused(
+                ep.log, f"{ep.stage_key}:{ep.port}", str(peer[0]), ep.refused_sources
+            )
             return
         transport.pause_reading()
         ep.open_connections += 1
@@ -202,6 +201,7 @@ class PortTable:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
         self.endpoints: dict[tuple[str, int], Endpoint] = {}
+        self.refusals = RefusalLog()
 
     async def bind(self, tunnel: Tunnel, remotes: tuple[Remote, ...]) -> str | None:
         """Put ``tunnel`` into the pools of its remotes, creating listeners.
@@ -236,8 +236,11 @@ class PortTable:
                     for made in created:
                         made.close()
                         self.endpoints.pop((made.bind_host, made.port), None)
-                    hint = " (port in use)" if exc.errno == errno.EADDRINUSE else ""
-                    return f"Server cannot listen on {r.describe()}: {exc.strerror or exc}{hint}"
+                    if exc.errno == errno.EADDRINUSE:
+                        why = f"{exc.strerror or exc} (port in use)"
+                    else:
+                        why = f"stage {stage.key}: " + unbindable_text(stage.bind_host, exc)
+                    return f"Server cannot listen on {r.describe()}: {why}"
                 if key in self.endpoints:  # raced with another tunnel's bind
                     endpoint.close()
                     endpoint = self.endpoints[key]
@@ -263,3 +266,4 @@ class PortTable:
         for endpoint in self.endpoints.values():
             endpoint.close()
         self.endpoints.clear()
+        self.refusals.close()
