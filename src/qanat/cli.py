@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import signal
 import sys
@@ -101,10 +102,12 @@ def _cmd_gateway(args: argparse.Namespace) -> int:
 
 
 def _add_stage(args: argparse.Namespace, data_dir: Path) -> int:
+    from qanat.gateway.stages import stage_allowlist
     from qanat.wire.tokens import hash_token, new_address_id, new_token
 
     if not args.name:
         raise ConfigError("add-stage needs --name")
+    allow = stage_allowlist(f"stage {args.name!r}", args.bind, args.allow or None)
     stage_file = Path(args.stage_file) if args.stage_file else data_dir / "stages.toml"
     stage_file.parent.mkdir(parents=True, exist_ok=True)
     token = new_token()
@@ -116,6 +119,7 @@ def _add_stage(args: argparse.Namespace, data_dir: Path) -> int:
         f'token_sha256 = ["{hash_token(token)}"]\n'
         f'bind = "{args.bind}"\n'
         f'ports = "{args.ports}"\n'
+        f"allow = {json.dumps(list(allow))}\n"
     )
     with stage_file.open("a") as handle:
         handle.write(entry)
@@ -123,6 +127,24 @@ def _add_stage(args: argparse.Namespace, data_dir: Path) -> int:
     print(f"stage {args.name} added to {stage_file}")
     print(f"address: http://{host}:{port}/{address_id}")
     print(f"token:   {token}   (shown once; only its hash is stored)")
+    return 0
+
+
+# -- qanat hosts ----------------------------------------------------------------
+
+
+def _cmd_hosts(args: argparse.Namespace) -> int:
+    from qanat.gateway.reach import hosts_line, kubernetes_manifest
+    from qanat.gateway.stages import find_stage, load_stage_file
+
+    data_dir = Path(args.data_dir).expanduser()
+    stage_file = Path(args.stage_file) if args.stage_file else data_dir / "stages.toml"
+    stage = find_stage(load_stage_file(stage_file), args.stage)
+    if args.format == "kubernetes":
+        namespace = args.namespace or stage.key.rsplit("/", 1)[-1].lower()
+        print(kubernetes_manifest(stage, namespace, args.port), end="")
+    else:
+        print(hosts_line(stage))
     return 0
 
 
@@ -171,8 +193,35 @@ def build_parser() -> argparse.ArgumentParser:
         "--bind", default="127.0.0.1", help="add-stage: address the stage's ports bind"
     )
     gateway.add_argument("--ports", default="1024-65535", help="add-stage: allowed port range")
+    gateway.add_argument(
+        "--allow",
+        action="append",
+        default=[],
+        help="add-stage: app network CIDR allowed to connect (repeat; required unless "
+        "--bind is loopback)",
+    )
     gateway.add_argument("-v", "--verbose", action="count", default=0)
     gateway.set_defaults(func=_cmd_gateway)
+
+    hosts = sub.add_parser(
+        "hosts",
+        help="print how a stage's apps reach secure-gateway (hosts line or Kubernetes)",
+        description="Print the /etc/hosts line '<bind address> secure-gateway' of a stage, "
+        "or a Kubernetes Service + EndpointSlice named secure-gateway for its namespace.",
+    )
+    hosts.add_argument("--stage", required=True, help="stage key, or its last part (dev)")
+    hosts.add_argument(
+        "--stage-file", default=None, help="TOML stage file (default DATA_DIR/stages.toml)"
+    )
+    hosts.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR), help="gateway data directory")
+    hosts.add_argument("--format", choices=["hosts", "kubernetes"], default="hosts")
+    hosts.add_argument(
+        "--namespace", default=None, help="kubernetes: the stage's namespace (default: stage name)"
+    )
+    hosts.add_argument(
+        "--port", type=int, action="append", default=[], help="kubernetes: endpoint port (repeat)"
+    )
+    hosts.set_defaults(func=_cmd_hosts)
     return parser
 
 

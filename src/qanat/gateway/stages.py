@@ -228,11 +228,6 @@ def find_stage(stages: Mapping[str, StageConfig], name: str) -> StageConfig:
     raise ConfigError(f"stage name {name!r} is ambiguous; use the full key (stages: {known})")
 
 
-def hosts_line(stage: StageConfig, name: str = "secure-gateway") -> str:
-    """The ``/etc/hosts`` line that makes ``name`` reach ``stage``'s endpoints."""
-    return f"{stage.bind_host} {name}"
-
-
 def _parse_stage(index: int, raw: Any) -> StageConfig:
     where = f"stage #{index + 1}"
     if not isinstance(raw, dict):
