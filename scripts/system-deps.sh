@@ -2,7 +2,7 @@
 # Installs the Debian packages the tests and benchmarks run for real.
 # Only as root and only what is missing; otherwise says what is skipped.
 set -euo pipefail
-packages=(openssh-server openssh-client iproute2 postgresql)
+packages=(openssh-server openssh-client iproute2 nftables postgresql)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
