@@ -161,3 +161,32 @@ def test_refusal_log_is_bounded(caplog: pytest.LogCaptureFixture) -> None:
     assert all("refused app connection from 10.77.3." in line for line in lines[:5])
     assert "refused 1995 more app connections" in lines[5]
     assert "7 source/port pairs" in lines[5]
+
+
+def _cli(argv: list[str]) -> int:
+    # Straight to the subcommand: main() would reconfigure the root logger.
+    from qanat.cli import build_parser
+
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+def test_qanat_hosts_and_add_stage(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    stage_file = str(tmp_path / "stages.toml")
+    common = ["--stage-file", stage_file]
+    with pytest.raises(ConfigError, match="'allow' must list"):
+        _cli(["gateway", "add-stage", "--name", "acme/dev", "--bind", "10.77.1.1", *common])
+    assert _cli(["gateway", "add-stage", "--name", "acme/dev", "--bind", "10.77.1.1",
+                 "--allow", "10.77.1.0/24", *common]) == 0  # fmt: skip
+    assert _cli(["gateway", "add-stage", "--name", "acme/prod", *common]) == 0
+    capsys.readouterr()
+    assert _cli(["hosts", "--stage", "dev", *common]) == 0
+    assert capsys.readouterr().out == "10.77.1.1 secure-gateway\n"
+    assert _cli(["hosts", "--stage", "acme/prod", *common]) == 0
+    assert capsys.readouterr().out == "127.0.0.1 secure-gateway\n"
+    assert (
+        _cli(["hosts", "--stage", "dev", "--format", "kubernetes", "--port", "8081", *common]) == 0
+    )
+    assert "namespace: dev\n" in capsys.readouterr().out
+    stages = load_stage_file(Path(stage_file))
+    assert sorted(s.allow_cidrs for s in stages.values()) == [("10.77.1.0/24",), LOOPBACK_ALLOW]
