@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 ANSWER = b"endpoint says hello"
 
 
-def get(host: str, port: int, cafile: str | None = None, timeout_s: float = 2.0) -> str:
+def get(host: str, port: int, cafile: str | None = None, timeout_s: float = 5.0) -> str:
     """One HTTP GET; returns the body, raises OSError on any failure."""
     with socket.create_connection((host, port), timeout=timeout_s) as raw:
         sock: socket.socket = raw
@@ -46,7 +46,7 @@ def get(host: str, port: int, cafile: str | None = None, timeout_s: float = 2.0)
 
 
 def smtp(host: str, port: int) -> str:
-    with socket.create_connection((host, port), timeout=2.0) as sock:
+    with socket.create_connection((host, port), timeout=5.0) as sock:
         stream = sock.makefile("rwb")
         greeting = stream.readline(1024)
         stream.write(b"HELO app\r\n")
