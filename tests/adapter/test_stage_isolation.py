@@ -16,10 +16,14 @@ import hashlib
 import logging
 import socket
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 import pytest
+import uvloop
 from tlscerts import make_tls_files
 
 from qanat.connector.options import ConnectOptions
@@ -33,6 +37,15 @@ from qanat.wire.remotes import decode_remotes
 from qanat.wire.tokens import hash_token, new_address_id, new_token
 
 DEADLINE_S = 20.0
+
+
+def run_uvloop(main: Coroutine[Any, Any, None]) -> None:
+    """Run on uvloop, like the qanat processes, with the deadline."""
+    loop = uvloop.new_event_loop()
+    try:
+        loop.run_until_complete(asyncio.wait_for(main, DEADLINE_S))
+    finally:
+        loop.close()
 
 
 def _free_port(host: str) -> int:
@@ -278,3 +291,52 @@ def test_deactivation_closes_the_stage_listeners_at_once(tmp_path: Path) -> None
             assert await ask("127.0.0.3", port) == b"echo:hi"
 
     asyncio.run(asyncio.wait_for(main(), DEADLINE_S))
+
+
+def banner_scenario(tmp_path: Path) -> None:
+    """40 app connections to an endpoint that speaks first, on uvloop."""
+
+    async def banner(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 private-smtp ready\r\n")
+        with contextlib.suppress(ConnectionError):
+            line = await reader.readline()
+            writer.write(b"250 " + line)
+            await writer.drain()
+        writer.close()
+
+    async def main() -> None:
+        async with running_bed(tmp_path) as bed, private_endpoint(banner) as target:
+            bed.add_stage("acme/dev", "127.0.0.2", ("127.0.0.0/8",))
+            port = _free_port("127.0.0.2")
+            await bed.connect("acme/dev", f"R:{port}:127.0.0.1:{target}")
+            for _ in range(40):
+                reader, writer = await asyncio.open_connection("127.0.0.2", port)
+                try:
+                    async with asyncio.timeout(3.0):
+                        assert await reader.readline() == b"220 private-smtp ready\r\n"
+                        writer.write(b"HELO app\r\n")
+                        assert await reader.readline() == b"250 HELO app\r\n"
+                finally:
+                    writer.close()
+
+    run_uvloop(main())
+
+
+def test_server_first_endpoint_banner_reaches_the_app(tmp_path: Path) -> None:
+    # An SMTP-like endpoint speaks first; its banner can reach the gateway in
+    # the same read as the channel-open confirmation, before the app's TCP
+    # end is attached to the channel. It must wait for it, not be lost. The
+    # race shows on uvloop (what qanat runs on); the scenario runs in a child
+    # process so that a regression fails in bounded time instead of hanging.
+    code = (
+        "import sys; from pathlib import Path; sys.path.insert(0, sys.argv[1]); "
+        "import test_stage_isolation as t; t.banner_scenario(Path(sys.argv[2]))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(Path(__file__).parent), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
