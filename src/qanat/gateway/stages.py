@@ -43,7 +43,9 @@ class StageConfig:
         token_hashes: hashes of the currently valid token (usually one).
         renewed_hashes: hashes of tokens replaced by a renewal; a connector
             presenting one is told its token was renewed.
-        allow_cidrs: app sources allowed to connect to the endpoint ports.
+        allow_cidrs: app sources allowed to connect to the endpoint ports; the
+            field default is loopback, and sources of truth apply
+            :func:`stage_allowlist` (explicit for any non-loopback bind).
     """
 
     key: str
