@@ -4,7 +4,7 @@
 set -euo pipefail
 # tinyproxy (HTTP CONNECT with basic auth) and microsocks (SOCKS5 with
 # user/password) are the real proxies of tests/corporate.
-packages=(openssh-server openssh-client iproute2 postgresql tinyproxy microsocks chromium)
+packages=(openssh-server openssh-client iproute2 nftables postgresql tinyproxy microsocks chromium)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -217,10 +217,12 @@ def _warn_dev_certificate(cert: Path | None) -> None:
 
 
 def _add_stage(args: argparse.Namespace, data_dir: Path) -> int:
+    from qanat.gateway.stages import stage_allowlist
     from qanat.wire.tokens import hash_token, new_address_id, new_token
 
     if not args.name:
         raise ConfigError("add-stage needs --name")
+    allow = stage_allowlist(f"stage {args.name!r}", args.bind, args.allow or None)
     stage_file = Path(args.stage_file) if args.stage_file else data_dir / "stages.toml"
     stage_file.parent.mkdir(parents=True, exist_ok=True)
     token = new_token()
@@ -232,6 +234,7 @@ def _add_stage(args: argparse.Namespace, data_dir: Path) -> int:
         f'token_sha256 = ["{hash_token(token)}"]\n'
         f'bind = "{args.bind}"\n'
         f'ports = "{args.ports}"\n'
+        f"allow = {json.dumps(list(allow))}\n"
     )
     with stage_file.open("a") as handle:
         handle.write(entry)
@@ -344,6 +347,24 @@ def _add_portal_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignor
     from qanat.admincli import add_admin_parser
 
     add_admin_parser(sub, DEFAULT_DATA_DIR)
+
+
+# -- qanat hosts ----------------------------------------------------------------
+
+
+def _cmd_hosts(args: argparse.Namespace) -> int:
+    from qanat.gateway.reach import hosts_line, kubernetes_manifest
+    from qanat.gateway.stages import find_stage, load_stage_file
+
+    data_dir = Path(args.data_dir).expanduser()
+    stage_file = Path(args.stage_file) if args.stage_file else data_dir / "stages.toml"
+    stage = find_stage(load_stage_file(stage_file), args.stage)
+    if args.format == "kubernetes":
+        namespace = args.namespace or stage.key.rsplit("/", 1)[-1].lower()
+        print(kubernetes_manifest(stage, namespace, args.port), end="")
+    else:
+        print(hosts_line(stage))
+    return 0
 
 
 # -- parser -----------------------------------------------------------------------
@@ -483,12 +504,38 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="take stages from the portal's database (sqlite:///... or postgresql://...)",
     )
+    gateway.add_argument(
+        "--allow",
+        action="append",
+        default=[],
+        help="add-stage: app network CIDR allowed to connect (repeat; required unless "
+        "--bind is loopback)",
+    )
     gateway.add_argument("-v", "--verbose", action="count", default=0)
     ops_commands.add_gateway_metrics_argument(gateway)
     gateway.set_defaults(func=_cmd_gateway)
 
     ops_commands.add_commands(sub)  # diagnose, probe
     _add_portal_parsers(sub)
+    hosts = sub.add_parser(
+        "hosts",
+        help="print how a stage's apps reach secure-gateway (hosts line or Kubernetes)",
+        description="Print the /etc/hosts line '<bind address> secure-gateway' of a stage, "
+        "or a Kubernetes Service + EndpointSlice named secure-gateway for its namespace.",
+    )
+    hosts.add_argument("--stage", required=True, help="stage key, or its last part (dev)")
+    hosts.add_argument(
+        "--stage-file", default=None, help="TOML stage file (default DATA_DIR/stages.toml)"
+    )
+    hosts.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR), help="gateway data directory")
+    hosts.add_argument("--format", choices=["hosts", "kubernetes"], default="hosts")
+    hosts.add_argument(
+        "--namespace", default=None, help="kubernetes: the stage's namespace (default: stage name)"
+    )
+    hosts.add_argument(
+        "--port", type=int, action="append", default=[], help="kubernetes: endpoint port (repeat)"
+    )
+    hosts.set_defaults(func=_cmd_hosts)
     return parser
 
 

@@ -27,7 +27,9 @@ from typing import TYPE_CHECKING, Any, cast
 
 from qanat.errors import ChannelOpenFailed
 from qanat.gateway.balancer import Member, Pool, PoolPolicy, Strategy
+from qanat.gateway.bindcheck import unbindable_text
 from qanat.gateway.failures import RecentFailures
+from qanat.gateway.refusals import RefusalLog
 from qanat.gateway.udp import UdpPortTable
 from qanat.logs import ContextLogger
 from qanat.net import tcpclose
@@ -174,16 +176,14 @@ class AppConnection(asyncio.Protocol):
         self.transport = transport = cast(asyncio.Transport, base)
         peer = transport.get_extra_info("peername") or ("?", 0)
         if not ep.allows(str(peer[0])):
+            # Closed at once (RST: the app can tell this from a failed
+            # channel), counted, logged within RefusalLog's bound.
             ep.refused_sources += 1
-            if ep.refused_sources <= 10 or ep.refused_sources % 1000 == 0:
-                ep.log.warning(
-                    "refused app connection from %s: not in the stage allowlist "
-                    "(%d refused so far)",
-                    peer[0],
-                    ep.refused_sources,
-                )
+            ep.gateway.ports.refusals.refused(
+                ep.log, f"{ep.stage_key}:{ep.port}", str(peer[0]), ep.refused_sources
+            )
             ep.recent_failures.add("allowlist", str(peer[0]), "source not in the stage allowlist")
-            tcpclose.reset(transport)  # RST: the app can tell this from a failed channel
+            tcpclose.reset(transport)
             return
         transport.pause_reading()
         ep.open_connections += 1
@@ -297,6 +297,7 @@ class PortTable:
         self.gateway = gateway
         self.endpoints: dict[tuple[str, int], Endpoint] = {}
         self.udp = UdpPortTable(gateway)  # UDP remotes (gateway/udp.py)
+        self.refusals = RefusalLog()
         # Listeners being created, so a second connector joins instead of
         # failing with "address in use" against the first one's socket.
         self._binding: dict[tuple[str, int], asyncio.Future[Endpoint | None]] = {}
@@ -349,8 +350,11 @@ class PortTable:
                     endpoint = await self._create(stage, r, key)
                 except OSError as exc:
                     self._leave(tunnel, joined)
-                    hint = " (port in use)" if exc.errno == errno.EADDRINUSE else ""
-                    return f"Server cannot listen on {r.describe()}: {exc.strerror or exc}{hint}"
+                    if exc.errno == errno.EADDRINUSE:
+                        why = f"{exc.strerror or exc} (port in use)"
+                    else:
+                        why = f"stage {stage.key}: " + unbindable_text(stage.bind_host, exc)
+                    return f"Server cannot listen on {r.describe()}: {why}"
                 created += 1
                 if created % BIND_BATCH == 0:
                     await asyncio.sleep(0)
@@ -419,3 +423,4 @@ class PortTable:
         for endpoint in self.endpoints.values():
             endpoint.close()
         self.endpoints.clear()
+        self.refusals.close()

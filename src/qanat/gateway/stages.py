@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+import logging
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -23,7 +24,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from qanat.errors import ConfigError
+from qanat.gateway.bindcheck import bind_problem
 from qanat.wire.tokens import HASH_PREFIX, is_address_id, token_matches
+
+_log = logging.getLogger("qanat.gateway.stages")
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +43,9 @@ class StageConfig:
         token_hashes: hashes of the currently valid token (usually one).
         renewed_hashes: hashes of tokens replaced by a renewal; a connector
             presenting one is told its token was renewed.
-        allow_cidrs: app sources allowed to connect to the endpoint ports.
+        allow_cidrs: app sources allowed to connect to the endpoint ports; the
+            field default is loopback, and sources of truth apply
+            :func:`stage_allowlist` (explicit for any non-loopback bind).
     """
 
     key: str
@@ -161,6 +167,69 @@ class MemoryStageSource:
             listener(event)
 
 
+LOOPBACK_ALLOW = ("127.0.0.0/8", "::1/128")
+
+
+def stage_allowlist(
+    where: str, bind_host: str, allow: Any, *, everyone: bool = False
+) -> tuple[str, ...]:
+    """Decide a stage's source allowlist; the rule a security team expects.
+
+    - No ``allow`` given: a loopback bind (``qanat up`` on one machine) admits
+      loopback sources only; any other bind is refused, because a stage on a
+      real network must name its app networks explicitly. There is no
+      "everyone" default.
+    - A network of prefix length 0 (``0.0.0.0/0``, ``::/0``) is refused
+      unless ``everyone`` (``allow_everyone = true``) says it is meant.
+    - An empty list is allowed and admits nobody (a stage parked on purpose).
+
+    Returns:
+        the CIDRs, normalised (``10.77.1.5/24`` becomes ``10.77.1.0/24``).
+
+    Raises:
+        ConfigError: naming ``where`` and the fix.
+    """
+    if allow is None:
+        if ipaddress.ip_address(bind_host).is_loopback:
+            return LOOPBACK_ALLOW
+        raise ConfigError(
+            f"{where}: bind {bind_host} is not a loopback address, so 'allow' must list "
+            f'the app networks of this stage (for example allow = ["10.0.1.0/24"]); '
+            "qanat never admits every source by default"
+        )
+    if isinstance(allow, str) or not isinstance(allow, list):
+        raise ConfigError(f'{where}: allow must be a list of CIDRs, e.g. ["10.0.1.0/24"]')
+    cidrs: list[str] = []
+    for cidr in allow:
+        try:
+            net = ipaddress.ip_network(str(cidr), strict=False)
+        except ValueError:
+            raise ConfigError(f"{where}: allow entry {cidr!r} is not a CIDR") from None
+        if net.prefixlen == 0 and not everyone:
+            raise ConfigError(
+                f"{where}: allow entry {cidr!r} admits every source; list the stage's app "
+                "networks instead, or set allow_everyone = true if that is really meant"
+            )
+        cidrs.append(str(net))
+    return tuple(cidrs)
+
+
+def find_stage(stages: Mapping[str, StageConfig], name: str) -> StageConfig:
+    """The stage whose key is ``name``, or whose key ends in ``/<name>``.
+
+    Raises:
+        ConfigError: when none or several stages match, listing the keys.
+    """
+    exact = [s for s in stages.values() if s.key == name]
+    found = exact or [s for s in stages.values() if s.key.rsplit("/", 1)[-1] == name]
+    if len(found) == 1:
+        return found[0]
+    known = ", ".join(sorted(s.key for s in stages.values())) or "none"
+    if not found:
+        raise ConfigError(f"no stage named {name!r} (stages: {known})")
+    raise ConfigError(f"stage name {name!r} is ambiguous; use the full key (stages: {known})")
+
+
 def _parse_stage(index: int, raw: Any) -> StageConfig:
     where = f"stage #{index + 1}"
     if not isinstance(raw, dict):
@@ -192,12 +261,9 @@ def _parse_stage(index: int, raw: Any) -> StageConfig:
         raise ConfigError(f"{where}: ports {ports!r} is not a range like 8000-8999") from None
     if not 1 <= port_min <= port_max <= 65535:
         raise ConfigError(f"{where}: ports {ports!r} outside 1-65535")
-    cidrs = raw.get("allow", ["127.0.0.0/8", "::1/128"])
-    for cidr in cidrs:
-        try:
-            ipaddress.ip_network(cidr, strict=False)
-        except ValueError:
-            raise ConfigError(f"{where}: allow entry {cidr!r} is not a CIDR") from None
+    cidrs = stage_allowlist(
+        where, bind_host, raw.get("allow"), everyone=raw.get("allow_everyone") is True
+    )
     return StageConfig(
         key=str(raw.get("key", name)),
         address_id=address_id,
@@ -241,8 +307,21 @@ class FileStageSource(MemoryStageSource):
         self.path = path
 
     async def start(self) -> None:
-        self.replace_all(load_stage_file(self.path))
+        self.replace_all(self._load())
 
     def reload(self) -> None:
         """Re-read the file; on error keep the current view and raise."""
-        self.replace_all(load_stage_file(self.path))
+        self.replace_all(self._load())
+
+    def _load(self) -> dict[str, StageConfig]:
+        stages = load_stage_file(self.path)
+        for stage in stages.values():
+            problem = bind_problem(stage.bind_host) if stage.active else None
+            if problem is not None:
+                _log.warning(
+                    "stage %r: %s; its connectors will be refused until then, "
+                    "other stages are unaffected",
+                    stage.key,
+                    problem,
+                )
+        return stages

@@ -108,6 +108,9 @@ class Splice:
             self.tcp_end.eof_received()
         elif not transport.is_closing():
             transport.resume_reading()
+        if self.chan is not None:
+            # Paused in session_started until there was a TCP end to write to.
+            self.chan.resume_reading()
 
     def _channel_ready(self) -> None:
         tcp = self.tcp
@@ -207,7 +210,14 @@ class _ChanEnd:
     def session_started(self) -> None:
         # asyncssh holds a new channel's data until its owner starts reading;
         # inbound channels are never started for us, so start them here.
-        self.s.chan.resume_reading()
+        # On the gateway the app's TCP end is attached only after the open
+        # completes (attach_tcp), and data sent right after the confirmation
+        # (an SMTP banner) may already be buffered: keep it in asyncssh until
+        # attach_tcp resumes reading, instead of delivering it to no one.
+        if self.s.tcp is None:
+            self.s.chan.pause_reading()
+        else:
+            self.s.chan.resume_reading()
 
     def data_received(self, data: bytes, datatype: Any = None) -> None:
         # asyncssh hands over one SSH packet at a time, often several from one
