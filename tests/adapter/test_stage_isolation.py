@@ -24,7 +24,6 @@ from typing import Any
 
 import pytest
 import uvloop
-from tlscerts import make_tls_files
 
 from qanat.connector.egress import Egress
 from qanat.connector.options import ConnectOptions
@@ -36,6 +35,7 @@ from qanat.gateway.stages import MemoryStageSource, StageConfig
 from qanat.wire.handshake import new_client_id
 from qanat.wire.remotes import decode_remotes
 from qanat.wire.tokens import hash_token, new_address_id, new_token
+from support.tlscerts import make_tls
 
 DEADLINE_S = 20.0
 
@@ -244,7 +244,7 @@ def test_outside_allowlist_is_closed_counted_and_a_flood_stays_cheap(
 
 
 def test_tls_between_app_and_endpoint_passes_through_untouched(tmp_path: Path) -> None:
-    files = make_tls_files(tmp_path)
+    files = make_tls(tmp_path, "secure-gateway")
     server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server_ctx.load_cert_chain(files.cert, files.key)
     client_ctx = ssl.create_default_context(cafile=str(files.ca))
@@ -329,6 +329,7 @@ def test_server_first_endpoint_banner_reaches_the_app(tmp_path: Path) -> None:
     # process so that a regression fails in bounded time instead of hanging.
     code = (
         "import sys; from pathlib import Path; sys.path.insert(0, sys.argv[1]); "
+        "sys.path.insert(0, str(Path(sys.argv[1]).parent)); "
         "import test_stage_isolation as t; t.banner_scenario(Path(sys.argv[2]))"
     )
     done = subprocess.run(

@@ -36,8 +36,7 @@ from netbed import Processes, Topology, outbound_only_firewall, run, sweep_stale
 from qanat.wire.tokens import hash_token, new_address_id, new_token
 
 # The certificate helper is shared with the loopback TLS test.
-sys.path.insert(0, str(Path(__file__).parents[2] / "adapter"))
-from tlscerts import make_tls_files
+from support.tlscerts import make_tls
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -168,7 +167,7 @@ def _build(topo: Topology, procs: Processes, workdir: Path) -> Cloud:
     topo.exec("cloud-gw", "sysctl", "-qw", "net.ipv4.ip_forward=1")
     topo.exec("private", "nft", "-f", "-", input_text=outbound_only_firewall(GATEWAY_IP, 443))
 
-    tls = make_tls_files(workdir)
+    tls = make_tls(workdir, "secure-gateway")
     cloud = Cloud(topo, procs, workdir, tls.ca)
     cloud.add_stage("dev", DEV_BIND, "10.77.1.0/24")
     cloud.add_stage("prod", PROD_BIND, "10.77.2.0/24")
