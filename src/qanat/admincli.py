@@ -197,6 +197,18 @@ def _deactivate(client: Client, args: argparse.Namespace) -> None:
     )
 
 
+def _allowlist(client: Client, args: argparse.Namespace) -> None:
+    path = _path("orgs", args.org, "stages", args.stage) + "/allowlist"
+    doc = client.call("PUT", path, {"allow_cidrs": list(args.cidr)})
+    cidrs = doc["allow_cidrs"]
+    _emit(
+        args,
+        {"allow_cidrs": cidrs, "bind_host": doc["bind_host"]},
+        f"{args.org}/{args.stage}: apps allowed from "
+        + (", ".join(cidrs) if cidrs else "nowhere (every app connection is refused)"),
+    )
+
+
 def _renew(client: Client, args: argparse.Namespace) -> None:
     doc = client.call("POST", _path("orgs", args.org, "stages", args.stage) + "/renew")
     _emit(
@@ -364,6 +376,20 @@ def add_admin_parser(sub: Any, default_data_dir: Path) -> None:
         p = cmds.add_parser(name, parents=[common], help=text)
         stage_args(p)
         p.set_defaults(admin_func=func)
+
+    p = cmds.add_parser(
+        "allowlist",
+        parents=[common],
+        help="set the app networks allowed to reach a stage's endpoints",
+    )
+    stage_args(p)
+    p.add_argument(
+        "--cidr",
+        action="append",
+        default=[],
+        help="an allowed app network, e.g. 10.1.0.0/16 (repeat; none given: nobody)",
+    )
+    p.set_defaults(admin_func=_allowlist)
 
     p = cmds.add_parser("status", parents=[common], help="gateway status of one or all stages")
     p.add_argument("--org", required=True)

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from portalkit import (
+    SLOW,
     LogTap,
     api_client,
     app_request,
@@ -230,5 +231,66 @@ def test_renew_keeps_open_tunnels_and_refuses_the_old_token(tmp_path: Path) -> N
             assert audit[0]["action"] == "gateway.renew_token"
             assert old_token not in str(audit)
             assert new_token not in str(audit)
+
+    asyncio.run(scenario())
+
+
+def test_allowlist_set_in_the_portal_reaches_the_gateway(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        app_port = _free_port()
+        async with (
+            running_up(tmp_path) as up,
+            api_client(up) as api,
+            echo_endpoint() as ep_port,
+        ):
+            await api.ok("POST", "/orgs", {"name": "acme"})
+            activation = await api.ok("POST", DEV + "/activate")
+            remote = f"R:{app_port}:127.0.0.1:{ep_port}"
+            async with connector(activation["address"], activation["token"], remote):
+
+                async def served() -> bool:
+                    return not await port_refuses(app_port)
+
+                await eventually(served, 5, "the connector's port opens")
+                assert await app_request(app_port, "before") == "echo: before"
+
+                # Only another network: the loopback app is refused from now on.
+                doc = await api.ok("PUT", DEV + "/allowlist", {"allow_cidrs": ["10.9.0.0/16"]})
+                assert doc["allow_cidrs"] == ["10.9.0.0/16"]
+
+                async def refused() -> bool:
+                    try:
+                        await app_request(app_port, "blocked", timeout_s=1.0)
+                    except (OSError, TimeoutError):
+                        return True
+                    return False
+
+                took = await eventually(refused, 2, "the gateway applies the new allowlist")
+                assert took <= 1.0 * SLOW
+                assert up.gateway is not None
+                status = up.gateway.status()["stages"]["acme/Development"]
+                assert status["endpoints"][0]["refused_sources"] >= 1
+
+                # Bad input is refused clearly and changes nothing.
+                code, problem = await api.call(
+                    "PUT", DEV + "/allowlist", {"allow_cidrs": ["not-a-network"]}
+                )
+                assert code in (400, 422)
+                assert "not-a-network" in problem["detail"]
+                code, _ = await api.call("PUT", DEV + "/allowlist", {"allow_cidrs": "10.0.0.0/8"})
+                assert code in (400, 422)
+
+                await api.ok("PUT", DEV + "/allowlist", {"allow_cidrs": ["127.0.0.0/8"]})
+
+                async def allowed() -> bool:
+                    try:
+                        return await app_request(app_port, "again", timeout_s=1.0) == "echo: again"
+                    except (OSError, TimeoutError):
+                        return False
+
+                await eventually(allowed, 2, "loopback apps allowed again")
+            audit = await api.ok("GET", "/orgs/acme/audit")
+            actions = [e["action"] for e in audit["entries"]]
+            assert actions.count("gateway.configure") >= 2
 
     asyncio.run(scenario())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import ssl
 import time
@@ -10,11 +11,12 @@ from typing import Any, Protocol
 
 from qanat.gateway.flapping import FlapGuard
 from qanat.gateway.frontdoor import FrontDoor, HttpFallback
-from qanat.gateway.ports import PortTable
+from qanat.gateway.ports import Endpoint, PortTable
 from qanat.gateway.ratelimit import FailureLimiter
 from qanat.gateway.settings import GatewaySettings
 from qanat.gateway.stages import StageEvent, StageEventKind, StageSource
 from qanat.gateway.tunnel import Tunnel, TunnelState
+from qanat.gateway.udp import UdpEndpoint
 from qanat.net.ssh import HostKey
 from qanat.ops.health import gateway_health
 from qanat.ops.metrics import GatewayMetrics
@@ -202,6 +204,21 @@ class Gateway:
                     tunnel.close("stage bind address changed")
                 else:
                     tunnel.stage = stage
+        # An allowlist change applies to the next app connection at once.
+        allow = tuple(ipaddress.ip_network(c, strict=False) for c in stage.allow_cidrs)
+        endpoints: list[Endpoint | UdpEndpoint] = [
+            *self.ports.endpoints.values(),
+            *self.ports.udp.endpoints.values(),
+        ]
+        for endpoint in endpoints:
+            if endpoint.stage_key == stage.key and endpoint.allow != allow:
+                endpoint.allow = allow
+                log.info(
+                    "stage %s: apps on port %d now allowed from %s",
+                    stage.key,
+                    endpoint.port,
+                    ", ".join(stage.allow_cidrs) or "nowhere",
+                )
 
     def close_stage(self, stage_key: str, reason: str) -> int:
         """Close every tunnel of a stage now; returns how many."""

@@ -164,6 +164,26 @@ async def deactivate(request: web.Request) -> web.StreamResponse:
     return _json({"status": info.state.value, "stage": render.stage(info)})
 
 
+async def set_allowlist(request: web.Request) -> web.StreamResponse:
+    d = deps(request)
+    actor = await api_actor(request)
+    doc = await json_body(request)
+    cidrs = doc.get("allow_cidrs")
+    if not isinstance(cidrs, list) or not all(isinstance(c, str) for c in cidrs):
+        raise InvalidInput(
+            'allow_cidrs must be a list of networks, e.g. {"allow_cidrs": ["10.1.0.0/16"]}'
+        )
+    info = await d.run(
+        d.portal.configure_gateway,
+        actor,
+        source_of(request),
+        _org(request),
+        _stage(request),
+        allow_cidrs=cidrs,
+    )
+    return _json(render.stage(info))
+
+
 async def renew(request: web.Request) -> web.StreamResponse:
     d = deps(request)
     actor = await api_actor(request)
@@ -403,6 +423,17 @@ ROUTES: tuple[ApiRoute, ...] = (
         "Deactivate the gateway: its tunnels close within a second",
         role="admin",
         response="Deactivation",
+        errors=_WRITE,
+    ),
+    ApiRoute(
+        "PUT",
+        _STAGE_PATH + "/allowlist",
+        set_allowlist,
+        "setAllowlist",
+        "Replace the app networks (CIDRs) allowed to connect to this stage's endpoints",
+        role="admin",
+        body="Allowlist",
+        response="Stage",
         errors=_WRITE,
     ),
     ApiRoute(

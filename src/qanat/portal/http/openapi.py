@@ -82,6 +82,18 @@ SCHEMAS: dict[str, Any] = {
     },
     "NewOrg": {"type": "object", "required": ["name"], "properties": {"name": _STR}},
     "NewStage": {"type": "object", "required": ["name"], "properties": {"name": _STR}},
+    "Allowlist": {
+        "type": "object",
+        "required": ["allow_cidrs"],
+        "properties": {
+            "allow_cidrs": {
+                "type": "array",
+                "items": _STR,
+                "examples": [["10.1.0.0/16"]],
+                "description": "app networks allowed to connect; [] admits nobody",
+            }
+        },
+    },
     "Stage": {
         "type": "object",
         "properties": {
