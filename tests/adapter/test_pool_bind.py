@@ -8,13 +8,11 @@ connects (1,000 listeners created) and disconnects (1,000 closed).
 from __future__ import annotations
 
 import asyncio
-import socket
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import pytest
 import uvloop
 
 from qanat.connector.egress import Egress
@@ -25,24 +23,7 @@ from qanat.gateway.settings import GatewaySettings
 from qanat.gateway.stages import MemoryStageSource, StageConfig
 from qanat.wire.remotes import decode_remotes
 from qanat.wire.tokens import hash_token, new_address_id, new_token
-
-
-def free_port_range(count: int) -> int:
-    for base in range(10000, 32000, 1000):
-        sockets: list[socket.socket] = []
-        try:
-            for port in range(base, base + count):
-                s = socket.socket()
-                sockets.append(s)
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                s.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in sockets:
-                s.close()
-    pytest.skip(f"no {count} consecutive free ports between 10000 and 32000")
+from support.servers import free_port_range
 
 
 async def measure(base: int) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from qanat.connector.options import ConnectOptions
 from qanat.connector.session import Session, Stats
 from qanat.errors import HandshakeError, RemotesRejected
 from qanat.wire.remotes import decode_remotes
+from support.servers import free_port_range
 
 pytestmark = pytest.mark.slow
 
@@ -34,25 +35,6 @@ pytestmark = pytest.mark.slow
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
     with Cluster(tmp_path) as c:
         yield c
-
-
-def free_port_range(count: int) -> int:
-    """A base port with ``count`` free ports after it (checked by binding them)."""
-    for base in range(10000, 32000, 1000):
-        sockets: list[socket.socket] = []
-        try:
-            for port in range(base, base + count):
-                s = socket.socket()
-                sockets.append(s)
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                s.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in sockets:
-                s.close()
-    pytest.skip(f"no {count} consecutive free ports between 10000 and 32000")
 
 
 def test_a_restarted_connector_replaces_its_frozen_session(cluster: Cluster) -> None:

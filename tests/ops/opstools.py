@@ -23,6 +23,7 @@ from qanat.gateway.settings import GatewaySettings
 from qanat.gateway.stages import MemoryStageSource, StageConfig
 from qanat.wire.remotes import decode_remotes
 from qanat.wire.tokens import hash_token, new_address_id, new_token
+from support import tunnels
 from support.tlscerts import TlsFiles, make_tls  # noqa: F401 - re-exported for tests/ops
 
 
@@ -68,19 +69,8 @@ async def port_open(port: int, timeout_s: float = 5.0) -> None:
 
 
 @dataclass
-class GatewayEnv:
-    gateway: Gateway
-    source: MemoryStageSource
-    stage: StageConfig
-    token: str
-
-    @property
-    def port(self) -> int:
-        return self.gateway.address[1]
-
-    @property
-    def address(self) -> str:
-        return f"http://127.0.0.1:{self.port}/{self.stage.address_id}"
+class GatewayEnv(tunnels.GatewayEnv):
+    """The shared in-process gateway env, plus connector options for ops tests."""
 
     def options(self, *remotes: str, token: str | None = None, **more: Any) -> ConnectOptions:
         headers = () if token == "" else (("token", self.token if token is None else token),)

@@ -4,7 +4,8 @@
 - :class:`Relay`: a TCP relay between connector and gateway that logs every
   byte each way and can rewrite the stream (for re-framing WebSocket data).
 - :func:`http_exchange`: send raw bytes, read the whole answer until close.
-- :func:`free_port`: a TCP port that was free a moment ago (for remotes).
+- :func:`free_port`: a TCP port that was free a moment ago (for remotes);
+  :func:`free_port_range`: a run of them.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+
+import pytest
 
 from support.timing import scaled
 from support.wsframes import parse_http_head, split_http_head
@@ -28,6 +31,25 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(family, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+def free_port_range(count: int) -> int:
+    """A base port with ``count`` free ports after it (checked by binding them)."""
+    for base in range(10000, 32000, 1000):
+        sockets: list[socket.socket] = []
+        try:
+            for port in range(base, base + count):
+                s = socket.socket()
+                sockets.append(s)
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                s.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in sockets:
+                s.close()
+    pytest.skip(f"no {count} consecutive free ports between 10000 and 32000")
 
 
 @asynccontextmanager
