@@ -71,11 +71,7 @@ def setup_logging(verbose: int = 0, fmt: str = "human") -> None:
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbose >= 2 else logging.INFO)
     logging.getLogger("qanat").setLevel(logging.DEBUG if verbose >= 1 else logging.INFO)
-    # asyncssh and websockets are chatty at INFO; their news reaches the
-    # operator through our own messages.
-    logging.getLogger("asyncssh").setLevel(logging.DEBUG if verbose >= 3 else logging.WARNING)
-    if verbose >= 3:
-        import asyncssh
-
-        asyncssh.set_debug_level(3)
+    # websockets is chatty at INFO; its news reaches the operator through
+    # our own messages. qanat.ssh (our SSH adapter) logs at DEBUG with -vvv.
+    logging.getLogger("qanat.ssh").setLevel(logging.DEBUG if verbose >= 3 else logging.INFO)
     logging.getLogger("websockets").setLevel(logging.WARNING)
