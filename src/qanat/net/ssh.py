@@ -72,6 +72,8 @@ log = logging.getLogger("qanat.ssh")
 #: docs/benchmarks.md.
 DEFAULT_WINDOW_BYTES = 2 * 1024 * 1024
 DEFAULT_MAX_PACKET_BYTES = 32 * 1024
+#: Largest write handed to the transport at once (one WebSocket frame).
+MAX_WRITE_BYTES = 256 * 1024
 #: Cipher preference, as chisel's Go peers order it: AES-GCM runs on AES-NI
 #: through OpenSSL and is several times faster here than chacha20-poly1305.
 ENCRYPTION_ALGS = (
@@ -249,9 +251,10 @@ class _Channel:
         if self.closed:
             return
         self.closed = True
-        held, self._held = self._held, []
-        for data in held:
-            self.session.data_received(data, None)
+        # Data held for a paused reader is dropped with the channel, as a
+        # closed transport drops its buffer; the reader paused because its
+        # own side is gone or stuck.
+        self._held = []
         self.session.connection_lost(exc)
 
 
@@ -291,8 +294,21 @@ class _SshProtocol(asyncio.Protocol):
         self._scheduled = False
         out = self.conn.data_to_send()
         transport = self.transport
-        if out and transport is not None and not transport.is_closing():
-            transport.writelines(out)
+        if not out or transport is None or transport.is_closing():
+            return
+        # One write per loop iteration for every channel, cut into frames of
+        # at most MAX_WRITE_BYTES: the peer's WebSocket bounds frame sizes
+        # (1 MiB here), and a flush after a window opens can hold megabytes.
+        size = 0
+        start = 0
+        for i, chunk in enumerate(out):
+            size += len(chunk)
+            if size >= MAX_WRITE_BYTES:
+                transport.writelines(out[start : i + 1])
+                start = i + 1
+                size = 0
+        if start < len(out):
+            transport.writelines(out[start:] if start else out)
 
     # -- asyncio.Protocol ------------------------------------------------------------
 
