@@ -49,11 +49,27 @@ def bed(tmp_path_factory: pytest.TempPathFactory, gopeer: Path) -> Iterator[Bed]
 
 
 class Peers:
-    """Go peer processes of one test; all killed when it ends."""
+    """Go peer (and other) processes of one test; all killed when it ends."""
 
-    def __init__(self, bed: Bed, workdir: Path) -> None:
-        self.bed = bed
+    def __init__(self, gopeer: Path, workdir: Path) -> None:
+        self.gopeer = gopeer
         self.group = ProcessGroup(workdir)
+
+    def program(
+        self, name: str, argv: list[str], env: dict[str, str] | None = None
+    ) -> LoggedProcess:
+        return self.group.start_program(name, argv, env if env is not None else peer_env())
+
+    def close(self) -> None:
+        self.group.close()
+
+
+class Clients:
+    """Go clients of one test against the module's ``qanat up``."""
+
+    def __init__(self, bed: Bed, peers: Peers) -> None:
+        self.bed = bed
+        self.peers = peers
 
     def client(
         self,
@@ -77,19 +93,18 @@ class Peers:
             stage.address,
             *remotes,
         ]
-        return self.group.start_program(name, argv, peer_env(self.bed.up.ca_file))
-
-    def program(self, name: str, argv: list[str], ca_file: str | None = None) -> LoggedProcess:
-        return self.group.start_program(name, argv, peer_env(ca_file))
-
-    def close(self) -> None:
-        self.group.close()
+        return self.peers.program(name, argv, peer_env(self.bed.up.ca_file))
 
 
 @pytest.fixture
-def peers(bed: Bed, tmp_path: Path) -> Iterator[Peers]:
-    p = Peers(bed, tmp_path)
+def peers(gopeer: Path, tmp_path: Path) -> Iterator[Peers]:
+    p = Peers(gopeer, tmp_path)
     try:
         yield p
     finally:
         p.close()
+
+
+@pytest.fixture
+def clients(bed: Bed, peers: Peers) -> Clients:
+    return Clients(bed, peers)
