@@ -90,9 +90,9 @@ def port_problem(text: str) -> str | None:
     chisel's peers read ports with Go's ``strconv.Atoi`` (an optional ``+``
     or ``-``, then ASCII digits only: no spaces, no line breaks, no ``_``, no
     other scripts' digits), then need 1-65535. Python's ``int()`` is far more
-    lenient (``int(" ８０８１\n")`` is 8081), so every port that crosses the
-    wire goes through here first. Pure; the reason reads after the value
-    (``'8_081' has an underscore ...``).
+    lenient (``int(" 8_081\n")`` is 8081, fullwidth digits too), so every
+    port crossing the wire goes through here first. Pure; the reason reads
+    after the value (``'8_081' has an underscore ...``).
     """
     if not text:
         return "is empty"
