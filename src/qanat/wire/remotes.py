@@ -111,7 +111,7 @@ def port_problem(text: str) -> str | None:
 
 
 def canonical_port(text: str) -> str:
-    """A port accepted by :func:`port_problem`, as chisel would print it (``+08081`` -> ``8081``)."""
+    """A port :func:`port_problem` accepts, as chisel prints it (``+08081`` -> ``8081``)."""
     return str(int(text))
 
 
