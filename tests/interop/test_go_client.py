@@ -59,6 +59,22 @@ def test_tcp_remote_through_a_go_client(bed: Bed, clients: Clients) -> None:
     assert bed.up.process.find(r"tunnel upgrade accepted \(Go-http-client/1\.1\)", mark)
 
 
+def test_the_gateway_answers_the_go_clients_keepalive_pings(bed: Bed, clients: Clients) -> None:
+    """``ping`` every second (chisel's --keepalive), each answered ``pong``;
+    a ping unanswered within 2 s would make the client reconnect."""
+    with CommandEndpoint() as endpoint:
+        port = free_port()
+        remote = [f"R:{port}:127.0.0.1:{endpoint.port}"]
+        client = clients.client(remote, "-keepalive", "1s", "-ping-timeout", "2s", "-v")
+        client.wait_for(CONNECTED, 20)
+        wait_until(lambda: len(client.find(r"ping answered")) >= 3, "three answered pings", 15)
+        assert {m.group(0) for m in client.find(r'ping answered ok=\S+ "\S*"')} == {
+            'ping answered ok=true "pong"'
+        }
+        assert len(client.find(CONNECTED)) == 1
+        assert serving(port)
+
+
 def test_host_name_remote_is_resolved_on_the_private_side(bed: Bed, clients: Clients) -> None:
     with CommandEndpoint() as endpoint:
         port = free_port()

@@ -84,6 +84,20 @@ def test_qanat_connect_serves_tcp_and_udp_through_a_go_server(peers: Peers, tls:
     assert connector.proc.poll() is None
 
 
+def test_the_go_server_answers_qanat_connects_pings(peers: Peers, tls: TlsFiles) -> None:
+    server, url, _ = go_server(peers, tls, "-v")
+    with CommandEndpoint() as endpoint:
+        port = free_port()
+        remotes = [f"R:{port}:127.0.0.1:{endpoint.port}"]
+        connector = qanat_connect(peers, tls, url, remotes, "--keepalive", "1s", "-v")
+        wait_until(
+            lambda: len(connector.find(r"keepalive round trip")) >= 3, "three answered pings", 20
+        )
+        assert len(server.find(r"session#\d+: ping received")) >= 3
+        assert len(server.find(r"SSH up")) == 1  # never reconnected
+        assert serving(port)
+
+
 def test_qanat_connect_pins_the_go_server_fingerprint(peers: Peers, tls: TlsFiles) -> None:
     server, url, fingerprint = go_server(peers, tls)
     with CommandEndpoint() as endpoint:
