@@ -63,6 +63,11 @@ _KEEP = object()
 class CatalogueOps(PortalContext):
     """The endpoint catalogue (operator writes, viewer reads) and traffic (viewer)."""
 
+    @property
+    def openapi_max_bytes(self) -> int:
+        """The largest OpenAPI document an entry may hold."""
+        return self._config.openapi_max_bytes
+
     # -- reading -------------------------------------------------------------
 
     def catalogue(self, actor: Actor, org: str, stage: str) -> StageCatalogue:

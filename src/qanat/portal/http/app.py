@@ -17,9 +17,10 @@ import jinja2
 from aiohttp import web
 
 from qanat.errors import QanatError, Unauthorized
-from qanat.portal.http import api, problems
+from qanat.portal.http import api, problems, webadmin, webcatalogue
 from qanat.portal.http import web as pages
 from qanat.portal.http.context import DEPS, Deps, PortalHttpSettings, body_limit
+from qanat.portal.http.filters import FILTERS
 from qanat.portal.http.openapi import add_routes
 from qanat.portal.http.sessions import Signer
 from qanat.portal.localadmin import LocalAdmin
@@ -108,6 +109,7 @@ def _templates() -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
+    env.filters.update(FILTERS)
     return env
 
 
@@ -133,6 +135,9 @@ def build_app(
     )
     add_routes(app, api.ROUTES)
     app.router.add_route("*", api.PREFIX + "/{tail:.*}", api.not_found)
+    # Before pages.add_routes: its POST .../stages/{stage}/{action} would match.
+    webcatalogue.add_routes(app)
+    webadmin.add_routes(app)
     pages.add_routes(app)
     return app
 

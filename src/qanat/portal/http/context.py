@@ -41,6 +41,8 @@ class PortalHttpSettings:
         secure_cookies: mark cookies ``Secure`` (set when served over HTTPS).
         session_ttl_s: how long a browser sign-in lasts.
         refresh_s: how often the stage page re-reads its status.
+        connector_ca_file: the development certificate connectors must trust
+            (``--tls-ca`` in the page's connect command); "" for a real one.
     """
 
     max_body_bytes: int = 64 * 1024
@@ -48,6 +50,7 @@ class PortalHttpSettings:
     secure_cookies: bool = False
     session_ttl_s: float = 12 * 3600
     refresh_s: float = 3.0
+    connector_ca_file: str = ""
 
 
 @dataclass(slots=True)
