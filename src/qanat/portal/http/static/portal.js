@@ -134,7 +134,7 @@ function render(status) {
   state.textContent = status.status.charAt(0).toUpperCase() + status.status.slice(1);
   state.className = "badge " + status.status;
   document.getElementById("refreshed").textContent =
-    "updated " + new Date().toLocaleTimeString();
+    "updated " + localTime(new Date().toISOString()).slice(11);
 }
 
 function liveStatus() {
