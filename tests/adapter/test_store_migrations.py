@@ -162,3 +162,35 @@ def test_audit_log_is_append_only(db_url: str) -> None:
             )
     finally:
         engine.dispose()
+
+
+def test_catalogue_revision_keeps_roles_and_allows_operator(db_url: str) -> None:
+    config = StoreConfig(db_url)
+    engine = create_store_engine(config)
+    try:
+        migrate_engine(engine, config, target="r0001")
+        with engine.begin() as conn:
+            conn.execute(
+                sa.text("INSERT INTO orgs (id, name, created_at) VALUES (1, 'acme', :t)"),
+                {"t": utc_now().replace(tzinfo=None)},
+            )
+            conn.execute(
+                sa.text(
+                    "INSERT INTO users (id, username, password_hash, created_at)"
+                    " VALUES (1, 'alice', 'h', :t)"
+                ),
+                {"t": utc_now().replace(tzinfo=None)},
+            )
+            conn.execute(
+                sa.text("INSERT INTO memberships (user_id, org_id, role) VALUES (1, 1, 'admin')")
+            )
+            with pytest.raises(sa.exc.IntegrityError), conn.begin_nested():
+                conn.execute(sa.text("UPDATE memberships SET role = 'operator'"))
+        assert migrate_engine(engine, config) == head_revision()
+        with engine.begin() as conn:
+            assert conn.execute(sa.text("SELECT role FROM memberships")).scalar_one() == "admin"
+            conn.execute(sa.text("UPDATE memberships SET role = 'operator'"))
+            with pytest.raises(sa.exc.IntegrityError), conn.begin_nested():
+                conn.execute(sa.text("UPDATE memberships SET role = 'owner'"))
+    finally:
+        engine.dispose()

@@ -361,3 +361,31 @@ def test_a_large_but_allowed_document_passes_the_body_limit(tmp_path: Path) -> N
             assert r.status == 413
 
     _run(tmp_path, scenario)
+
+
+def test_connect_command_trusts_the_development_certificate(tmp_path: Path) -> None:
+    async def command_on_page(up: Up) -> str:
+        async with api_client(up) as admin:
+            await _setup(admin)
+            await admin.ok("POST", DEV + "/activate")
+        assert up.first_admin is not None
+        body = {"username": "admin", "password": up.first_admin.password}
+        jar = aiohttp.CookieJar(unsafe=True)  # the portal is at an IP address
+        async with aiohttp.ClientSession(cookie_jar=jar) as browser:
+            async with browser.post(up.url + "/api/v1/session", json=body) as r:
+                assert r.status == 200
+            async with browser.get(up.url + "/orgs/acme/stages/Development") as r:
+                html = await r.text()
+        start = html.index('id="command">') + len('id="command">')
+        return html[start : html.index("</code>", start)]
+
+    async def scenario() -> None:
+        ca = tmp_path / "tls" / "dev-cert.pem"
+        async with running_up(tmp_path / "dev", ca_file=str(ca)) as up:
+            assert (await command_on_page(up)).startswith(f"qanat connect --tls-ca {ca} --header")
+        async with running_up(tmp_path / "plain") as up:
+            command = await command_on_page(up)
+            assert command.startswith("qanat connect --header")
+            assert "--tls-ca" not in command
+
+    asyncio.run(scenario())
