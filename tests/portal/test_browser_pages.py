@@ -244,6 +244,7 @@ def test_every_page_walked_by_admin_operator_and_viewer(tmp_path: Path) -> None:
                     await expect(entry).to_contain_text("served · 1 connector")
                     await expect(entry).to_contain_text("orders-1")
                     await expect(entry).to_contain_text("Orders API 1.4 (YAML)")
+                    await shots.take(page, "endpoints-operator", full=True)
                     await sign_out()
 
                     # -- the viewer reads, downloads, sends traffic -----------------------------
