@@ -18,8 +18,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from interopbed import Bed, Clients, Peers
 
-from conftest import Bed, Clients, Peers
 from support.apps import connection_refused, echo_ok, udp_exchange
 from support.endpoints import CommandEndpoint, UdpEchoEndpoint
 from support.gopeer import CONNECTED, CONNECTION_ERROR

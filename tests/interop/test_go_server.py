@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from interopbed import Peers
 
-from conftest import Peers
 from support.apps import echo_ok, udp_exchange
 from support.endpoints import CommandEndpoint, UdpEchoEndpoint
 from support.gopeer import SERVER_FINGERPRINT, SERVER_LISTENING
