@@ -38,6 +38,7 @@ from qanat.errors import ConfigError
 from qanat.gateway.server import Gateway
 from qanat.gateway.settings import GatewaySettings
 from qanat.portal import PasswordHasher, Portal, PortalConfig, localadmin
+from qanat.portal.declared import catalogue_sink
 from qanat.portal.http import PortalHttp, PortalHttpSettings, build_app, set_local_admin
 from qanat.portal.http.sessions import Signer, load_secret
 from qanat.store import (
@@ -230,6 +231,7 @@ class Up:
         defaults = StoreGatewaySettings(bind_host=cfg.endpoint_host)
         portal_config = PortalConfig(self.url, stage_defaults=defaults)
         self.portal = Portal(self.store, portal_config, hasher=cfg.hasher)
+        self.gateway.describe_sink = catalogue_sink(self.portal)
         http_settings = cfg.http
         if self.url.startswith("https:") and not http_settings.secure_cookies:
             http_settings = dataclasses.replace(http_settings, secure_cookies=True)
