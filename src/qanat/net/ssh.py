@@ -16,9 +16,10 @@ for every channel of a tunnel) and speaks chisel's dialect on top:
    ``password``); the gateway lets every client in (the token checked before
    the upgrade is the credential), see PROTOCOL.md §3.
 
-One qanat-only extra: the global request ``drain@qanat`` (connector to
-gateway: "send me no new channels"), sent only to a gateway that advertised
-it in the 101 answer.
+Two qanat-only extras, global requests from connector to gateway sent only
+to a gateway that advertised them in the 101 answer: ``drain@qanat`` ("send
+me no new channels") and ``describe@qanat`` (what an endpoint is, with its
+OpenAPI document; see :mod:`qanat.wire.describe`).
 
 The gateway gets an :class:`SshTunnel` from :func:`serve_tunnel`; the
 connector gets one from :func:`connect_tunnel`. Sessions (the splice's
@@ -44,6 +45,7 @@ from typing import Any, Protocol
 
 from qanat.errors import ChannelOpenFailed, ConfigError, RemotesRejected, TunnelError
 from qanat.runtime import TaskOwner
+from qanat.wire.describe import DESCRIBE_REQUEST
 from qanat.wire.handshake import (
     CHANNEL_TYPE,
     CLIENT_VERSION,
@@ -149,6 +151,9 @@ class ServerHooks(Protocol):
 
     def on_drain(self) -> bool:
         """The connector asks for no new channels (``drain@qanat``); True to accept."""
+
+    async def on_describe(self, payload: bytes) -> str | None:
+        """A ``describe@qanat`` piece; None to accept, or the refusal text."""
 
 
 # -- channels as sessions see them ----------------------------------------------
@@ -483,18 +488,28 @@ class _ServerProtocol(_SshProtocol):
         if name == CONFIG_REQUEST:
             # Binding listeners is asynchronous; later requests wait their turn.
             self._request_busy = True
-            self.tasks.spawn(self._config(payload), name="ssh-config")
+            self.tasks.spawn(self._answer(name, self.hooks.on_config, payload), name="ssh-config")
+        elif name == DESCRIBE_REQUEST:
+            # Like config: it writes to the portal's database in a worker thread.
+            hook = getattr(self.hooks, "on_describe", None)
+            self._request_busy = True
+            self.tasks.spawn(self._answer(name, hook, payload), name="ssh-describe")
         elif name == DRAIN_REQUEST:
             self.conn.reply_global(self.hooks.on_drain())
         else:
             super().handle_request(name, payload)
 
-    async def _config(self, payload: bytes) -> None:
+    async def _answer(
+        self,
+        name: str,
+        hook: Callable[[bytes], Awaitable[str | None]] | None,
+        payload: bytes,
+    ) -> None:
         try:
-            error = await self.hooks.on_config(payload)
+            error = f"{name} is not handled here" if hook is None else await hook(payload)
         except Exception as exc:  # a bug must not leave the client hanging
-            log.exception("config handler failed")
-            error = f"internal error handling config: {exc}"
+            log.exception("%s handler failed", name)
+            error = f"internal error handling {name}: {exc}"
         if not self.conn.closed:
             self.conn.reply_global(error is None, (error or "").encode())
         self._request_busy = False
@@ -743,6 +758,22 @@ async def send_drain(tunnel: SshTunnel, timeout_s: float) -> bool:
     return ok
 
 
+async def send_describe(tunnel: SshTunnel, payload: bytes, timeout_s: float) -> str | None:
+    """Send one ``describe@qanat`` piece; None when accepted, else the gateway's text.
+
+    Only for a gateway that advertised the ``describe`` feature (see send_drain).
+
+    Raises:
+        TunnelError: the connection closed first.
+    """
+    try:
+        async with asyncio.timeout(timeout_s):
+            ok, reply = await tunnel.request(DESCRIBE_REQUEST, payload)
+    except TimeoutError:
+        return f"no answer within {timeout_s:g}s"
+    return None if ok else (reply.decode("utf-8", "replace").strip() or "refused")
+
+
 async def send_config(tunnel: SshTunnel, payload: bytes) -> None:
     """Send the ``config`` request; raise RemotesRejected with the server's text."""
     ok, reply = await tunnel.request(CONFIG_REQUEST, payload)
@@ -762,6 +793,7 @@ __all__ = [
     "connect_tunnel",
     "same_fingerprint",
     "send_config",
+    "send_describe",
     "send_drain",
     "serve_tunnel",
 ]
