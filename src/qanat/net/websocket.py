@@ -112,10 +112,9 @@ class _Link(asyncio.Protocol):
     # -- upper -> wire -------------------------------------------------
 
     def send(self, data: bytes | bytearray | memoryview) -> None:
-        # Frames are written once per event-loop iteration: asyncssh emits one
-        # write per SSH packet, and a bulk read from an app turns into several
-        # packets in one callback; one writev for all of them costs one
-        # syscall instead of one per packet (measured in docs/benchmarks.md).
+        # Frames are written once per event-loop iteration: one writev for
+        # every frame of the iteration costs one syscall instead of one per
+        # frame (measured in docs/benchmarks.md).
         # After the peer's EOF the WebSocket is CLOSED before connection_lost
         # reaches the upper protocol; writes in that window are dropped, as a
         # closing transport would, instead of raising websockets' InvalidState.
