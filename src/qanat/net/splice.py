@@ -231,7 +231,13 @@ class _ChanEnd:
         pending = s.pending
         if pending is None:
             s.pending = [data]
-            s.loop.call_soon(s.flush_pending)
+            # All packets of one SSH read go out in one writev right after
+            # it (net/ssh's batch); elsewhere at the end of this iteration.
+            after = getattr(s.chan, "call_after_batch", None)
+            if after is not None:
+                after(s.flush_pending)
+            else:
+                s.loop.call_soon(s.flush_pending)
         else:
             pending.append(data)
 

@@ -196,6 +196,20 @@ class _Channel:
         if full and not self._window_full:
             self._window_full = True
             self.session.pause_writing()
+        owner = self.owner
+        if owner._scheduled and not owner.in_batch:
+            # One TCP read is one write: send it now rather than one loop
+            # iteration later (all packets of the read go in one writelines).
+            owner._flush()
+
+    def call_after_batch(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` when the data being delivered now has all been
+        delivered (the end of this socket read), or soon if not delivering."""
+        owner = self.owner
+        if owner.in_batch:
+            owner.after.append(callback)
+        else:
+            owner.loop.call_soon(callback)
 
     def writable(self) -> None:
         if self._window_full:
@@ -284,6 +298,8 @@ class _SshProtocol(asyncio.Protocol):
         self.error: BaseException | None = None
         self._scheduled = False
         self._writing_paused = False
+        self.in_batch = False
+        self.after: list[Callable[[], None]] = []
         # Global requests wanting a reply, answered strictly in order.
         self._requests: deque[tuple[str, bytes]] = deque()
         self._request_busy = False
@@ -323,6 +339,10 @@ class _SshProtocol(asyncio.Protocol):
         self._flush()
 
     def data_received(self, data: bytes) -> None:
+        # Everything one read brings is one batch: what sessions write in
+        # reply and what they queue with call_after_batch goes out right
+        # after it, not one event-loop iteration later (latency).
+        self.in_batch = True
         try:
             self.conn.receive_data(data)
         except SshRemoteError as exc:
@@ -330,6 +350,15 @@ class _SshProtocol(asyncio.Protocol):
         except SshLocalError as exc:  # a handler asked for something invalid: a bug
             log.exception("SSH handler error")
             self._fail(exc)
+        finally:
+            self.in_batch = False
+        after = self.after
+        if after:
+            self.after = []
+            for callback in after:
+                callback()
+        if self._scheduled:
+            self._flush()
 
     def _fail(self, exc: BaseException) -> None:
         if self.error is None:

@@ -58,7 +58,10 @@ class FramedTransport(asyncio.Transport):
         self._link.send(data)
 
     def writelines(self, list_of_data: Any) -> None:
-        self._link.send(b"".join(list_of_data))
+        # The SSH layer calls this once per event-loop iteration with every
+        # packet of the iteration: one frame, written now (a second deferral
+        # here would cost one more loop iteration of latency per message).
+        self._link.send_now(b"".join(list_of_data))
 
     def can_write_eof(self) -> bool:
         return False
@@ -124,6 +127,12 @@ class _Link(asyncio.Protocol):
         if not self.flush_scheduled:
             self.flush_scheduled = True
             self.loop.call_soon(self._flush)
+
+    def send_now(self, data: bytes) -> None:
+        if self.closing or self.ws.state is not State.OPEN:
+            return
+        self.ws.send_binary(data)
+        self._flush()
 
     def _flush(self) -> None:
         self.flush_scheduled = False
