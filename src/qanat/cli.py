@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
-import signal
 import sys
 from pathlib import Path
 
@@ -156,6 +154,9 @@ def _cmd_gateway(args: argparse.Namespace) -> int:
                 settings.dead_peer_bound_s,
                 settings.balance,
             )
+        import asyncio  # here, not at the top: `qanat admin` never needs it
+        import signal
+
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -370,11 +371,17 @@ def _cmd_hosts(args: argparse.Namespace) -> int:
 # -- parser -----------------------------------------------------------------------
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(*, admin_only: bool = False) -> argparse.ArgumentParser:
+    """The command line; ``admin_only`` builds just ``qanat admin`` (see main)."""
     parser = argparse.ArgumentParser(prog="qanat", description="qanat private gateway")
     parser.add_argument("--version", action="version", version=f"qanat {__version__}")
     parser.add_argument("--log-format", choices=["human", "json"], default="human")
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
+    if admin_only:
+        from qanat.admincli import add_admin_parser
+
+        add_admin_parser(sub, DEFAULT_DATA_DIR)
+        return parser
 
     from qanat.connector.options import add_connect_arguments
     from qanat.ops import commands as ops_commands
@@ -539,9 +546,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _command_of(argv: list[str]) -> str | None:
+    """The subcommand's name, skipping the top-level options."""
+    words = iter(argv)
+    for word in words:
+        if word == "--log-format":
+            next(words, None)
+        elif not word.startswith("-"):
+            return word
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    arguments = sys.argv[1:] if argv is None else argv
+    # `qanat admin` is a short-lived API client: building only its parser
+    # keeps the connector's and gateway's modules (asyncio, SOCKS, SSH) out.
+    parser = build_parser(admin_only=_command_of(arguments) == "admin")
+    args = parser.parse_args(arguments)
     setup_logging(getattr(args, "verbose", 0), args.log_format)
     try:
         code: int = args.func(args)
