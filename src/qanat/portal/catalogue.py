@@ -162,18 +162,17 @@ class CatalogueOps(PortalContext):
             stage_rec, gateway = self._stage_of(tx, actor, org, stage, Role.OPERATOR)
             _in_range(gateway, port)
             previous = tx.catalogue_entry(stage_rec, port)
-            doc, fmt = (
-                (None, None)
-                if previous is None
-                else (
+            doc, fmt, title = None, None, ""
+            if previous is not None:
+                doc, fmt, title = (
                     previous.openapi_doc,
                     previous.openapi_format,
+                    previous.openapi_title,
                 )
-            )
             if openapi_document is None:
-                doc, fmt = None, None
+                doc, fmt, title = None, None, ""
             elif checked is not None:
-                doc, fmt = checked.text, checked.format
+                doc, fmt, title = checked.text, checked.format, _title_of(checked)
             saved = tx.save_catalogue_entry(
                 stage_rec,
                 CatalogueRecord(
@@ -188,6 +187,7 @@ class CatalogueOps(PortalContext):
                     openapi_format=fmt,
                     updated_at=now,
                     updated_by=actor.label,
+                    openapi_title=title,
                 ),
             )
             details: dict[str, Any] = {
@@ -240,6 +240,7 @@ class CatalogueOps(PortalContext):
                         **_fields(entry),
                         "openapi_doc": checked.text,
                         "openapi_format": checked.format,
+                        "openapi_title": _title_of(checked),
                         "updated_at": now,
                         "updated_by": actor.label,
                     }
@@ -339,6 +340,7 @@ class CatalogueOps(PortalContext):
                     openapi_format=fmt,
                     updated_at=now,
                     updated_by=actor.label,
+                    openapi_title=_title_of(checked) if checked else "",
                 ),
             )
             self._audit(
@@ -461,14 +463,8 @@ def _fields(entry: CatalogueRecord) -> dict[str, Any]:
     return {name: getattr(entry, name) for name in CatalogueRecord.__dataclass_fields__}
 
 
-def _title(entry: CatalogueRecord) -> str:
-    if entry.openapi_doc is None:
-        return ""
-    try:
-        summary = openapidoc.summarize(entry.openapi_doc)
-    except InvalidInput:
-        return ""
-    return f"{summary.title} {summary.version}".strip()
+def _title_of(checked: openapidoc.CheckedDocument) -> str:
+    return f"{checked.title} {checked.version}".strip()[:200]
 
 
 def _merge(
@@ -492,7 +488,7 @@ def _merge(
             owner=e.owner,
             openapi_url=e.openapi_url,
             document=e.openapi_format if e.openapi_doc is not None else None,
-            document_title=_title(e),
+            document_title=e.openapi_title if e.openapi_doc is not None else "",
             listed=True,
             served_by=tuple(served.get(e.port, ())),
             targets=tuple(targets.get(e.port, ())),

@@ -194,6 +194,8 @@ class CatalogueRecord:
     openapi_format: str | None
     updated_at: datetime
     updated_by: str
+    #: ``<title> <version>`` of the stored document ("" without one).
+    openapi_title: str = ""
 
 
 @dataclass(frozen=True, slots=True)
