@@ -24,6 +24,7 @@ Every change writes one audit entry (``endpoint.set``, ``endpoint.document``,
 
 from __future__ import annotations
 
+import functools
 import re
 from collections import defaultdict
 from datetime import datetime, timedelta
@@ -162,17 +163,18 @@ class CatalogueOps(PortalContext):
             stage_rec, gateway = self._stage_of(tx, actor, org, stage, Role.OPERATOR)
             _in_range(gateway, port)
             previous = tx.catalogue_entry(stage_rec, port)
-            doc, fmt, title = None, None, ""
-            if previous is not None:
-                doc, fmt, title = (
+            doc, fmt = (
+                (None, None)
+                if previous is None
+                else (
                     previous.openapi_doc,
                     previous.openapi_format,
-                    previous.openapi_title,
                 )
+            )
             if openapi_document is None:
-                doc, fmt, title = None, None, ""
+                doc, fmt = None, None
             elif checked is not None:
-                doc, fmt, title = checked.text, checked.format, _title_of(checked)
+                doc, fmt = checked.text, checked.format
             saved = tx.save_catalogue_entry(
                 stage_rec,
                 CatalogueRecord(
@@ -187,7 +189,6 @@ class CatalogueOps(PortalContext):
                     openapi_format=fmt,
                     updated_at=now,
                     updated_by=actor.label,
-                    openapi_title=title,
                 ),
             )
             details: dict[str, Any] = {
@@ -240,7 +241,6 @@ class CatalogueOps(PortalContext):
                         **_fields(entry),
                         "openapi_doc": checked.text,
                         "openapi_format": checked.format,
-                        "openapi_title": _title_of(checked),
                         "updated_at": now,
                         "updated_by": actor.label,
                     }
@@ -340,7 +340,6 @@ class CatalogueOps(PortalContext):
                     openapi_format=fmt,
                     updated_at=now,
                     updated_by=actor.label,
-                    openapi_title=_title_of(checked) if checked else "",
                 ),
             )
             self._audit(
@@ -463,8 +462,19 @@ def _fields(entry: CatalogueRecord) -> dict[str, Any]:
     return {name: getattr(entry, name) for name in CatalogueRecord.__dataclass_fields__}
 
 
-def _title_of(checked: openapidoc.CheckedDocument) -> str:
-    return f"{checked.title} {checked.version}".strip()[:200]
+def _title(entry: CatalogueRecord) -> str:
+    return "" if entry.openapi_doc is None else _document_title(entry.openapi_doc)
+
+
+@functools.lru_cache(maxsize=256)
+def _document_title(text: str) -> str:
+    # Listings show every entry's title: parse each stored document once per
+    # process, not on every page load (the text is the key; str caches its hash).
+    try:
+        summary = openapidoc.summarize(text)
+    except InvalidInput:
+        return ""
+    return f"{summary.title} {summary.version}".strip()
 
 
 def _merge(
@@ -488,7 +498,7 @@ def _merge(
             owner=e.owner,
             openapi_url=e.openapi_url,
             document=e.openapi_format if e.openapi_doc is not None else None,
-            document_title=e.openapi_title if e.openapi_doc is not None else "",
+            document_title=_title(e),
             listed=True,
             served_by=tuple(served.get(e.port, ())),
             targets=tuple(targets.get(e.port, ())),

@@ -44,7 +44,6 @@ class CatalogueQueries:
         row.openapi_url = entry.openapi_url
         row.openapi_doc = entry.openapi_doc
         row.openapi_format = entry.openapi_format
-        row.openapi_title = entry.openapi_title[:200]
         row.updated_at = entry.updated_at
         row.updated_by = entry.updated_by
         self._session.flush()
@@ -158,5 +157,4 @@ def _entry(row: EndpointEntry, stage_key: str) -> CatalogueRecord:
         openapi_format=row.openapi_format,
         updated_at=row.updated_at,
         updated_by=row.updated_by,
-        openapi_title=row.openapi_title,
     )

@@ -230,8 +230,6 @@ class EndpointEntry(Base):
     # The document exactly as uploaded, and "json" or "yaml".
     openapi_doc: Mapped[str | None] = mapped_column(Text)
     openapi_format: Mapped[str | None] = mapped_column(String(8))
-    # "<info.title> <info.version>", read once when the document is stored.
-    openapi_title: Mapped[str] = mapped_column(String(OWNER_MAX), server_default="")
     updated_at: Mapped[datetime]
     updated_by: Mapped[str] = mapped_column(String(ACTOR_MAX))
 

@@ -194,8 +194,6 @@ class CatalogueRecord:
     openapi_format: str | None
     updated_at: datetime
     updated_by: str
-    #: ``<title> <version>`` of the stored document ("" without one).
-    openapi_title: str = ""
 
 
 @dataclass(frozen=True, slots=True)

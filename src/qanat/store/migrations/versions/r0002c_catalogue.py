@@ -47,7 +47,6 @@ def upgrade() -> None:
         sa.Column("openapi_url", sa.String(2000), nullable=True),
         sa.Column("openapi_doc", sa.Text(), nullable=True),
         sa.Column("openapi_format", sa.String(8), nullable=True),
-        sa.Column("openapi_title", sa.String(200), server_default="", nullable=False),
         sa.Column("updated_at", _TS, nullable=False),
         sa.Column("updated_by", sa.String(128), nullable=False),
         sa.PrimaryKeyConstraint("id", name="pk_endpoint_entries"),
