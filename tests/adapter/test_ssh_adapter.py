@@ -265,7 +265,7 @@ async def test_channel_refusal_reason_reaches_the_gateway(tmp_path, caplog):
         port = free_port()
         async with serving_connector(env, [f"R:{port}:127.0.0.1:{closed}"]) as connector:
             assert await roundtrip(port, b"anyone there?") == b""
-            endpoint = env.gateway.ports.endpoints[("127.0.0.1", port)]
+            endpoint = env.gateway.ports.endpoints[("127.0.0.1", port, "tcp")]
             await eventually(lambda: endpoint.connections_failed == 1, "failed connection")
             assert endpoint.open_connections == 0
             assert connector.stats.channels_open == 0

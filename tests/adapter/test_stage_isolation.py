@@ -156,7 +156,7 @@ def test_bind_address_is_the_gateways_choice(tmp_path: Path) -> None:
             port = _free_port("127.0.0.2")
             # The connector asks for 127.0.0.9 (chisel's LocalHost); it is ignored.
             await bed.connect("acme/dev", f"R:127.0.0.9:{port}:127.0.0.1:{target}")
-            assert list(bed.gateway.ports.endpoints) == [("127.0.0.2", port)]
+            assert list(bed.gateway.ports.endpoints) == [("127.0.0.2", port, "tcp")]
             assert await ask("127.0.0.2", port) == b"echo:hi"
             assert await ask("127.0.0.9", port) == b""
 
@@ -229,7 +229,7 @@ def test_outside_allowlist_is_closed_counted_and_a_flood_stays_cheap(
                     await asyncio.sleep(0.01)
 
             await asyncio.gather(app(), *(intruder() for _ in range(flood_count)))
-            endpoint = bed.gateway.ports.endpoints[("127.0.0.2", port)]
+            endpoint = bed.gateway.ports.endpoints[("127.0.0.2", port, "tcp")]
             assert endpoint.refused_sources == flood_count + 1
             assert endpoint.connections_total == 21
             return answers, latencies

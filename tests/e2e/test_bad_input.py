@@ -166,7 +166,7 @@ async def test_bad_tokens_get_401(tmp_path, caplog, token, body):
         )
         status, _, answer = parse_response(await http_exchange(env.port, request))
         assert (status, answer) == (401, body)
-        assert env.gateway.auth_limiter.allow("127.0.0.1")
+        assert env.gateway.ctx.limiters.tokens.allow("127.0.0.1")
     refusal = "no token" if token is None else "bad"
     assert any(m.endswith(f"tunnel refused ({refusal}) for address") for m in messages(caplog))
 

