@@ -14,6 +14,7 @@ from qanat.logs import setup_logging
 
 if TYPE_CHECKING:
     from qanat.gateway.settings import GatewaySettings
+    from qanat.gateway.stages import StageConfig
 
 log = logging.getLogger("qanat")
 
@@ -71,7 +72,7 @@ def _gateway_settings(
         raise ConfigError("--keepalive-timeout must not be longer than --keepalive")
     hedge_max_s = parse_duration(args.hedge_after_max, "--hedge-after-max")
     hedge = (
-        HedgePolicy(min_s=min(0.05, hedge_max_s), max_s=hedge_max_s)
+        HedgePolicy(min_s=min(HedgePolicy().min_s, hedge_max_s), max_s=hedge_max_s)
         if hedge_max_s > 0
         else HedgePolicy(enabled=False)
     )
@@ -402,17 +403,44 @@ def _add_portal_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignor
 
 def _cmd_hosts(args: argparse.Namespace) -> int:
     from qanat.gateway.reach import hosts_line, kubernetes_manifest
-    from qanat.gateway.stages import find_stage, load_stage_file
+    from qanat.gateway.stages import find_stage
 
     data_dir = Path(args.data_dir).expanduser()
     stage_file = Path(args.stage_file) if args.stage_file else data_dir / "stages.toml"
-    stage = find_stage(load_stage_file(stage_file), args.stage)
+    stage = find_stage(_hosts_stages(args, data_dir, stage_file), args.stage)
     if args.format == "kubernetes":
         namespace = args.namespace or stage.key.rsplit("/", 1)[-1].lower()
         print(kubernetes_manifest(stage, namespace, args.port), end="")
     else:
         print(hosts_line(stage))
     return 0
+
+
+def _hosts_stages(
+    args: argparse.Namespace, data_dir: Path, stage_file: Path
+) -> dict[str, StageConfig]:
+    """The stages of the stage file, or of the database (``qanat up``, the portal)."""
+    from qanat.gateway.stages import load_stage_file
+    from qanat.store import StoreConfig, normalize_url, open_store, sqlite_url
+    from qanat.store.engine import SQLITE_FILE_NAME
+    from qanat.store.stagesource import stage_configs
+
+    url = normalize_url(args.database_url) if args.database_url else None
+    if url is None and not args.stage_file and not stage_file.exists():
+        if (data_dir / SQLITE_FILE_NAME).exists():
+            url = sqlite_url(data_dir)  # qanat up's embedded database
+        else:
+            raise ConfigError(
+                f"no stage file {stage_file} and no database in {data_dir}: give --data-dir "
+                "of the gateway (or qanat up), --stage-file, or --database-url"
+            )
+    if url is None:
+        return load_stage_file(stage_file)
+    store = open_store(StoreConfig(url=url), migrate=False)
+    try:
+        return stage_configs(store)
+    finally:
+        store.close()
 
 
 # -- parser -----------------------------------------------------------------------
@@ -504,7 +532,18 @@ def build_parser() -> argparse.ArgumentParser:
     hosts.add_argument(
         "--stage-file", default=None, help="TOML stage file (default DATA_DIR/stages.toml)"
     )
-    hosts.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR), help="gateway data directory")
+    hosts.add_argument(
+        "--data-dir",
+        default=str(DEFAULT_DATA_DIR),
+        help="gateway (or qanat up) data directory: its stages.toml or its database",
+    )
+    import os
+
+    hosts.add_argument(
+        "--database-url",
+        default=os.environ.get("QANAT_DATABASE_URL") or None,
+        help="read the stages from the portal's database",
+    )
     hosts.add_argument("--format", choices=["hosts", "kubernetes"], default="hosts")
     hosts.add_argument(
         "--namespace", default=None, help="kubernetes: the stage's namespace (default: stage name)"

@@ -314,6 +314,7 @@ class Up:
     async def close(self) -> None:
         """Stop accepting, close portal connections and tunnels, then the database."""
         if self.service is not None:
+            log.info("qanat up: stopping")
             await self.service.close()
         if self.store is not None:
             self.store.close()

@@ -176,12 +176,12 @@ def admit(
     flap_key = f"{stage.key}/" + (identity or f"{source} ports={_short(ports)}")
     flap = limiters.flaps.check(flap_key, now)
     if not flap.allowed:
-        quiet = not (flap.refused == 1 or flap.refused % 100 == 0)
+        held = limiters.flap_log.allow(flap_key)
         return Refused(
             429,
             b"this connector reconnects too often; retry after the time in Retry-After\n",
             ""
-            if quiet
+            if held is None
             else (
                 f"{peer}: connector {identity or f'from {source}'} backed off (flapping, "
                 f"strike {flap.strike}): upgrade answered 429, retry after "

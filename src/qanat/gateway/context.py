@@ -22,6 +22,7 @@ from qanat.gateway.stages import StageSource
 from qanat.net.ssh import HostKey
 from qanat.runtime import TaskOwner
 from qanat.telemetry.counters import GatewayEvents
+from qanat.telemetry.throttle import Throttle
 
 if TYPE_CHECKING:
     from qanat.gateway.tunnel import Tunnel
@@ -39,11 +40,14 @@ class Limiters:
 
     tokens: FailureLimiter = field(default_factory=FailureLimiter)
     flaps: FlapGuard = field(default_factory=FlapGuard)
+    #: Log lines of refused (flapping) upgrades: one per connector per 10 s.
+    flap_log: Throttle = field(default_factory=lambda: Throttle(burst=1, window_s=10.0))
 
     @classmethod
     def from_settings(cls, settings: GatewaySettings) -> Limiters:
         return cls(
             tokens=FailureLimiter(),
+            flap_log=Throttle(burst=1, window_s=10.0),
             flaps=FlapGuard(
                 max_connects=settings.flap_connects,
                 window_s=settings.flap_window_s,

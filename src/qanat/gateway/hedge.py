@@ -11,9 +11,12 @@ the pool, takes whichever opens first and closes the other cleanly.
 The bound comes from the endpoint's recent successful opens
 (:class:`OpenTimes`): ``factor`` times their 90th percentile, clamped to
 ``[min_s, max_s]``; with no history it is ``max_s``. On a LAN (opens of
-~1 ms) a frozen connector therefore costs an app connection ~50 ms; a
-connector far away with 200 ms opens is hedged after ~800 ms; nobody waits
-more than ``max_s`` (1 s) for a silent connector while another one is there.
+~1 ms) a frozen connector therefore costs an app connection 0.2 s (the floor
+keeps a busy machine's slow opens from doubling the channels); a connector
+far away with 200 ms opens is hedged after ~800 ms; nobody waits more than
+``max_s`` (1 s) for a silent connector while another healthy one is there.
+Cooling and draining members are never asked as a hedge: they stay a last
+resort, tried one after the other.
 
 No I/O, the numbers are passed in; tested with hypothesis.
 """
@@ -36,7 +39,7 @@ class HedgePolicy:
         enabled: False never opens a second channel.
     """
 
-    min_s: float = 0.05
+    min_s: float = 0.2
     max_s: float = 1.0
     factor: float = 4.0
     enabled: bool = True

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from qanat.errors import ChannelOpenFailed
 from qanat.gateway.allowlist import Allowlist
-from qanat.gateway.balancer import Member, Pool, PoolPolicy, Strategy
+from qanat.gateway.balancer import Health, Member, Pool, PoolPolicy, Strategy
 from qanat.gateway.bindcheck import unbindable_text
 from qanat.gateway.context import GatewayContext
 from qanat.gateway.failures import RecentFailures
@@ -286,6 +286,7 @@ class AppConnection(asyncio.Protocol):
         running: dict[asyncio.Task[Any], _Attempt] = {}
         winner: _Attempt | None = None
         hedged = False
+        hedge_ok = True  # until the next candidate turned out not to be healthy
         tried = 0
         try:
             while not self.lost and (queue or running):
@@ -299,7 +300,7 @@ class AppConnection(asyncio.Protocol):
                     attempt = _Attempt(self, member, time.monotonic())
                     running[attempt.task] = attempt
                 wait_s: float | None = None
-                if queue and len(running) == 1 and settings.hedge.enabled:
+                if queue and len(running) == 1 and settings.hedge.enabled and hedge_ok:
                     first = next(iter(running.values()))
                     bound = hedge_after_s(ep.open_times.p90(), settings.hedge)
                     wait_s = max(0.0, first.started + bound - time.monotonic())
@@ -307,8 +308,15 @@ class AppConnection(asyncio.Protocol):
                     running, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED
                 )
                 if not done:
-                    # The first connector is slow: ask the next one as well.
+                    # The first connector is slow: ask the next one as well, unless
+                    # it is cooling down or draining (those stay a last resort,
+                    # tried in turn).
                     member = queue.pop(0)
+                    now = time.monotonic()
+                    if member.health(now, pool.policy) in (Health.COOLING, Health.DRAINING):
+                        queue.insert(0, member)
+                        hedge_ok = False
+                        continue
                     if cast("Tunnel", member.tunnel).serving:
                         hedged = True
                         ep.connections_retried += 1
@@ -402,7 +410,9 @@ class AppConnection(asyncio.Protocol):
     def _discard(self, attempt: _Attempt) -> None:
         """A channel that opened for an app connection another channel already took."""
         member = attempt.member
-        member.open -= 1  # succeeded() counted it; no app rides on it
+        # succeeded() counted it as a carried connection; no app rides on it.
+        member.open -= 1
+        member.total -= 1
         attempt.splice.close()
 
     async def _settle_loser(self, attempt: _Attempt, timeout_s: float) -> None:

@@ -116,9 +116,7 @@ class DatabaseStageSource(MemoryStageSource):
             return None
         # Read the counter before the data: a change landing in between is
         # included now and read once more at the next poll, never missed.
-        with self._store.transaction(write=False) as tx:
-            gateways = tx.addressed_gateways()
-        return revision, {g.address_id: stage_config(g) for g in gateways if g.address_id}
+        return revision, stage_configs(self._store)
 
     async def _poll_forever(self) -> None:
         while True:
@@ -138,3 +136,16 @@ class DatabaseStageSource(MemoryStageSource):
             if self._failing:
                 log.warning("stage poller: database %s is back", self._store.display_url)
                 self._failing = False
+
+
+def stage_configs(store: Store) -> dict[str, StageConfig]:
+    """The stages a gateway serves from ``store`` (activated ones), by address id.
+
+    Blocking: call it from a worker thread in the event loop.
+
+    Raises:
+        StoreError: the database failed.
+    """
+    with store.transaction(write=False) as tx:
+        gateways = tx.addressed_gateways()
+    return {g.address_id: stage_config(g) for g in gateways if g.address_id}
