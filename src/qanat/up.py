@@ -233,6 +233,8 @@ class PortalPart:
         http_settings = cfg.http
         if up.url.startswith("https:") and not http_settings.secure_cookies:
             http_settings = dataclasses.replace(http_settings, secure_cookies=True)
+        if cfg.ca_file and not http_settings.connector_ca_file:
+            http_settings = dataclasses.replace(http_settings, connector_ca_file=cfg.ca_file)
         app = build_app(
             up.portal,
             Signer(load_secret(cfg.data_dir), session_ttl_s=http_settings.session_ttl_s),

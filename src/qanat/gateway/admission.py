@@ -59,6 +59,8 @@ class TunnelRequest:
     user_agent: str = ""
     #: A token header longer than any token was dropped before parsing.
     oversized_token: bool = False
+    #: The address in the path (``sg_<uuid>``), for the operator's log.
+    address_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,8 +97,25 @@ def _short(ports: tuple[str, ...]) -> str:
     return text if len(text) <= 64 else hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def _refusal_words(verdict: TokenVerdict, stage: StageConfig | None, had_token: bool) -> str:
+    """Why a tunnel request was refused, in words for the gateway's log."""
+    if stage is None:
+        return "no stage has this address (unknown or deleted); token not checked"
+    if verdict is TokenVerdict.RENEWED:
+        return f"the token is an old one of stage {stage.key}, renewed since"
+    if verdict is TokenVerdict.INACTIVE:
+        return f"stage {stage.key} is inactive"
+    if not had_token:
+        return "no token header"
+    return "wrong token (not a token of this address)"
+
+
 def _token_refusal(
-    verdict: TokenVerdict, stage: StageConfig | None, had_token: bool, peer: Peer
+    verdict: TokenVerdict,
+    stage: StageConfig | None,
+    had_token: bool,
+    peer: Peer,
+    address_id: str,
 ) -> Refused:
     if verdict is TokenVerdict.RENEWED:
         body = b"token rejected: this token was renewed; use the new token from the portal\n"
@@ -112,12 +131,13 @@ def _token_refusal(
         )
         status = 401
     reason = verdict.value if had_token or verdict is not TokenVerdict.BAD else "missing"
-    where = stage.key if stage is not None and verdict is not TokenVerdict.BAD else "address"
-    shown = reason if reason != "missing" else "no token"
+    # The answer is the same for an unknown address and a wrong token (no
+    # probing for addresses); the operator's log tells them apart.
     return Refused(
         status,
         body,
-        f"{peer}: tunnel refused ({shown}) for {where}",
+        f"{peer}: tunnel refused for address {address_id}: "
+        + _refusal_words(verdict, stage, had_token),
         logging.WARNING,
         metric=reason,
     )
@@ -161,7 +181,7 @@ def admit(
         if verdict is TokenVerdict.BAD:
             limiters.tokens.failed(source, now)
         had_token = bool(request.tokens) or request.oversized_token
-        return _token_refusal(verdict, stage, had_token, peer)
+        return _token_refusal(verdict, stage, had_token, peer, request.address_id)
     assert stage is not None
     identities = request.identities
     identity = identities[0].strip() if identities else ""

@@ -94,7 +94,9 @@ def _drop_oversized_token(data: bytes) -> tuple[bytes, bool]:
     return b"\n".join(kept) + rest, True
 
 
-def tunnel_request(request: UpgradeRequest, oversized_token: bool) -> TunnelRequest:
+def tunnel_request(
+    request: UpgradeRequest, oversized_token: bool, address_id: str = ""
+) -> TunnelRequest:
     """What admission looks at, from the parsed upgrade request."""
     return TunnelRequest(
         query=request.path.partition("?")[2],
@@ -103,6 +105,7 @@ def tunnel_request(request: UpgradeRequest, oversized_token: bool) -> TunnelRequ
         identities=tuple(request.get_all(IDENTITY_HEADER)),
         user_agent=request.get("User-Agent"),
         oversized_token=oversized_token,
+        address_id=address_id,
     )
 
 
@@ -233,7 +236,7 @@ class FrontDoor(asyncio.Protocol):
         if "websocket" not in upgrade.request.get("Upgrade").lower():
             self._status_probe(stage)
             return
-        request = tunnel_request(upgrade.request, oversized_token)
+        request = tunnel_request(upgrade.request, oversized_token, address_id)
         now = time.monotonic()
         decision = admit(request, stage, self.peer_address, now, ctx.limiters)
         if not isinstance(decision, Admitted):

@@ -159,6 +159,7 @@ class BaseEndpoint:
             connections_total=counts.get("connections_total", 0),
             connections_failed=counts.get("connections_failed", 0),
             connections_retried=counts.get("connections_retried", 0),
+            bytes_total=counts.get("bytes_total", 0),
             refused_sources=self.refused_sources,
             recent_failures=self.recent_failures.snapshot(),
             udp=udp,
@@ -180,6 +181,7 @@ class Endpoint(BaseEndpoint):
         self.connections_total = 0
         self.connections_failed = 0
         self.connections_retried = 0
+        self.bytes_total = 0  # both directions, of finished connections
         self.open_times = OpenTimes()
 
     async def listen(self) -> None:
@@ -207,6 +209,7 @@ class Endpoint(BaseEndpoint):
             connections_total=self.connections_total,
             connections_failed=self.connections_failed,
             connections_retried=self.connections_retried,
+            bytes_total=self.bytes_total,
         )
 
 
@@ -430,6 +433,7 @@ class AppConnection(asyncio.Protocol):
         if not isinstance(member, Member):
             return  # an attempt given up before it opened: nothing was counted
         self.endpoint.open_connections -= 1
+        self.endpoint.bytes_total += splice.sent + splice.received
         Pool.closed(member)
         cast("Tunnel", member.tunnel).untrack(splice)
 

@@ -78,6 +78,8 @@ class EndpointStatus:
     connections_retried: int
     refused_sources: int
     recent_failures: tuple[FailureStatus, ...]
+    #: Bytes (both directions) of the app connections that have finished.
+    bytes_total: int = 0
     udp: UdpStatus | None = None
 
     @property
