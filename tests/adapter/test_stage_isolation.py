@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-import socket
 import ssl
 import subprocess
 import sys
@@ -35,6 +34,7 @@ from qanat.gateway.stages import MemoryStageSource, StageConfig
 from qanat.wire.handshake import new_client_id
 from qanat.wire.remotes import decode_remotes
 from qanat.wire.tokens import hash_token, new_address_id, new_token
+from support.servers import free_port as _free_port
 from support.tlscerts import make_tls
 
 DEADLINE_S = 20.0
@@ -47,12 +47,6 @@ def run_uvloop(main: Coroutine[Any, Any, None]) -> None:
         loop.run_until_complete(asyncio.wait_for(main, DEADLINE_S))
     finally:
         loop.close()
-
-
-def _free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 class Bed:

@@ -6,24 +6,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 from pathlib import Path
 
 import aiohttp
 import pytest
-from portalkit import SLOW, TestConnector, api_client, echo_endpoint, eventually, running_up
+from portalkit import (
+    SLOW,
+    TestConnector,
+    api_client,
+    echo_endpoint,
+    eventually,
+    free_port,
+    running_up,
+)
 
 from qanat.cli import build_parser
 from qanat.connector.options import ConnectOptions
 from qanat.wire.remotes import decode_remote
 
 DEV = "/orgs/acme/stages/Development"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _cli(argv: list[str]) -> int:
@@ -51,7 +52,7 @@ def test_readyz_hosts_and_connector_names_under_qanat_up(
             assert code == 0
             assert capsys.readouterr().out.strip() == "127.0.0.1 secure-gateway"
 
-            port = _free_port()
+            port = free_port()
             options = ConnectOptions(
                 address=activation["address"],
                 remotes=(decode_remote(f"R:{port}:127.0.0.1:{eport}"),),

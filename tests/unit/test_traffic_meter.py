@@ -34,9 +34,7 @@ def _tunnel(conns: int, bytes_: int) -> TunnelStatus:
     )
 
 
-def _endpoint(
-    port: int, proto: str, conns: int, bytes_: int, udp: UdpStatus | None
-) -> EndpointStatus:
+def _endpoint(port: int, conns: int, bytes_: int, udp: UdpStatus | None) -> EndpointStatus:
     return EndpointStatus(
         endpoint=f"secure-gateway:{port}" + ("/udp" if udp else ""),
         proto="udp" if udp else "tcp",
