@@ -558,7 +558,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    setup_logging(getattr(args, "verbose", 0), args.log_format)
+    verbose = getattr(args, "verbose", 0)
+    setup_logging(verbose, args.log_format)
+    if verbose >= 3:
+        from qanat.net.ssh import debug_packets
+
+        debug_packets()
     try:
         code: int = args.func(args)
     except ConfigError as exc:
