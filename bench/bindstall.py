@@ -89,12 +89,12 @@ async def measure(base: int) -> dict[str, Any]:
             before = len(gaps)
             await session.connect()
             result["ticks_during_bind"].append(len(gaps) - before)
-            result["ports"] = len(gateway.ports.endpoints)
+            result["ports"] = len(gateway.ports.open)
             await session.close()
             deadline = time.monotonic() + 10
-            while gateway.ports.endpoints and time.monotonic() < deadline:
+            while gateway.ports.open and time.monotonic() < deadline:
                 await asyncio.sleep(0.01)
-            result["left"] = len(gateway.ports.endpoints)
+            result["left"] = len(gateway.ports.open)
     finally:
         done.set()
         await tick

@@ -94,7 +94,7 @@ async def scenario(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
         reader, writer = await asyncio.open_connection("127.0.0.1", app_port)
         result["second"] = await asyncio.wait_for(reader.readline(), 5)
         writer.close()
-        (endpoint_state,) = gateway.ports.endpoints.values()
+        (endpoint_state,) = gateway.ports.open.values()
         result["failed"] = endpoint_state.connections_failed
     finally:
         await session.close()

@@ -150,7 +150,7 @@ def test_bind_address_is_the_gateways_choice(tmp_path: Path) -> None:
             port = _free_port("127.0.0.2")
             # The connector asks for 127.0.0.9 (chisel's LocalHost); it is ignored.
             await bed.connect("acme/dev", f"R:127.0.0.9:{port}:127.0.0.1:{target}")
-            assert list(bed.gateway.ports.endpoints) == [("127.0.0.2", port, "tcp")]
+            assert list(bed.gateway.ports.open) == [("127.0.0.2", port, "tcp")]
             assert await ask("127.0.0.2", port) == b"echo:hi"
             assert await ask("127.0.0.9", port) == b""
 
@@ -186,7 +186,7 @@ def test_unbindable_stage_address_is_refused_other_stages_unaffected(tmp_path: P
                 await bed.connect("acme/broken", f"R:{port}:127.0.0.1:{target}")
             text = str(refused.value)
             assert "stage acme/broken: bind address 192.0.2.1 is not an address" in text
-            assert not bed.gateway.ports.endpoints
+            assert not bed.gateway.ports.open
             await bed.connect("acme/dev", f"R:{port}:127.0.0.1:{target}")
             assert await ask("127.0.0.2", port) == b"echo:hi"
 
@@ -223,7 +223,7 @@ def test_outside_allowlist_is_closed_counted_and_a_flood_stays_cheap(
                     await asyncio.sleep(0.01)
 
             await asyncio.gather(app(), *(intruder() for _ in range(flood_count)))
-            endpoint = bed.gateway.ports.endpoints[("127.0.0.2", port, "tcp")]
+            endpoint = bed.gateway.ports.open[("127.0.0.2", port, "tcp")]
             assert endpoint.refused_sources == flood_count + 1
             assert endpoint.connections_total == 21
             return answers, latencies

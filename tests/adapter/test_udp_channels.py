@@ -18,7 +18,7 @@ from qanat.errors import ChannelOpenFailed
 from qanat.gateway.balancer import Member
 from qanat.gateway.settings import GatewaySettings
 from qanat.gateway.stages import StageConfig
-from qanat.gateway.udp import UdpChannel, UdpEndpoint, format_src
+from qanat.gateway.udp import UdpChannel, UdpPort, format_src
 from qanat.runtime import run
 from qanat.wire.gob import GobDecoder, GobEncoder, UdpPacket
 from qanat.wire.remotes import decode_remote
@@ -120,7 +120,7 @@ def test_gateway_answers_only_known_flows_of_the_answering_tunnel(tmp_path: Path
         ctx: Any = SimpleNamespace(settings=settings)
         stage = StageConfig(key="acme/dev", address_id="sg_x")
         remote = decode_remote("R:8053:10.0.0.2:53/udp")
-        endpoint = UdpEndpoint(ctx, stage, remote)
+        endpoint = UdpPort(ctx, stage, remote)
         sent: list[tuple[bytes, Any]] = []
         fake_transport: Any = SimpleNamespace(
             sendto=lambda data, addr: sent.append((data, addr)), close=lambda: None

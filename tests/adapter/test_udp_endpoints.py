@@ -39,7 +39,7 @@ async def test_two_connectors_declaring_one_udp_port_at_once_are_both_admitted(
                 assert not [r for r in results if isinstance(r, BaseException)], (attempt, results)
                 (endpoint,) = [
                     e
-                    for e in env.gateway.ports.endpoints.values()
+                    for e in env.gateway.ports.open.values()
                     if e.port == port and e.proto == "udp"
                 ]
                 assert len(endpoint.pool) == 2, attempt

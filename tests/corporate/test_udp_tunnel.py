@@ -32,7 +32,7 @@ from corpnet import (
 
 from qanat.connector.runner import Connector
 from qanat.gateway.server import Gateway
-from qanat.gateway.udp import UdpEndpoint
+from qanat.gateway.udp import UdpPort
 
 RECORDS = {f"host{i}.corp.internal": f"10.0.{i // 250}.{i % 250 + 1}" for i in range(40)}
 
@@ -44,9 +44,9 @@ class Setup:
         self.port = port
         self.dns = dns
 
-    def endpoint(self) -> UdpEndpoint:
-        (endpoint,) = [e for e in self.gateway.ports.endpoints.values() if e.proto == "udp"]
-        assert isinstance(endpoint, UdpEndpoint)
+    def endpoint(self) -> UdpPort:
+        (endpoint,) = [e for e in self.gateway.ports.open.values() if e.proto == "udp"]
+        assert isinstance(endpoint, UdpPort)
         return endpoint
 
     def exit_flows(self) -> int:
@@ -73,7 +73,7 @@ async def udp_tunnel(
         options = connect_options(gateway_url(gateway, stage), remotes, stage.token, *connect_flags)
         async with running_connector(options) as connector:
             await wait_until(
-                lambda: any(e.proto == "udp" for e in gateway.ports.endpoints.values()),
+                lambda: any(e.proto == "udp" for e in gateway.ports.open.values()),
                 "the UDP endpoint",
             )
             yield Setup(gateway, connector, port, dns)

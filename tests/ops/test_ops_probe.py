@@ -113,7 +113,7 @@ async def _wait_listening(env: Any, port: int) -> None:
     from opstools import wait_until
 
     await wait_until(
-        lambda: any(e.port == port for e in env.gateway.ports.endpoints.values()),
+        lambda: any(e.port == port for e in env.gateway.ports.open.values()),
         what=f"gateway listening on {port}",
     )
 

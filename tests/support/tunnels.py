@@ -50,7 +50,7 @@ class GatewayEnv:
         return [t for t in self.gateway.tunnels.values() if t.state is TunnelState.ACTIVE]
 
     def serves(self, port: int, proto: str = "tcp") -> bool:
-        endpoint = self.gateway.ports.endpoints.get((self.stage.bind_host, port, proto))
+        endpoint = self.gateway.ports.open.get((self.stage.bind_host, port, proto))
         return endpoint is not None and bool(endpoint.tunnels)
 
 

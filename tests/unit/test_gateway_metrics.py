@@ -11,8 +11,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from qanat.gateway.metrics import gateway_families
 from qanat.gateway.status import (
-    EndpointStatus,
     GatewayStatus,
+    PortStatus,
     StageInfo,
     StageStatus,
     TunnelStatus,
@@ -21,8 +21,8 @@ from qanat.gateway.status import (
 from qanat.telemetry.counters import Exposition
 
 
-def endpoint(port: int, base: int, udp: UdpStatus | None = None) -> EndpointStatus:
-    return EndpointStatus(
+def endpoint(port: int, base: int, udp: UdpStatus | None = None) -> PortStatus:
+    return PortStatus(
         endpoint=f"secure-gateway:{port}",
         proto="udp" if udp else "tcp",
         port=port,

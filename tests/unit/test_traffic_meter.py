@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from qanat.gateway.status import (
-    EndpointStatus,
     GatewayStatus,
+    PortStatus,
     StageStatus,
     TunnelStatus,
     UdpStatus,
@@ -34,8 +34,8 @@ def _tunnel(conns: int, bytes_: int) -> TunnelStatus:
     )
 
 
-def _endpoint(port: int, conns: int, bytes_: int, udp: UdpStatus | None) -> EndpointStatus:
-    return EndpointStatus(
+def _endpoint(port: int, conns: int, bytes_: int, udp: UdpStatus | None) -> PortStatus:
+    return PortStatus(
         endpoint=f"secure-gateway:{port}" + ("/udp" if udp else ""),
         proto="udp" if udp else "tcp",
         port=port,

@@ -1,7 +1,8 @@
-"""The stage endpoints: one listener per declared port, a pool of tunnels behind it.
+"""The stage ports: one listener per declared port, a pool of tunnels behind it.
 
-``secure-gateway:<port>`` of a stage is an endpoint: a TCP listener
-(:class:`Endpoint`) or a UDP socket (:class:`~qanat.gateway.udp.UdpEndpoint`)
+``secure-gateway:<port>`` of a stage is a *port* (see the glossary in
+docs/architecture.md; the *endpoint* is the private target behind it): a TCP
+listener (:class:`TcpPort`) or a UDP socket (:class:`~qanat.gateway.udp.UdpPort`)
 on the stage's bind address, plus the :class:`~qanat.gateway.balancer.Pool`
 of tunnels that serve that port (several connectors may declare the same
 port; by default they must agree on the target). Both kinds are bound,
@@ -40,7 +41,7 @@ from qanat.gateway.bindcheck import unbindable_text
 from qanat.gateway.context import GatewayContext
 from qanat.gateway.failures import RecentFailures
 from qanat.gateway.hedge import OpenTimes, hedge_after_s
-from qanat.gateway.status import EndpointStatus, MemberStatus, Proto, UdpStatus
+from qanat.gateway.status import MemberStatus, PortStatus, Proto, UdpStatus
 from qanat.logs import ContextLogger
 from qanat.net import tcpclose
 from qanat.net.splice import Splice
@@ -56,7 +57,7 @@ _log = logging.getLogger("qanat.gateway.ports")
 #: ports of one connector (binding 1,000 ports takes ~0.1 s in total).
 BIND_BATCH = 32
 
-EndpointKey = tuple[str, int, Proto]
+PortKey = tuple[str, int, Proto]
 
 
 def pool_policy(ctx: GatewayContext) -> PoolPolicy:
@@ -69,8 +70,8 @@ def pool_policy(ctx: GatewayContext) -> PoolPolicy:
     )
 
 
-class BaseEndpoint:
-    """What TCP and UDP endpoints share: identity, allowlist, pool, counters."""
+class GatewayPort:
+    """What TCP and UDP ports share: identity, allowlist, pool, counters."""
 
     proto: Proto = "tcp"
 
@@ -90,7 +91,7 @@ class BaseEndpoint:
         self.log = ContextLogger(_log, stage=stage.key, port=shown)
 
     @property
-    def key(self) -> EndpointKey:
+    def key(self) -> PortKey:
         return (self.bind_host, self.port, self.proto)
 
     @property
@@ -145,9 +146,9 @@ class BaseEndpoint:
             for m in self.pool.members
         )
 
-    def _status(self, udp: UdpStatus | None = None, **counts: int) -> EndpointStatus:
+    def _status(self, udp: UdpStatus | None = None, **counts: int) -> PortStatus:
         suffix = "" if self.proto == "tcp" else "/udp"
-        return EndpointStatus(
+        return PortStatus(
             endpoint=self.name,
             proto=self.proto,
             port=self.port,
@@ -165,11 +166,11 @@ class BaseEndpoint:
             udp=udp,
         )
 
-    def snapshot(self) -> EndpointStatus:
+    def snapshot(self) -> PortStatus:
         return self._status()
 
 
-class Endpoint(BaseEndpoint):
+class TcpPort(GatewayPort):
     """One TCP ``secure-gateway:<port>`` of one stage."""
 
     proto: Proto = "tcp"
@@ -203,7 +204,7 @@ class Endpoint(BaseEndpoint):
         """The tunnels in the order to try for the next connection."""
         return [cast("Tunnel", m.tunnel) for m in self.pool.order(time.monotonic())]
 
-    def snapshot(self) -> EndpointStatus:
+    def snapshot(self) -> PortStatus:
         return self._status(
             open_connections=self.open_connections,
             connections_total=self.connections_total,
@@ -249,7 +250,7 @@ class AppConnection(asyncio.Protocol):
     the app sends early is lost or buffered by us.
     """
 
-    def __init__(self, endpoint: Endpoint) -> None:
+    def __init__(self, endpoint: TcpPort) -> None:
         self.endpoint = endpoint
         self.transport: asyncio.Transport | None = None
         self.task: asyncio.Task[None] | None = None
@@ -455,16 +456,16 @@ class AppConnection(asyncio.Protocol):
 
 
 class PortTable:
-    """All endpoints of the gateway (TCP and UDP), keyed by (bind address, port, proto)."""
+    """All open ports of the gateway (TCP and UDP), keyed by (bind address, port, proto)."""
 
     def __init__(self, ctx: GatewayContext) -> None:
         self.ctx = ctx
-        self.endpoints: dict[EndpointKey, BaseEndpoint] = {}
+        self.open: dict[PortKey, GatewayPort] = {}
         # Listeners being created, so a second connector joins instead of
         # failing with "address in use" against the first one's socket.
-        self._binding: dict[EndpointKey, asyncio.Future[BaseEndpoint | None]] = {}
+        self._binding: dict[PortKey, asyncio.Future[GatewayPort | None]] = {}
 
-    def _conflict(self, tunnel: Tunnel, endpoint: BaseEndpoint, remote: Remote) -> str | None:
+    def _conflict(self, tunnel: Tunnel, endpoint: GatewayPort, remote: Remote) -> str | None:
         stage = tunnel.stage
         kind = "" if endpoint.proto == "tcp" else "UDP "
         if endpoint.stage_key != stage.key:
@@ -486,7 +487,7 @@ class PortTable:
         return None
 
     @staticmethod
-    def _key(stage: StageConfig, remote: Remote) -> EndpointKey:
+    def _key(stage: StageConfig, remote: Remote) -> PortKey:
         proto: Proto = "udp" if remote.remote_proto == "udp" else "tcp"
         return (stage.bind_host, int(remote.local_port), proto)
 
@@ -500,16 +501,16 @@ class PortTable:
         """
         stage = tunnel.stage
         for r in remotes:
-            existing = self.endpoints.get(self._key(stage, r))
+            existing = self.open.get(self._key(stage, r))
             if existing is not None:
                 error = self._conflict(tunnel, existing, r)
                 if error is not None:
                     return error
-        joined: list[BaseEndpoint] = []
+        joined: list[GatewayPort] = []
         created = 0
         for r in remotes:
             key = self._key(stage, r)
-            endpoint = self.endpoints.get(key)
+            endpoint = self.open.get(key)
             if endpoint is None and key in self._binding:
                 # Another connector is creating this listener right now: join it.
                 endpoint = await asyncio.shield(self._binding[key])
@@ -534,23 +535,23 @@ class PortTable:
                 return error
             endpoint.pool.add(Member(tunnel, r.target, r.channel_extra))
             joined.append(endpoint)
-        tunnel.endpoints = joined
+        tunnel.ports = joined
         return None
 
-    def _new(self, stage: StageConfig, remote: Remote) -> BaseEndpoint:
+    def _new(self, stage: StageConfig, remote: Remote) -> GatewayPort:
         if remote.remote_proto == "udp":
-            from qanat.gateway.udp import UdpEndpoint
+            from qanat.gateway.udp import UdpPort
 
-            return UdpEndpoint(self.ctx, stage, remote)
-        return Endpoint(self.ctx, stage, remote)
+            return UdpPort(self.ctx, stage, remote)
+        return TcpPort(self.ctx, stage, remote)
 
-    async def _create(self, stage: StageConfig, remote: Remote, key: EndpointKey) -> BaseEndpoint:
+    async def _create(self, stage: StageConfig, remote: Remote, key: PortKey) -> GatewayPort:
         """Create and register the listener of ``key``; concurrent binders wait for it.
 
         Raises:
             OSError: the port cannot be bound.
         """
-        waiter: asyncio.Future[BaseEndpoint | None] = asyncio.get_running_loop().create_future()
+        waiter: asyncio.Future[GatewayPort | None] = asyncio.get_running_loop().create_future()
         self._binding[key] = waiter
         endpoint = self._new(stage, remote)
         try:
@@ -560,19 +561,19 @@ class PortTable:
             raise
         finally:
             del self._binding[key]
-        self.endpoints[key] = endpoint
+        self.open[key] = endpoint
         waiter.set_result(endpoint)
         return endpoint
 
-    def _leave(self, tunnel: Tunnel, endpoints: list[BaseEndpoint]) -> None:
+    def _leave(self, tunnel: Tunnel, endpoints: list[GatewayPort]) -> None:
         for endpoint in endpoints:
             endpoint.remove_tunnel(tunnel)
             self._close_if_empty(endpoint)
 
-    def _close_if_empty(self, endpoint: BaseEndpoint) -> None:
-        if not endpoint.pool.members and self.endpoints.get(endpoint.key) is endpoint:
+    def _close_if_empty(self, endpoint: GatewayPort) -> None:
+        if not endpoint.pool.members and self.open.get(endpoint.key) is endpoint:
             endpoint.close()
-            del self.endpoints[endpoint.key]
+            del self.open[endpoint.key]
 
     def unbind(self, tunnel: Tunnel) -> list[str]:
         """Remove ``tunnel`` from every pool; close listeners left empty.
@@ -580,7 +581,7 @@ class PortTable:
         Returns the ports whose listener closed (no tunnel serves them now),
         as ``8081`` or ``8053/udp``.
         """
-        endpoints, tunnel.endpoints = tunnel.endpoints, []
+        endpoints, tunnel.ports = tunnel.ports, []
         closed: list[str] = []
         for endpoint in endpoints:
             endpoint.remove_tunnel(tunnel)
@@ -589,8 +590,8 @@ class PortTable:
             self._close_if_empty(endpoint)
         return closed
 
-    def for_stage(self, stage_key: str) -> list[BaseEndpoint]:
-        return [e for e in self.endpoints.values() if e.stage_key == stage_key]
+    def for_stage(self, stage_key: str) -> list[GatewayPort]:
+        return [e for e in self.open.values() if e.stage_key == stage_key]
 
     def apply_allowlist(self, stage: StageConfig) -> None:
         """A stage's allowlist changed: the next app connection gets the new one."""
@@ -601,6 +602,6 @@ class PortTable:
                 endpoint.log.info("apps now allowed from %s", allowlist)
 
     def close_all(self) -> None:
-        for endpoint in self.endpoints.values():
+        for endpoint in self.open.values():
             endpoint.close()
-        self.endpoints.clear()
+        self.open.clear()

@@ -275,7 +275,7 @@ class Gateway:
             if tunnel.state is TunnelState.CLOSED:
                 continue
             connectors.setdefault(tunnel.stage.key, []).append(tunnel.snapshot())
-        for endpoint in self.ports.endpoints.values():
+        for endpoint in self.ports.open.values():
             endpoints.setdefault(endpoint.stage_key, []).append(endpoint.snapshot())
         stages = {
             key: StageStatus(tuple(connectors.get(key, ())), tuple(endpoints.get(key, ())))

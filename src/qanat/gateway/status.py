@@ -10,9 +10,10 @@ JSON shape logged on SIGUSR2 (field names unchanged since issue 4).
 Names: a *connector* is the process on the private side (shown by the
 ``--id`` its operator chose, else the identity the gateway derived); a
 *tunnel* is one session of it (``tunnel`` number, ``session`` the random
-per-process id chisel sends as ``?id=``). An *endpoint* here is the
-listener ``secure-gateway:<port>`` of a stage; its ``target`` is the private
-address the connector dials.
+per-process id chisel sends as ``?id=``). A :class:`PortStatus` is one
+port ``secure-gateway:<port>`` of a stage (listed under ``endpoints`` in the
+JSON and named ``endpoint`` in the metrics, the names dashboards know); its
+``target`` is the endpoint, the private address the connector dials.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ class UdpStatus:
 
 
 @dataclass(frozen=True, slots=True)
-class EndpointStatus:
+class PortStatus:
     """One ``secure-gateway:<port>`` (TCP or UDP) of one stage."""
 
     endpoint: str
@@ -114,7 +115,7 @@ class TunnelStatus:
 @dataclass(frozen=True, slots=True)
 class StageStatus:
     connectors: tuple[TunnelStatus, ...] = ()
-    endpoints: tuple[EndpointStatus, ...] = ()
+    endpoints: tuple[PortStatus, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

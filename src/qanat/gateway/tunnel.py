@@ -55,7 +55,7 @@ from qanat.wire.configmsg import decode_config
 from qanat.wire.remotes import Remote
 
 if TYPE_CHECKING:
-    from qanat.gateway.ports import BaseEndpoint
+    from qanat.gateway.ports import GatewayPort
     from qanat.gateway.stages import StageConfig
 
 __all__ = ["ConnectorInfo", "Tunnel", "TunnelState", "derived_identity"]
@@ -114,7 +114,7 @@ class Tunnel:
         self.draining = False
         self.draining_since: float | None = None
         self.identity = info.identity
-        self.endpoints: list[BaseEndpoint] = []
+        self.ports: list[GatewayPort] = []
         self.tasks = TaskOwner(f"tunnel {self.id}")
         self.log = ContextLogger(
             _log,
@@ -165,7 +165,7 @@ class Tunnel:
         self.state = TunnelState.ACTIVE
         self.host.tunnel_active(self)
         bind_ms = (time.perf_counter() - started) * 1e3
-        pools: dict[tuple[int, str], int] = {(e.port, e.proto): len(e.pool) for e in self.endpoints}
+        pools: dict[tuple[int, str], int] = {(e.port, e.proto): len(e.pool) for e in self.ports}
         shown = ", ".join(
             f"secure-gateway:{r.local_port}=>{r.channel_extra.decode()}"
             + (

@@ -1,6 +1,6 @@
 """UDP endpoints: ``secure-gateway:<port>`` for remotes like ``R:8053:10.0.0.2:53/udp``.
 
-An :class:`UdpEndpoint` is one UDP socket on the stage's bind address plus
+An :class:`UdpPort` is one UDP socket on the stage's bind address plus
 the tunnels that declared the port (a pool, as for TCP). UDP has no
 connections, so the unit of state is the *flow*: every app source address
 (``127.0.0.1:40001``) that sends a datagram. A flow sticks to one tunnel,
@@ -42,8 +42,8 @@ from typing import TYPE_CHECKING, Any, cast
 from qanat.errors import ChannelOpenFailed, GobError, LocalProtocolError
 from qanat.gateway.balancer import Member
 from qanat.gateway.context import GatewayContext
-from qanat.gateway.ports import BaseEndpoint
-from qanat.gateway.status import EndpointStatus, Proto, UdpStatus
+from qanat.gateway.ports import GatewayPort
+from qanat.gateway.status import PortStatus, Proto, UdpStatus
 from qanat.telemetry.throttle import Throttle, held_back
 from qanat.wire.gob import GobDecoder, GobEncoder, UdpPacket
 from qanat.wire.remotes import Remote
@@ -73,7 +73,7 @@ class _Flow:
 class UdpChannel:
     """One tunnel's ``chisel`` channel for one UDP endpoint (asyncssh session)."""
 
-    def __init__(self, endpoint: UdpEndpoint, member: Member) -> None:
+    def __init__(self, endpoint: UdpPort, member: Member) -> None:
         self.endpoint = endpoint
         self.member = member
         self.tunnel = cast("Tunnel", member.tunnel)
@@ -187,7 +187,7 @@ class UdpChannel:
         self.paused = False
 
 
-class UdpEndpoint(BaseEndpoint, asyncio.DatagramProtocol):
+class UdpPort(GatewayPort, asyncio.DatagramProtocol):
     """One UDP ``secure-gateway:<port>`` of one stage."""
 
     proto: Proto = "udp"
@@ -378,7 +378,7 @@ class UdpEndpoint(BaseEndpoint, asyncio.DatagramProtocol):
         if self.flows and self.transport is not None:
             self._arm_sweep()
 
-    def snapshot(self) -> EndpointStatus:
+    def snapshot(self) -> PortStatus:
         return self._status(
             udp=UdpStatus(
                 flows=len(self.flows),

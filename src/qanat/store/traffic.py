@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from qanat.store.records import TrafficSample
 
 if TYPE_CHECKING:
-    from qanat.gateway.status import EndpointStatus, GatewayStatus, TunnelStatus
+    from qanat.gateway.status import GatewayStatus, PortStatus, TunnelStatus
 
 _Key = tuple[str, ...]
 
@@ -70,9 +70,7 @@ class TrafficMeter:
         name = snap.connector or "connector"
         return self._delta(key, values, seen, stage_key, "connector", name, "tcp", detail)
 
-    def _endpoint(
-        self, stage_key: str, snap: EndpointStatus, seen: set[_Key]
-    ) -> list[TrafficSample]:
+    def _endpoint(self, stage_key: str, snap: PortStatus, seen: set[_Key]) -> list[TrafficSample]:
         if snap.udp is not None:
             values = (snap.udp.packets_in + snap.udp.packets_out, snap.udp.dropped, 0)
         else:
