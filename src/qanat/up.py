@@ -43,14 +43,12 @@ from qanat.portal.http import PortalHttp, PortalHttpSettings, build_app, set_loc
 from qanat.portal.http.sessions import Signer, load_secret
 from qanat.store import (
     DatabaseStageSource,
+    PrivateGatewaySettings,
     Store,
     StoreConfig,
     open_store,
     redact_url,
     sqlite_url,
-)
-from qanat.store import (
-    GatewaySettings as StoreGatewaySettings,
 )
 from qanat.store.reporter import DatabasePart
 from qanat.tls import ensure_dev_certificate, reload_certificate, server_context
@@ -227,7 +225,7 @@ class PortalPart:
         up.url = cfg.public_url or base_url(
             cfg.listen_host if cfg.listen_host else host, port, tls=cfg.ssl_context is not None
         )
-        defaults = StoreGatewaySettings(bind_host=cfg.endpoint_host)
+        defaults = PrivateGatewaySettings(bind_host=cfg.endpoint_host)
         portal_config = PortalConfig(up.url, stage_defaults=defaults)
         up.portal = Portal(up.store, portal_config, hasher=cfg.hasher)
         http_settings = cfg.http

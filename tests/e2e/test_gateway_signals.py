@@ -35,12 +35,35 @@ def _sighup_sigusr2_sigterm(process: QanatProcess) -> None:
 
 def test_qanat_up_survives_sighup_and_sigusr2(procs: ProcessGroup, tmp_path: Path) -> None:
     process = procs.start(
-        "up", "up", "--data-dir", str(tmp_path / "data"), "--listen", "127.0.0.1:0"
+        "up",
+        "up",
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--listen",
+        "127.0.0.1:0",
+        # The gateway's tuning flags work for qanat up too (issue 12, bug 5).
+        *("--keepalive", "2s", "--keepalive-misses", "2", "--keepalive-timeout", "1s"),
+        *("--channel-open-timeout", "3s", "--hedge-after-max", "0.5s"),
     )
     process.wait_for(r"Ctrl-C", timeout_s=30)
+    assert (
+        "keepalive every 2s, 1s timeout, 2 misses: silent connectors leave their pools "
+        "within 5s; channel opens time out after 3s, a second connector is asked after "
+        "at most 0.5s" in process.output
+    ), process.output
     _sighup_sigusr2_sigterm(process)
     # The development certificate was reloaded, not just the signal survived.
     assert "reloaded the TLS certificate" in process.output
+
+
+def test_bad_tuning_is_refused_with_the_flag_named(procs: ProcessGroup, tmp_path: Path) -> None:
+    for command in (["up"], ["gateway"]):
+        done = procs.run(
+            *command, "--data-dir", str(tmp_path / "data"), "--listen", "127.0.0.1:0",
+            "--channel-open-timeout", "0s",
+        )  # fmt: skip
+        assert done.returncode == 2, done.stderr
+        assert "--channel-open-timeout must be more than 0s" in done.stderr
 
 
 def test_database_gateway_survives_sighup_and_sigusr2(procs: ProcessGroup, tmp_path: Path) -> None:
