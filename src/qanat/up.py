@@ -39,6 +39,7 @@ from qanat.gateway.serve import GatewayService, serve_gateway
 from qanat.gateway.server import Gateway
 from qanat.gateway.settings import GatewaySettings
 from qanat.portal import PasswordHasher, Portal, PortalConfig, localadmin
+from qanat.portal.declared import catalogue_sink
 from qanat.portal.http import PortalHttp, PortalHttpSettings, build_app, set_local_admin
 from qanat.portal.http.sessions import Signer, load_secret
 from qanat.store import (
@@ -228,6 +229,7 @@ class PortalPart:
         defaults = PrivateGatewaySettings(bind_host=cfg.endpoint_host)
         portal_config = PortalConfig(up.url, stage_defaults=defaults)
         up.portal = Portal(up.store, portal_config, hasher=cfg.hasher)
+        gateway.describe_sink = catalogue_sink(up.portal)
         http_settings = cfg.http
         if up.url.startswith("https:") and not http_settings.secure_cookies:
             http_settings = dataclasses.replace(http_settings, secure_cookies=True)

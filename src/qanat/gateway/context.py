@@ -25,6 +25,7 @@ from qanat.telemetry.counters import GatewayEvents
 from qanat.telemetry.throttle import Throttle
 
 if TYPE_CHECKING:
+    from qanat.gateway.server import DescribeSink
     from qanat.gateway.tunnel import Tunnel
     from qanat.wire.remotes import Remote
 
@@ -73,6 +74,9 @@ class GatewayContext:
 
 class TunnelHost(Protocol):
     """What a tunnel reports to, and asks of, the gateway that admitted it."""
+
+    #: The portal's endpoint catalogue, when the gateway has one (``qanat up``).
+    describe_sink: DescribeSink | None
 
     async def bind(self, tunnel: Tunnel, remotes: tuple[Remote, ...]) -> str | None:
         """Serve ``remotes`` for ``tunnel`` (all or nothing); None or the refusal text."""

@@ -44,6 +44,7 @@ from qanat.gateway.tunnel import Tunnel
 from qanat.net.ssh import serve_tunnel
 from qanat.net.websocket import ServerUpgrade, UpgradeRequest, response_bytes
 from qanat.telemetry import httpd
+from qanat.wire.describe import FEATURE_DESCRIBE
 from qanat.wire.handshake import (
     FEATURE_DRAIN,
     FEATURES_HEADER,
@@ -246,7 +247,10 @@ class FrontDoor(asyncio.Protocol):
                 log.log(decision.level, "%s", decision.log)
             self._respond(decision.status, decision.body, headers=dict(decision.headers))
             return
-        accepted, answer = upgrade.accept({FEATURES_HEADER: FEATURE_DRAIN})
+        features = [FEATURE_DRAIN]
+        if self.host.describe_sink is not None:
+            features.append(FEATURE_DESCRIBE)
+        accepted, answer = upgrade.accept({FEATURES_HEADER: ",".join(features)})
         if not accepted:
             tcp.write(answer)
             tcp.close()

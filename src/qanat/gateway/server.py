@@ -32,6 +32,7 @@ from qanat.telemetry.counters import Exposition, GatewayEvents
 from qanat.telemetry.health import Health
 from qanat.telemetry.httpd import OpsRoutes
 from qanat.tls import reload_certificate, server_context
+from qanat.wire.describe import Declaration
 from qanat.wire.remotes import Remote
 
 log = logging.getLogger("qanat.gateway")
@@ -47,6 +48,13 @@ class TunnelListener(Protocol):
     def tunnel_active(self, tunnel: Tunnel) -> None: ...
 
     def tunnel_closed(self, tunnel: Tunnel) -> None: ...
+
+
+#: Where connectors' endpoint descriptions go (the portal's catalogue):
+#: ``sink(stage_key, connector, declaration, protocol)`` returns None when
+#: stored, or the refusal text for the connector. Called in the event loop,
+#: so it must not block (write from a worker thread).
+DescribeSink = Callable[[str, str, Declaration, str], Awaitable[str | None]]
 
 
 class Gateway:
@@ -83,6 +91,9 @@ class Gateway:
         self.tunnels: dict[int, Tunnel] = {}
         self.server: asyncio.Server | None = None
         self.tunnel_listeners: list[TunnelListener] = []
+        # Set by an assembly with a portal (qanat up): only then is the
+        # ``describe`` feature advertised to connectors.
+        self.describe_sink: DescribeSink | None = None
         #: (stage, direction) -> bytes carried by tunnels that have closed.
         self.retired_bytes: dict[tuple[str, str], int] = {}
         self.health = Health()
