@@ -72,6 +72,6 @@ def setup_logging(verbose: int = 0, fmt: str = "human") -> None:
     root.setLevel(logging.DEBUG if verbose >= 2 else logging.INFO)
     logging.getLogger("qanat").setLevel(logging.DEBUG if verbose >= 1 else logging.INFO)
     # websockets is chatty at INFO; its news reaches the operator through
-    # our own messages. qanat.ssh (our SSH adapter) logs at DEBUG with -vvv.
-    logging.getLogger("qanat.ssh").setLevel(logging.DEBUG if verbose >= 3 else logging.INFO)
+    # our own messages. -vvv adds the SSH adapter's debug lines
+    # (qanat.net.ssh.debug_packets, called by the CLI).
     logging.getLogger("websockets").setLevel(logging.WARNING)

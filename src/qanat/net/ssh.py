@@ -88,6 +88,11 @@ ENCRYPTION_ALGS = (
 # -- host keys --------------------------------------------------------------
 
 
+def debug_packets() -> None:
+    """``-vvv``: the SSH adapter's own debug lines (``qanat.ssh``)."""
+    log.setLevel(logging.DEBUG)
+
+
 def chisel_fingerprint(public_data: bytes) -> str:
     """chisel's fingerprint format: base64 of the SHA-256 of the key blob."""
     return base64.b64encode(hashlib.sha256(public_data).digest()).decode()

@@ -18,6 +18,8 @@ How it works::
     live.py         ConnectorRegistry: gateway nodes report live connectors
     reporter.py     GatewayReporter: a gateway's tunnel hooks -> ConnectorRegistry,
                     queued and written from a worker thread
+    traffic.py      TrafficMeter: deltas of the gateway's counters (pure), which
+                    the reporter adds to per-minute traffic buckets
 
 Schema (one row per ...)::
 
@@ -62,10 +64,11 @@ from qanat.store.records import (
     ConnectorRecord,
     EndpointRecord,
     GatewayRecord,
-    GatewaySettings,
+    GatewaySettings,  # the old name of PrivateGatewaySettings (branches in flight)
     GatewayState,
     MembershipRecord,
     OrgRecord,
+    PrivateGatewaySettings,
     Role,
     StageRecord,
     TrafficRecord,
@@ -91,6 +94,7 @@ __all__ = [
     "GatewayState",
     "MembershipRecord",
     "OrgRecord",
+    "PrivateGatewaySettings",
     "Role",
     "StageRecord",
     "Store",
