@@ -274,7 +274,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
         public_url=_public_url(args.public_url),
         database_url=normalize_url(args.database_url) if args.database_url else None,
         node=default_node(),
-        endpoint_host=names.bind_host(args.endpoint_bind),
+        endpoint_pool=names.bind_pool(args.endpoint_bind),
         ssl_context=ssl_context,
         ca_file=ca_file,
     )
@@ -318,8 +318,9 @@ def _add_portal_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignor
     up.add_argument("--database-url", default=env_db, help="use this database instead of SQLite")
     up.add_argument(
         "--endpoint-bind",
-        default="127.0.0.1",
-        help="address the endpoint ports (secure-gateway:<port>) of new stages listen on",
+        default="127.0.0.0/8",
+        help="network (CIDR) or address each new stage gets its own bind address from, for"
+        " its endpoint ports (secure-gateway:<port>); default: loopback, 127.0.0.0/8",
     )
     up.add_argument("--tls-cert", default=None, help="certificate chain to serve (PEM)")
     up.add_argument("--tls-key", default=None, help="its private key (PEM)")

@@ -37,6 +37,7 @@ from qanat.errors import ConfigError
 from qanat.gateway.server import Gateway
 from qanat.gateway.settings import GatewaySettings
 from qanat.portal import PasswordHasher, Portal, PortalConfig, localadmin
+from qanat.portal.config import DEFAULT_BIND_POOL
 from qanat.portal.http import PortalHttp, PortalHttpSettings, build_app, set_local_admin
 from qanat.portal.http.sessions import Signer, load_secret
 from qanat.store import (
@@ -71,8 +72,9 @@ class UpConfig:
         poll_interval_s: how often the gateway reads the stage change counter.
         keepalive_s: gateway pings to connectors.
         report_refresh_s: how often keepalive round-trips are written.
-        endpoint_host: where the endpoint ports (``secure-gateway:<port>``)
-            of new stages listen; loopback unless configured otherwise.
+        endpoint_pool: the network (or single address) new stages' bind
+            addresses are allocated from, one address per stage, so that no
+            two stages share an endpoint port; all of loopback by default.
         node: this gateway node's name in the connector status.
         ssl_context: TLS for the listen address (None: plain HTTP).
         ca_file: the certificate connectors and ``qanat admin`` must trust
@@ -90,7 +92,7 @@ class UpConfig:
     poll_interval_s: float = 0.5
     keepalive_s: float = 25.0
     report_refresh_s: float = 5.0
-    endpoint_host: str = "127.0.0.1"
+    endpoint_pool: str = DEFAULT_BIND_POOL
     node: str = field(default_factory=socket.gethostname)
     ssl_context: ssl.SSLContext | None = None
     ca_file: str = ""
@@ -226,8 +228,9 @@ class Up:
         self.url = cfg.public_url or base_url(
             cfg.listen_host if cfg.listen_host else host, port, tls=cfg.ssl_context is not None
         )
-        defaults = StoreGatewaySettings(bind_host=cfg.endpoint_host)
-        portal_config = PortalConfig(self.url, stage_defaults=defaults)
+        portal_config = PortalConfig(
+            self.url, stage_defaults=StoreGatewaySettings(), bind_pool=cfg.endpoint_pool
+        )
         self.portal = Portal(self.store, portal_config, hasher=cfg.hasher)
         http_settings = cfg.http
         if self.url.startswith("https:") and not http_settings.secure_cookies:

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, cast
 from qanat.errors import ChannelOpenFailed
 from qanat.gateway.balancer import Member, Pool, PoolPolicy, Strategy
 from qanat.gateway.bindcheck import unbindable_text
+from qanat.gateway.contested import contested_port
 from qanat.gateway.failures import RecentFailures
 from qanat.gateway.refusals import RefusalLog
 from qanat.gateway.udp import UdpPortTable
@@ -331,6 +332,9 @@ class PortTable:
         hundreds of ports does not stall the other tunnels.
         """
         stage = tunnel.stage
+        refusal = contested_port(self.gateway.stages.stages(), stage, remotes)
+        if refusal is not None:
+            return refusal
         for r in remotes:
             existing = self.endpoints.get((stage.bind_host, int(r.local_port)))
             if existing is not None:

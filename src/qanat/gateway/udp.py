@@ -40,6 +40,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from qanat.errors import ChannelOpenFailed, GobError, LocalProtocolError
+from qanat.gateway.contested import contested_port
 from qanat.logs import ContextLogger
 from qanat.wire.gob import GobDecoder, GobEncoder, UdpPacket
 from qanat.wire.remotes import Remote
@@ -430,6 +431,9 @@ class UdpPortTable:
         Returns None, or the refusal text.
         """
         stage = tunnel.stage
+        refusal = contested_port(self.gateway.stages.stages(), stage, remotes, "UDP ")
+        if refusal is not None:
+            return refusal
         for r in remotes:
             existing = self.endpoints.get((stage.bind_host, int(r.local_port)))
             if existing is None:

@@ -27,6 +27,7 @@ from sqlalchemy import (
     MetaData,
     String,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -147,6 +148,8 @@ class User(Base):
     username: Mapped[str] = mapped_column(String(USERNAME_MAX), unique=True)
     password_hash: Mapped[str] = mapped_column(String(HASH_MAX))
     created_at: Mapped[datetime]
+    # Platform role: may create organisations (see portal/access.py).
+    platform_admin: Mapped[bool] = mapped_column(default=False, server_default=false())
 
 
 class Membership(Base):
