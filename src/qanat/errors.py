@@ -124,11 +124,18 @@ class ChannelOpenFailed(QanatError):
 
     Attributes:
         reason: the peer's explanation (for a qanat connector, the dial error).
+        code: the SSH reason code (RFC 4254: 1 administratively prohibited,
+            2 connect failed, 3 unknown channel type, 4 resource shortage);
+            on the refusing side, what to send; 0 when there was no answer.
     """
 
-    def __init__(self, message: str, *, reason: str = "") -> None:
+    ADMINISTRATIVELY_PROHIBITED = 1
+    CONNECT_FAILED = 2
+
+    def __init__(self, message: str, *, reason: str = "", code: int = CONNECT_FAILED) -> None:
         super().__init__(message)
         self.reason = reason
+        self.code = code
 
 
 class PortalError(QanatError):

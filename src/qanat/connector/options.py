@@ -96,6 +96,8 @@ class ConnectOptions:
         drain_timeout_s: on SIGTERM/SIGINT, how long open connections may
             take to finish after the gateway stopped sending new ones (0:
             disconnect at once).
+        allow_any_target: dial whatever target the gateway asks for
+            (chisel's behaviour); by default only the declared remotes.
     """
 
     address: str
@@ -120,6 +122,7 @@ class ConnectOptions:
     tls_key: str | None = None
     udp_idle_timeout_s: float = 60.0
     udp_max_flows: int = 100
+    allow_any_target: bool = False
 
 
 def add_connect_arguments(parser: argparse.ArgumentParser) -> None:
@@ -203,6 +206,12 @@ def add_connect_arguments(parser: argparse.ArgumentParser) -> None:
         "0s disconnects at once; a second signal stops at once)",
     )
     parser.add_argument(
+        "--allow-any-target",
+        action="store_true",
+        help="dial any host:port the gateway asks for, as chisel does (default: only the "
+        "targets of the remotes given here; others are refused as administratively prohibited)",
+    )
+    parser.add_argument(
         "-v", "--verbose", action="count", default=0, help="more logging (repeat for more)"
     )
 
@@ -277,4 +286,5 @@ def options_from_args(
         tls_key=args.tls_key,
         udp_idle_timeout_s=udp_idle,
         udp_max_flows=udp_max_flows,
+        allow_any_target=bool(getattr(args, "allow_any_target", False)),
     )

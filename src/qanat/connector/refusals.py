@@ -15,12 +15,15 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from qanat.errors import ChannelOpenFailed
+from qanat.logs import escape
 
 if TYPE_CHECKING:
     from qanat.connector.session import Stats
 
 #: Targets remembered for log suppression (a gateway chooses targets).
 MAX_TARGETS = 1000
+#: The one suppression key of every channel to a target never declared.
+UNDECLARED = "undeclared targets"
 
 
 class LoggedDialer:
@@ -44,7 +47,12 @@ class LoggedDialer:
             return await self.dialer(target)
         except ChannelOpenFailed as exc:
             self.stats.channels_refused += 1
-            self._note(target, exc.reason or str(exc))
+            if exc.code == ChannelOpenFailed.ADMINISTRATIVELY_PROHIBITED:
+                # One line per interval for all undeclared targets together: a
+                # hostile gateway choosing ever new targets cannot flood the log.
+                self._note(UNDECLARED, f"{escape(target)} and others: {exc.reason}")
+            else:
+                self._note(target, exc.reason or str(exc))
             raise
 
     def _note(self, target: str, reason: str) -> None:
@@ -54,7 +62,7 @@ class LoggedDialer:
             self._last[target] = (last, suppressed + 1)
             return
         more = f" ({suppressed} more since the last report)" if suppressed else ""
-        self.log.warning("refused a channel to %s: %s%s", target, reason, more)
+        self.log.warning("refused a channel to %s: %s%s", escape(target), escape(reason), more)
         self._last[target] = (now, 0)
         self._last.move_to_end(target)
         while len(self._last) > MAX_TARGETS:

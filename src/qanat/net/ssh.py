@@ -291,7 +291,12 @@ class _ClientConnection(_ChiselDialect, asyncssh.SSHClientConnection):
         try:
             return await self.qanat_dialer(target)
         except ChannelOpenFailed as exc:
-            raise asyncssh.ChannelOpenError(OPEN_CONNECT_FAILED, exc.reason or str(exc)) from None
+            code = (
+                OPEN_ADMINISTRATIVELY_PROHIBITED
+                if exc.code == ChannelOpenFailed.ADMINISTRATIVELY_PROHIBITED
+                else OPEN_CONNECT_FAILED
+            )
+            raise asyncssh.ChannelOpenError(code, exc.reason or str(exc)) from None
         except Exception as exc:
             log.exception("dialer failed for %s", target)
             raise asyncssh.ChannelOpenError(OPEN_CONNECT_FAILED, f"internal error: {exc}") from None
@@ -412,9 +417,11 @@ class SshTunnel:
         try:
             return await opening
         except asyncssh.ChannelOpenError as exc:
-            raise ChannelOpenFailed(f"channel refused: {exc.reason}", reason=exc.reason) from None
+            raise ChannelOpenFailed(
+                f"channel refused: {exc.reason}", reason=exc.reason, code=exc.code
+            ) from None
         except (OSError, asyncssh.Error) as exc:
-            raise ChannelOpenFailed(f"channel failed: {exc}", reason=str(exc)) from None
+            raise ChannelOpenFailed(f"channel failed: {exc}", reason=str(exc), code=0) from None
 
     async def request(self, name: str, payload: bytes = b"") -> tuple[bool, bytes]:
         """Send a global request (``config``, ``ping``) and wait for the reply.
