@@ -45,6 +45,7 @@ from asyncssh.constants import (
 )
 
 from qanat.errors import ChannelOpenFailed, ConfigError, RemotesRejected, TunnelError
+from qanat.wire import sshalgs
 from qanat.wire.handshake import (
     CHANNEL_TYPE,
     CLIENT_VERSION,
@@ -87,17 +88,6 @@ _skip_packet_logging_unless_enabled()
 DEFAULT_WINDOW_BYTES = 2 * 1024 * 1024
 DEFAULT_MAX_PACKET_BYTES = 32 * 1024
 _MAX_VERSION_LINE = 255
-#: Cipher preference, as chisel's Go peers order it: AES-GCM runs on AES-NI
-#: through OpenSSL and is several times faster here than chacha20-poly1305,
-#: which asyncssh would otherwise pick first.
-ENCRYPTION_ALGS = (
-    "aes128-gcm@openssh.com",
-    "aes256-gcm@openssh.com",
-    "chacha20-poly1305@openssh.com",
-    "aes128-ctr",
-    "aes192-ctr",
-    "aes256-ctr",
-)
 
 
 # -- host keys --------------------------------------------------------------
@@ -484,7 +474,11 @@ def serve_tunnel(
         x11_forwarding=False,
         allow_scp=False,
         tcp_keepalive=False,
-        encryption_algs=ENCRYPTION_ALGS,
+        kex_algs=sshalgs.KEX_ALGS,
+        encryption_algs=sshalgs.ENCRYPTION_ALGS,
+        mac_algs=sshalgs.MAC_ALGS,
+        compression_algs=sshalgs.COMPRESSION_ALGS,
+        signature_algs=sshalgs.HOST_KEY_ALGS,
     )
     conn = _ServerConnection(loop, options, wait=None)
     conn.qanat_hooks = hooks
@@ -520,7 +514,12 @@ async def connect_tunnel(
         preferred_auth="none,password",
         keepalive_interval=0,
         tcp_keepalive=False,
-        encryption_algs=ENCRYPTION_ALGS,
+        kex_algs=sshalgs.KEX_ALGS,
+        encryption_algs=sshalgs.ENCRYPTION_ALGS,
+        mac_algs=sshalgs.MAC_ALGS,
+        compression_algs=sshalgs.COMPRESSION_ALGS,
+        server_host_key_algs=sshalgs.HOST_KEY_ALGS,
+        signature_algs=sshalgs.HOST_KEY_ALGS,
     )
     options.waiter = loop.create_future()
     conn = _ClientConnection(loop, options, wait="auth")
