@@ -9,6 +9,7 @@ a slow login never holds a lock.
 from __future__ import annotations
 
 import logging
+import time
 from datetime import datetime
 
 from qanat.errors import Conflict, InvalidInput, NotFound, Unauthorized
@@ -258,6 +259,19 @@ class IdentityOps(PortalContext):
                 details={},
             )
 
+    def end_sessions(self, user_id: int, at: float) -> None:
+        """Revoke every browser session of the user issued before ``at`` (sign-out)."""
+        with self._store.transaction() as tx:
+            tx.revoke_sessions(user_id, at)
+
+    def session_valid(self, user_id: int, issued_at: float) -> bool:
+        """Is a session of ``user_id`` issued at ``issued_at`` still valid?"""
+        with self._store.transaction(write=False) as tx:
+            if not tx.user_exists(user_id):
+                return False
+            after = tx.sessions_valid_after(user_id)
+        return after is None or issued_at > after
+
     def is_platform_admin(self, actor: Actor) -> bool:
         """Whether the actor may create organisations."""
         if actor.kind is ActorKind.SYSTEM:
@@ -286,6 +300,8 @@ class IdentityOps(PortalContext):
     def change_password(self, actor: Actor, source: str, current: str, new: str) -> None:
         """Change the acting user's own password.
 
+        Every browser session of the user issued before the change ends.
+
         Raises:
             Unauthorized: ``current`` is wrong.
             InvalidInput: ``new`` is too short or too long.
@@ -300,6 +316,7 @@ class IdentityOps(PortalContext):
         with self._store.transaction() as tx:
             assert checked.user_id is not None
             tx.set_password_hash(checked.user_id, new_hash)
+            tx.revoke_sessions(checked.user_id, time.time())
             self._audit(
                 tx,
                 actor,

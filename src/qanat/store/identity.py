@@ -59,6 +59,20 @@ class IdentityQueries:
             user.platform_admin = value
             self._session.flush()
 
+    def sessions_valid_after(self, user_id: int) -> float | None:
+        """Sessions issued before this time are revoked (None: none revoked)."""
+        user = self._session.get(User, user_id)
+        return None if user is None else user.sessions_valid_after
+
+    def user_exists(self, user_id: int) -> bool:
+        return self._session.get(User, user_id) is not None
+
+    def revoke_sessions(self, user_id: int, at: float) -> None:
+        user = self._session.get(User, user_id)
+        if user is not None:
+            user.sessions_valid_after = at
+            self._session.flush()
+
     def set_password_hash(self, user_id: int, password_hash: str) -> None:
         user = self._session.get(User, user_id)
         if user is not None:

@@ -150,6 +150,8 @@ class User(Base):
     created_at: Mapped[datetime]
     # Platform role: may create organisations (see portal/access.py).
     platform_admin: Mapped[bool] = mapped_column(default=False, server_default=false())
+    # Browser sessions issued before this (epoch seconds) are refused.
+    sessions_valid_after: Mapped[float | None] = mapped_column(Float)
 
 
 class Membership(Base):

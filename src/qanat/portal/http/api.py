@@ -9,6 +9,7 @@ become problem objects in the application's middleware.
 from __future__ import annotations
 
 import re
+import time
 from datetime import datetime
 from typing import Any
 
@@ -75,7 +76,12 @@ def set_session_cookie(request: web.Request, response: web.StreamResponse, value
 
 
 async def sign_out(request: web.Request) -> web.StreamResponse:
-    await api_actor(request)
+    d = deps(request)
+    actor = await api_actor(request)
+    session = session_of(request)
+    if session is not None and actor.user_id == session.user_id:
+        # Ends this and every other browser session of the user.
+        await d.run(d.portal.end_sessions, session.user_id, time.time())
     response = web.Response(status=204)
     response.del_cookie(SESSION_COOKIE, path="/")
     return response

@@ -74,8 +74,24 @@ def source_of(request: web.Request) -> str:
     return (request.remote or "unknown")[:64]
 
 
+SESSION_KEY: web.RequestKey[Session | None] = web.RequestKey("qanat_session", Session)
+
+
+async def check_session(request: web.Request) -> Session | None:
+    """The request's session if its cookie is genuine, unexpired and not revoked
+    (signed out, password changed); read once per request (see app.py)."""
+    d = deps(request)
+    session = d.signer.read(request.cookies.get(SESSION_COOKIE))
+    if session is not None and not await d.run(
+        d.portal.session_valid, session.user_id, session.issued_at
+    ):
+        session = None
+    return session
+
+
 def session_of(request: web.Request) -> Session | None:
-    return deps(request).signer.read(request.cookies.get(SESSION_COOKIE))
+    """The session :func:`check_session` found for this request."""
+    return request.get(SESSION_KEY)
 
 
 def _presented_key(request: web.Request) -> str | None:
@@ -144,6 +160,10 @@ async def json_body(request: web.Request) -> dict[str, Any]:
         doc = json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
         raise BadRequest("request body is not UTF-8 text; send a JSON object") from None
+    except RecursionError:
+        raise BadRequest(
+            "request body nests arrays or objects too deeply; send a flat JSON object"
+        ) from None
     except json.JSONDecodeError as exc:
         raise BadRequest(
             f"request body is not valid JSON: {exc.msg} at line {exc.lineno} column"

@@ -19,9 +19,10 @@ the live refresh.
 
 from __future__ import annotations
 
+import time
 from importlib import resources
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from aiohttp import web
 
@@ -133,18 +134,40 @@ async def signin(request: web.Request) -> web.StreamResponse:
         return _signin_page(request, str(exc), status=401, username=username)
     assert actor.user_id is not None
     cookie, _ = d.signer.issue(actor.user_id, actor.name)
-    target = request.query.get("next") or form.get("next") or "/orgs"
-    if not target.startswith("/") or target.startswith("//"):
-        target = "/orgs"  # never redirect off-site
+    target = same_origin_path(request.query.get("next") or form.get("next") or "")
     response = web.HTTPSeeOther(target)
     set_session_cookie(request, response, cookie)
     response.del_cookie(LOGIN_COOKIE, path="/signin")
     raise response
 
 
+def same_origin_path(target: str, default: str = "/orgs") -> str:
+    """``target`` if it is a path on this portal, else ``default``.
+
+    Browsers drop tabs and newlines from URLs and read ``\\`` as ``/``, so
+    ``/\t/evil.example`` would become ``//evil.example`` (another site):
+    only printable characters without a backslash, one leading slash, no
+    scheme and no host are accepted.
+    """
+    if (
+        not target.startswith("/")
+        or target.startswith("//")
+        or "\\" in target
+        or not target.isprintable()
+        or any(c.isspace() for c in target)
+    ):
+        return default
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc:
+        return default
+    return target
+
+
 async def signout(request: web.Request) -> web.StreamResponse:
+    d = deps(request)
     session = _require_session(request)
     await _form(request, session)
+    await d.run(d.portal.end_sessions, session.user_id, time.time())
     response = web.HTTPSeeOther("/signin")
     response.del_cookie(SESSION_COOKIE, path="/")
     raise response
