@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from qanat import __version__
+from qanat.datadir import private_umask, secure_data_dir
 from qanat.errors import ConfigError, QanatError
 from qanat.logs import setup_logging
 
@@ -53,6 +54,8 @@ def _cmd_gateway(args: argparse.Namespace) -> int:
     from qanat.net.ssh import HostKey
 
     data_dir = Path(args.data_dir).expanduser()
+    private_umask()
+    secure_data_dir(data_dir)
     if args.action == "fingerprint":
         print(HostKey.load_or_create(data_dir / "host_key").fingerprint)
         return 0
@@ -256,6 +259,8 @@ def _cmd_up(args: argparse.Namespace) -> int:
     from qanat.up import UpConfig, default_node, run_up, tls_context
 
     data_dir = Path(args.data_dir).expanduser()
+    private_umask()
+    secure_data_dir(data_dir)
     host, port = _host_port(args.listen, "--listen")
     if bool(args.tls_cert) != bool(args.tls_key):
         raise ConfigError("--tls-cert and --tls-key go together")
@@ -287,6 +292,8 @@ def _cmd_portal(args: argparse.Namespace) -> int:
     from qanat.up import run_portal
 
     data_dir = Path(args.data_dir).expanduser()
+    private_umask()
+    secure_data_dir(data_dir)
     url = database_url(data_dir, {"QANAT_DATABASE_URL": args.database_url or ""})
     public = _public_url(args.public_url) or "http://127.0.0.1:8080"
     return run(run_portal(data_dir, url, _host_port(args.listen, "--listen"), public))

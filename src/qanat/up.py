@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from qanat import __version__
-from qanat.errors import ConfigError
+from qanat.datadir import secure_data_dir
 from qanat.gateway.server import Gateway
 from qanat.gateway.settings import GatewaySettings
 from qanat.portal import PasswordHasher, Portal, PortalConfig, localadmin
@@ -113,15 +113,12 @@ class FirstAdmin:
 
 
 def make_data_dir(path: Path) -> None:
-    """Create the data directory (mode 0700: it holds secrets).
+    """Create the data directory (mode 0700: it holds secrets), or fix its modes.
 
     Raises:
         ConfigError: it cannot be created.
     """
-    try:
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"cannot create the data directory {path}: {exc}") from None
+    secure_data_dir(path)
 
 
 def bootstrap(

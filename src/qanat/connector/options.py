@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import re
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from qanat.connector.proxies import ProxyEnvironment, parse_proxy_url
@@ -16,6 +18,10 @@ from qanat.net.proxy import ProxySpec
 from qanat.wire.configmsg import MAX_REMOTES
 from qanat.wire.handshake import TOKEN_HEADER, derive_connector_id, valid_connector_id
 from qanat.wire.remotes import Remote, decode_remotes
+
+_log = logging.getLogger("qanat.connector")
+#: The environment variable that may carry the token instead of --header.
+TOKEN_ENV = "QANAT_TOKEN"  # noqa: S105 -- a variable name, not a secret
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
 _UNIT_S = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -63,6 +69,61 @@ def parse_header(text: str) -> tuple[str, str]:
     if not sep or not name or not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", name):
         raise ConfigError(f"--header {text!r}: expected 'Name: value' (for example 'token: abc')")
     return name, value.strip()
+
+
+def read_header_file(path: str) -> list[tuple[str, str]]:
+    """Headers from a file: one ``Name: value`` per line; blank lines and ``#``
+    comments are skipped. A file readable by other users gets a warning.
+
+    Raises:
+        ConfigError: the file cannot be read or a line is not a header.
+    """
+    try:
+        mode = os.stat(path).st_mode
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--header-file {path}: cannot read it ({exc})") from None
+    if mode & 0o077:
+        _log.warning(
+            "--header-file %s is readable by other users (mode %04o); chmod 600 it",
+            path,
+            mode & 0o777,
+        )
+    headers = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        try:
+            headers.append(parse_header(line))
+        except ConfigError:
+            raise ConfigError(
+                f"--header-file {path} line {number}: expected 'Name: value'"
+                " (for example 'token: abc')"
+            ) from None
+    return headers
+
+
+def collect_headers(
+    given: list[str], files: list[str], environ: Mapping[str, str]
+) -> tuple[tuple[str, str], ...]:
+    """``--header`` values, then ``--header-file`` contents, then ``QANAT_TOKEN``.
+
+    Raises:
+        ConfigError: a malformed header, or the token given more than once.
+    """
+    headers = [parse_header(h) for h in given]
+    for path in files:
+        headers.extend(read_header_file(path))
+    token_env = environ.get(TOKEN_ENV, "").strip()
+    if token_env:
+        headers.append((TOKEN_HEADER, token_env))
+    tokens = [k for k, _ in headers if k.lower() == TOKEN_HEADER]
+    if len(tokens) > 1:
+        raise ConfigError(
+            "the token is given more than once (--header, --header-file, QANAT_TOKEN);"
+            " give it in one place"
+        )
+    return tuple(headers)
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +203,15 @@ def add_connect_arguments(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar='"Name: value"',
         help='extra request header, repeatable; the token goes here: --header "token: <token>"',
+    )
+    parser.add_argument(
+        "--header-file",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="read headers from FILE, one 'Name: value' per line (safer than --header for "
+        "the token: not visible in the process list); the QANAT_TOKEN environment variable "
+        "is another way to pass the token",
     )
     parser.add_argument(
         "--keepalive", default="25s", help="keepalive interval (default 25s, 0s disables)"
@@ -238,7 +308,8 @@ def options_from_args(
             f"{MAX_REMOTES} (gateways refuse more); split them over several connectors"
         )
     remotes = tuple(decode_remotes(args.remotes))
-    headers = tuple(parse_header(h) for h in args.header)
+    env = os.environ if environ is None else environ
+    headers = collect_headers(args.header, getattr(args, "header_file", []) or [], env)
     connector_id = getattr(args, "connector_id", None)
     if connector_id is not None and not valid_connector_id(connector_id):
         raise ConfigError(
@@ -258,7 +329,7 @@ def options_from_args(
     )
     pid_file = args.pid_file or ("qanat-connect.pid" if args.pid else None)
     proxy = parse_proxy_url(args.proxy) if args.proxy and args.proxy.strip() else None
-    proxy_env = ProxyEnvironment.from_environ(os.environ if environ is None else environ)
+    proxy_env = ProxyEnvironment.from_environ(env)
     udp_idle = parse_duration(getattr(args, "udp_idle_timeout", "60s"), "--udp-idle-timeout")
     if udp_idle <= 0:
         raise ConfigError("--udp-idle-timeout must be positive")

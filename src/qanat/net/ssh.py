@@ -136,7 +136,7 @@ class HostKey:
                 )
             return cls(key)
         key = asyncssh.generate_private_key(cls.ALGORITHM)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         data = key.export_private_key()
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as handle:
