@@ -162,6 +162,18 @@ class InvalidInput(PortalError):
     """A value given to the portal is malformed."""
 
 
+class TooManyAttempts(PortalError):
+    """Sign-in refused for now: too many failures, or too many in progress.
+
+    Attributes:
+        retry_after_s: when to try again.
+    """
+
+    def __init__(self, message: str, *, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 class StoreError(QanatError):
     """The database failed; nothing of the operation was written."""
 

@@ -29,7 +29,7 @@ import os
 import signal
 import socket
 import ssl
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from qanat import __version__
@@ -231,12 +231,7 @@ class Up:
         self.portal = Portal(self.store, portal_config, hasher=cfg.hasher)
         http_settings = cfg.http
         if self.url.startswith("https:") and not http_settings.secure_cookies:
-            http_settings = PortalHttpSettings(
-                max_body_bytes=http_settings.max_body_bytes,
-                secure_cookies=True,
-                session_ttl_s=http_settings.session_ttl_s,
-                refresh_s=http_settings.refresh_s,
-            )
+            http_settings = replace(http_settings, secure_cookies=True)
         app = build_app(
             self.portal,
             Signer(load_secret(cfg.data_dir), session_ttl_s=http_settings.session_ttl_s),

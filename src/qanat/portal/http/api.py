@@ -52,7 +52,7 @@ async def sign_in(request: web.Request) -> web.StreamResponse:
     doc = await json_body(request)
     username = field_str(doc, "username") or ""
     password = field_str(doc, "password") or ""
-    actor = await d.run(d.portal.authenticate_password, username, password, source_of(request))
+    actor = await d.sign_in(username, password, source_of(request))
     assert actor.user_id is not None
     cookie, session = d.signer.issue(actor.user_id, actor.name)
     response = _json(

@@ -151,10 +151,17 @@ def build_app(
         templates=_templates(),
         local_admin=local_admin,
     )
+    app.on_cleanup.append(_close_hashing_pool)
     add_routes(app, api.ROUTES)
     app.router.add_route("*", api.PREFIX + "/{tail:.*}", api.not_found)
     pages.add_routes(app)
     return app
+
+
+async def _close_hashing_pool(app: web.Application) -> None:
+    guard = app[DEPS].guard
+    if guard is not None:
+        guard.pool.close()
 
 
 def set_local_admin(app: web.Application, local_admin: LocalAdmin | None) -> None:

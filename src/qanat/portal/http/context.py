@@ -23,6 +23,7 @@ from qanat.portal.http.problems import BadRequest
 from qanat.portal.http.sessions import CSRF_HEADER, SESSION_COOKIE, Session, Signer
 from qanat.portal.localadmin import LocalAdmin
 from qanat.portal.service import Portal
+from qanat.portal.signin import SignInGuard, SignInLimits
 
 T = TypeVar("T")
 
@@ -38,12 +39,14 @@ class PortalHttpSettings:
         secure_cookies: mark cookies ``Secure`` (set when served over HTTPS).
         session_ttl_s: how long a browser sign-in lasts.
         refresh_s: how often the stage page re-reads its status.
+        signin: sign-in throttling and the hashing pool's bounds.
     """
 
     max_body_bytes: int = 64 * 1024
     secure_cookies: bool = False
     session_ttl_s: float = 12 * 3600
     refresh_s: float = 3.0
+    signin: SignInLimits = field(default_factory=SignInLimits)
 
 
 @dataclass(slots=True)
@@ -56,6 +59,31 @@ class Deps:
     templates: jinja2.Environment
     local_admin: LocalAdmin | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    guard: SignInGuard | None = None
+
+    def __post_init__(self) -> None:
+        if self.guard is None:
+            self.guard = SignInGuard(self.settings.signin)
+
+    async def sign_in(self, username: str, password: str, source: str) -> Actor:
+        """Check a password: throttled per name and source, on the hashing pool.
+
+        Raises:
+            TooManyAttempts: throttled, or too many sign-ins in progress.
+            Unauthorized: wrong name or password.
+        """
+        guard = self.guard
+        assert guard is not None
+        guard.check(username, source)
+        try:
+            actor = await guard.pool.run(
+                self.portal.authenticate_password, username, password, source
+            )
+        except Unauthorized:
+            guard.failed(username, source)
+            raise
+        guard.succeeded(source)
+        return actor
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a blocking service call in a worker thread."""

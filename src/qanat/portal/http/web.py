@@ -26,7 +26,14 @@ from urllib.parse import quote, urlsplit
 
 from aiohttp import web
 
-from qanat.errors import Forbidden, InvalidInput, NotFound, PortalError, Unauthorized
+from qanat.errors import (
+    Forbidden,
+    InvalidInput,
+    NotFound,
+    PortalError,
+    TooManyAttempts,
+    Unauthorized,
+)
 from qanat.portal.http import render
 from qanat.portal.http.api import orgs_with_roles, set_session_cookie
 from qanat.portal.http.context import deps, session_actor, session_of, source_of
@@ -127,11 +134,11 @@ async def signin(request: web.Request) -> web.StreamResponse:
             username=username,
         )
     try:
-        actor = await d.run(
-            d.portal.authenticate_password, username, form.get("password", ""), source_of(request)
-        )
+        actor = await d.sign_in(username, form.get("password", ""), source_of(request))
     except Unauthorized as exc:
         return _signin_page(request, str(exc), status=401, username=username)
+    except TooManyAttempts as exc:
+        return _signin_page(request, str(exc), status=429, username=username)
     assert actor.user_id is not None
     cookie, _ = d.signer.issue(actor.user_id, actor.name)
     target = same_origin_path(request.query.get("next") or form.get("next") or "")
