@@ -3,8 +3,11 @@
 # Only as root and only what is missing; otherwise says what is skipped.
 set -euo pipefail
 # tinyproxy (HTTP CONNECT with basic auth) and microsocks (SOCKS5 with
-# user/password) are the real proxies of tests/corporate.
-packages=(openssh-server openssh-client iproute2 nftables postgresql tinyproxy microsocks chromium)
+# user/password) are the real proxies of tests/corporate. Go with x/crypto
+# and gorilla/websocket builds the interop peer of tests/interop (offline,
+# GOPATH mode, from /usr/share/gocode).
+packages=(openssh-server openssh-client iproute2 nftables postgresql tinyproxy microsocks chromium
+  golang-go golang-golang-x-crypto-dev golang-github-gorilla-websocket-dev)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
