@@ -23,6 +23,7 @@ thing that went wrong and what to do about it::
     │   ├── Forbidden          authenticated, but the role does not allow it
     │   ├── Unauthorized       no valid credentials (password, API key)
     │   └── InvalidInput       a name, address or value that is malformed
+    │       └── TooLarge         over its named size limit (an OpenAPI upload)
     └── StoreError             the database could not do what was asked
         ├── DatabaseBusy       locked by another writer past the busy timeout
         ├── DatabaseUnreachable  cannot connect or open the database
@@ -172,6 +173,10 @@ class TooManyAttempts(PortalError):
     def __init__(self, message: str, *, retry_after_s: float) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class TooLarge(InvalidInput):
+    """A value given to the portal is larger than its named limit (HTTP 413)."""
 
 
 class StoreError(QanatError):

@@ -24,12 +24,13 @@ worker thread, so a slow or locked database never stalls the tunnels.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import signal
 import socket
 import ssl
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from qanat import __version__
@@ -231,7 +232,9 @@ class Up:
         self.portal = Portal(self.store, portal_config, hasher=cfg.hasher)
         http_settings = cfg.http
         if self.url.startswith("https:") and not http_settings.secure_cookies:
-            http_settings = replace(http_settings, secure_cookies=True)
+            http_settings = dataclasses.replace(http_settings, secure_cookies=True)
+        if cfg.ca_file and not http_settings.connector_ca_file:
+            http_settings = dataclasses.replace(http_settings, connector_ca_file=cfg.ca_file)
         app = build_app(
             self.portal,
             Signer(load_secret(cfg.data_dir), session_ttl_s=http_settings.session_ttl_s),

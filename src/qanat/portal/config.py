@@ -30,6 +30,7 @@ class PortalConfig:
             stage uses, so no two stages ever share an (address, port).
         default_stages: stages every new organisation starts with.
         audit_page_max: most audit entries returned by one call.
+        openapi_max_bytes: largest OpenAPI document a catalogue entry may hold.
 
     Raises:
         ConfigError: the base URL is not an http(s) URL without query.
@@ -40,6 +41,7 @@ class PortalConfig:
     bind_pool: str = DEFAULT_BIND_POOL
     default_stages: tuple[str, ...] = DEFAULT_STAGES
     audit_page_max: int = 500
+    openapi_max_bytes: int = 512 * 1024
 
     def __post_init__(self) -> None:
         parts = urlsplit(self.public_base_url)

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from qanat.errors import MigrationError
 from qanat.store.activity import ActivityQueries
+from qanat.store.catalogue import CatalogueQueries
 from qanat.store.engine import (
     WRITE_OPTION,
     StoreConfig,
@@ -29,7 +30,7 @@ from qanat.store.models import StageRevision
 from qanat.store.tenancy import TenancyQueries
 
 
-class Transaction(TenancyQueries, IdentityQueries, ActivityQueries):
+class Transaction(TenancyQueries, IdentityQueries, ActivityQueries, CatalogueQueries):
     """Everything one operation may read or write, inside one transaction."""
 
     def __init__(self, session: Session) -> None:

@@ -1,7 +1,7 @@
 """Platform role (who may create organisations) and session revocation.
 
 Revision ID: r0002s
-Revises: r0001
+Revises: r0002c
 Create Date: 2026-12-01
 
 ``users.platform_admin`` marks the installation's platform admins (the first
@@ -19,21 +19,22 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "r0002s"
-down_revision: str | None = "r0001"
+down_revision: str | None = "r0002c"  # re-chained after the catalogue (issue15)
 branch_labels: str | None = None
 depends_on: str | None = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("users") as batch:
-        batch.add_column(
-            sa.Column("platform_admin", sa.Boolean(), nullable=False, server_default=sa.false())
-        )
-        batch.add_column(sa.Column("sessions_valid_after", sa.Float(), nullable=True))
+    # Plain ADD COLUMN, never a table rebuild: rebuilding ``users`` on SQLite
+    # would drop it, and ON DELETE CASCADE would empty memberships and keys.
+    op.add_column(
+        "users",
+        sa.Column("platform_admin", sa.Boolean(), nullable=False, server_default=sa.false()),
+    )
+    op.add_column("users", sa.Column("sessions_valid_after", sa.Float(), nullable=True))
     op.execute("UPDATE users SET platform_admin = TRUE WHERE id = (SELECT MIN(id) FROM users)")
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("users") as batch:
-        batch.drop_column("sessions_valid_after")
-        batch.drop_column("platform_admin")
+    op.drop_column("users", "sessions_valid_after")
+    op.drop_column("users", "platform_admin")
