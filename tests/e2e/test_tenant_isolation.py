@@ -114,8 +114,15 @@ def test_three_orgs_three_stages_isolated_by_default(tmp_path: Path, procs: Proc
     status, refused, _ = _post_with_csrf(viewer, "/orgs", {"name": "evil"}, viewer_headers)
     assert status == 403, refused
     assert "platform admin" in refused["detail"]
+    status, refused, _ = _post_with_csrf(
+        viewer, "/users/mallory/platform-admin", {"platform_admin": True}, viewer_headers, "PUT"
+    )
+    assert status == 403, refused
     assert [o["name"] for o in admin.ok("GET", "/orgs")["orgs"]] == list(ORGS)
 
+    # The platform admin may pass the role on; then mallory could create one.
+    admin.ok("PUT", "/users/mallory/platform-admin", {"platform_admin": True})
+    admin.ok("PUT", "/users/mallory/platform-admin", {"platform_admin": False})
     # Even an organisation the platform admin creates cannot take a's port:
     # its stage binds the same port number on its own address.
     admin.ok("POST", "/orgs", {"name": "evil"})
@@ -150,10 +157,10 @@ def test_three_orgs_three_stages_isolated_by_default(tmp_path: Path, procs: Proc
 
 
 def _post_with_csrf(
-    api: Api, path: str, body: Any, extra: dict[str, str]
+    api: Api, path: str, body: Any, extra: dict[str, str], method: str = "POST"
 ) -> tuple[int, Any, dict[str, str]]:
     data = json.dumps(body).encode()
-    request = urllib.request.Request(api.base + "/api/v1" + path, data=data, method="POST")
+    request = urllib.request.Request(api.base + "/api/v1" + path, data=data, method=method)
     request.add_header("Content-Type", "application/json")
     request.add_header("Cookie", api.cookie)
     request.add_header("X-CSRF-Token", extra["csrf"])

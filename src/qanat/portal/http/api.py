@@ -280,6 +280,18 @@ async def create_user(request: web.Request) -> web.StreamResponse:
     return _json(render.user(info), status=201)
 
 
+async def set_platform_admin(request: web.Request) -> web.StreamResponse:
+    d = deps(request)
+    actor = await api_actor(request)
+    doc = await json_body(request)
+    value = doc.get("platform_admin")
+    if not isinstance(value, bool):
+        raise InvalidInput('platform_admin must be true or false, e.g. {"platform_admin": true}')
+    username = request.match_info["username"]
+    await d.run(d.portal.set_platform_admin, actor, source_of(request), username, value)
+    return _json({"username": username, "platform_admin": value})
+
+
 async def set_role(request: web.Request) -> web.StreamResponse:
     d = deps(request)
     actor = await api_actor(request)
@@ -438,10 +450,21 @@ ROUTES: tuple[ApiRoute, ...] = (
         create_org,
         "createOrg",
         "Create an organisation with its default stages (the caller becomes admin)",
-        role="user (not an API key)",
+        role="platform admin (a user, not an API key)",
         body="NewOrg",
         response="Org",
         status=201,
+        errors=_WRITE,
+    ),
+    ApiRoute(
+        "PUT",
+        PREFIX + "/users/{username}/platform-admin",
+        set_platform_admin,
+        "setPlatformAdmin",
+        "Give or take the platform admin role (who may create organisations)",
+        role="platform admin (a user, not an API key)",
+        body="PlatformAdmin",
+        response="PlatformAdmin",
         errors=_WRITE,
     ),
     ApiRoute(
