@@ -64,7 +64,7 @@ def _cmd_gateway(args: argparse.Namespace) -> int:
     from qanat.connector.options import parse_duration
     from qanat.gateway.server import Gateway
     from qanat.gateway.stages import FileStageSource
-    from qanat.ops.commands import metrics_allow_from_args
+    from qanat.ops.commands import metrics_allow_from_args, trusted_proxies_from_args
     from qanat.runtime import run
 
     host, port = _host_port(args.listen, "--listen")
@@ -120,6 +120,7 @@ def _cmd_gateway(args: argparse.Namespace) -> int:
         udp_idle_timeout_s=udp_idle,
         udp_max_flows=args.udp_max_flows,
         metrics_allow_cidrs=metrics_allow_from_args(args),
+        trusted_proxy_cidrs=trusted_proxies_from_args(args),
     )
     if settings.keepalive_s and settings.keepalive_timeout_s > settings.keepalive_s:
         raise ConfigError("--keepalive-timeout must not be longer than --keepalive")
@@ -253,6 +254,7 @@ def _add_stage(args: argparse.Namespace, data_dir: Path) -> int:
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
+    from qanat.ops.commands import trusted_proxies_from_args
     from qanat.portal import names
     from qanat.runtime import run
     from qanat.store import normalize_url
@@ -280,6 +282,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
         database_url=normalize_url(args.database_url) if args.database_url else None,
         node=default_node(),
         endpoint_pool=names.bind_pool(args.endpoint_bind),
+        trusted_proxy_cidrs=trusted_proxies_from_args(args),
         ssl_context=ssl_context,
         ca_file=ca_file,
     )
@@ -329,6 +332,9 @@ def _add_portal_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignor
         help="network (CIDR) or address each new stage gets its own bind address from, for"
         " its endpoint ports (secure-gateway:<port>); default: loopback, 127.0.0.0/8",
     )
+    from qanat.ops import commands as ops_commands
+
+    ops_commands.add_trusted_proxy_argument(up)
     up.add_argument("--tls-cert", default=None, help="certificate chain to serve (PEM)")
     up.add_argument("--tls-key", default=None, help="its private key (PEM)")
     up.add_argument(

@@ -82,6 +82,7 @@ class UpConfig:
             when it is a development certificate, else "".
         hasher: password KDF (tests pass a cheap one).
         http: the portal's HTTP limits.
+        trusted_proxy_cidrs: reverse proxies whose X-Forwarded-For is honoured.
     """
 
     data_dir: Path
@@ -99,6 +100,7 @@ class UpConfig:
     ca_file: str = ""
     hasher: PasswordHasher | None = None
     http: PortalHttpSettings = field(default_factory=PortalHttpSettings)
+    trusted_proxy_cidrs: tuple[str, ...] = ()
 
     @property
     def store_url(self) -> str:
@@ -215,6 +217,7 @@ class Up:
             listen_host=cfg.listen_host,
             listen_port=cfg.listen_port,
             keepalive_s=cfg.keepalive_s,
+            trusted_proxy_cidrs=cfg.trusted_proxy_cidrs,
         )
         self.gateway = Gateway(settings, source, ssl_context=cfg.ssl_context)
         self.reporter = GatewayReporter(

@@ -65,9 +65,9 @@ def test_failures_never_block_a_valid_token_and_are_summarised(
         ).wait_for(r"Connected \(latency")
         gateway.wait_for(rf"serving secure-gateway:{port}=>")
         assert echo_ok(port)
-    # One line for the first refusal, then a summary per interval.
+    # One line for the first refusal of each kind, then a summary per interval.
     gateway.wait_for(r"refused \d+ tunnel attempts in the last", timeout_s=20)
-    assert len(gateway.find(r"tunnel refused")) <= 2, gateway.output
+    assert len(gateway.find(r"tunnel refused|rate-limited")) <= 2, gateway.output
 
 
 def test_forwarded_for_counts_only_from_trusted_proxies(

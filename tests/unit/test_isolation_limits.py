@@ -75,7 +75,8 @@ def test_the_global_bucket_slows_a_distributed_guesser() -> None:
 def test_refusal_tally_is_one_line_per_interval() -> None:
     tally = RefusalTally()
     assert tally.add("10.0.0.9", "bad") is True
-    for _ in range(99):
+    assert tally.add("10.0.0.9", "rate_limited") is True  # first of its reason
+    for _ in range(98):
         assert tally.add("10.0.0.9", "rate_limited") is False
     line = tally.summary(10.0)
     assert line is not None

@@ -37,6 +37,8 @@ from typing import TYPE_CHECKING
 from websockets.http11 import Request
 
 from qanat import __version__
+from qanat.gateway.forwarded import client_address
+from qanat.gateway.idle import IdleGuard
 from qanat.gateway.stages import StageConfig, TokenVerdict, check_token
 from qanat.gateway.tunnel import ConnectorInfo, Tunnel
 from qanat.net.ssh import serve_tunnel
@@ -118,11 +120,22 @@ class FrontDoor(asyncio.Protocol):
         self.timer: asyncio.TimerHandle | None = None
         self.peer = "?"
         self.routed = False
+        self.source = "?"
+        self.gated = False  # counted in the connection gate (unproven)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
+        self.source = str(peer[0]) if peer else "?"
+        door = self.gateway.door
+        if not door.gate.admit(self.source):
+            # Over the unproven-connection caps: closed before anything is read.
+            self.routed = True
+            door.noted()
+            transport.abort()  # type: ignore[attr-defined]
+            return
+        self.gated = True
         loop = asyncio.get_running_loop()
         self.timer = loop.call_later(
             self.gateway.settings.request_head_timeout_s, self._head_timeout
@@ -136,6 +149,13 @@ class FrontDoor(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self.timer is not None:
             self.timer.cancel()
+        self._release()
+
+    def _release(self) -> None:
+        """This connection no longer counts as unproven (a tunnel, or gone)."""
+        if self.gated:
+            self.gated = False
+            self.gateway.door.gate.release(self.source)
 
     def data_received(self, data: bytes) -> None:
         if self.routed:  # late bytes before the new protocol took over
@@ -155,18 +175,22 @@ class FrontDoor(asyncio.Protocol):
         method, target = match.group(1).decode(), match.group(2).decode("ascii", "replace")
         path = target.split("?", 1)[0]
         tunnel_path = _TUNNEL_PATH.match(path)
+        # Every path waits for its complete head under the head deadline.
+        if b"\r\n\r\n" not in self.buffer and b"\n\n" not in self.buffer:
+            if len(self.buffer) > limit:
+                self._bad("request head too large")
+            return
         if method == "GET" and tunnel_path:
-            if b"\r\n\r\n" not in self.buffer and b"\n\n" not in self.buffer:
-                if len(self.buffer) > limit:
-                    self._bad("request head too large")
-                return
             self._route_done()
             self._tunnel_request(tunnel_path.group(1))
             return
         if path in httpd.OPS_PATHS:  # operations paths, before the portal
             self._route_done()
             assert self.transport is not None
-            httpd.hand_over(self.gateway, self.transport, bytes(self.buffer))
+            self._release()  # the responder answers once and closes
+            httpd.hand_over(
+                self.gateway, self.transport, bytes(self.buffer), self._client(self.buffer)
+            )
             return
         factory = self.gateway.http_fallback
         if factory is None:
@@ -175,16 +199,31 @@ class FrontDoor(asyncio.Protocol):
             return
         self._route_done()
         assert self.transport is not None
-        protocol = factory()
-        self.transport.set_protocol(protocol)
-        protocol.connection_made(self.transport)
-        protocol.data_received(bytes(self.buffer))
+        # The portal's connection keeps counting as unproven until it closes,
+        # and is closed when idle (its own keep-alive timer is long).
+        guarded = IdleGuard(factory(), self.gateway.settings.idle_timeout_s, self._release)
+        self.transport.set_protocol(guarded)
+        guarded.connection_made(self.transport)
+        guarded.data_received(bytes(self.buffer))
 
     def _route_done(self) -> None:
         self.routed = True
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+
+    def _client(self, head: bytes | bytearray) -> str:
+        """The client's address: the peer's, or (from a trusted proxy) the
+        right-most untrusted X-Forwarded-For hop."""
+        trusted = self.gateway.door.trusted
+        if not trusted:
+            return self.source
+        values = [
+            line.partition(b":")[2].decode("latin-1").strip()
+            for line in bytes(head).split(b"\r\n\r\n", 1)[0].split(b"\n")[1:]
+            if line.partition(b":")[0].strip().lower() == b"x-forwarded-for"
+        ]
+        return client_address(self.source, values, trusted)
 
     def _too_long(self) -> bool:
         """A tunnel upgrade whose URL is too long: almost always thousands of
@@ -246,20 +285,26 @@ class FrontDoor(asyncio.Protocol):
             )
             log.info("%s: upgrade without the chisel-v3 subprotocol; answered 400", self.peer)
             return
-        if not gateway.auth_limiter.allow(source_ip):
-            self._respond(
-                429, b"too many failed token attempts; retry later\n", headers={"Retry-After": "60"}
-            )
-            log.warning("%s: token attempts rate-limited", self.peer)
-            metrics.token_failure("rate_limited")
-            return
         tokens = headers.get_all(TOKEN_HEADER)
         token = tokens[0] if len(tokens) == 1 else ""
         if len(token) > MAX_TOKEN_CHARS:
             token = ""
+        # The token first: a valid one is never refused by anyone's failures.
         verdict = check_token(stage, token) if stage is not None else TokenVerdict.BAD
         if verdict is not TokenVerdict.OK:
-            self._refuse(verdict, stage, bool(tokens) or oversized_token, source_ip, address_id)
+            client = self._client(self.buffer)
+            if verdict is TokenVerdict.BAD and gateway.token_limiter.refuse_failure(
+                client, address_id, time.monotonic()
+            ):
+                self._respond(
+                    429,
+                    b"too many failed token attempts; retry later\n",
+                    headers={"Retry-After": "60"},
+                )
+                self._note_refusal(client, "rate_limited", "token attempts rate-limited")
+                metrics.token_failure("rate_limited")
+                return
+            self._refuse(verdict, stage, bool(tokens) or oversized_token, client, address_id)
             return
 
         assert stage is not None
@@ -324,6 +369,7 @@ class FrontDoor(asyncio.Protocol):
         ws.send_response(response)
         for chunk in ws.data_to_send():
             self.transport.write(chunk)
+        self._release()  # a tunnel now: proven by its token
         tunnel = Tunnel(gateway, stage, info)
         gateway.tunnel_started(tunnel)
         tcp = self.transport
@@ -352,7 +398,6 @@ class FrontDoor(asyncio.Protocol):
             body = b"private gateway of this stage is inactive; activate it in the portal\n"
             status = 403
         else:
-            self.gateway.auth_limiter.failed(source_ip)
             body = (
                 b"token rejected: check the token header\n"
                 if had_token
@@ -363,13 +408,20 @@ class FrontDoor(asyncio.Protocol):
         metrics.token_failure(reason)
         # The answer is the same for an unknown address and a wrong token (no
         # probing for addresses); the operator's log tells them apart.
-        log.warning(
-            "%s: tunnel refused for address %s: %s",
-            self.peer,
-            address_id,
-            _refusal_words(verdict, stage, had_token),
+        self._note_refusal(
+            source_ip,
+            "unknown address" if stage is None else reason,
+            f"tunnel refused for address {address_id}: {_refusal_words(verdict, stage, had_token)}",
         )
         self._respond(status, body)
+
+    def _note_refusal(self, client: str, reason: str, words: str) -> None:
+        """The first refusal of an interval is logged; the rest are summed up."""
+        door = self.gateway.door
+        if door.tally.add(client, reason):
+            shown = self.peer if client == self.source else f"{client} (via {self.peer})"
+            log.warning("%s: %s", shown, words)
+        door.noted()
 
     def _status_probe(self, stage: StageConfig | None) -> None:
         redirect = self.gateway.settings.redirect_url

@@ -13,9 +13,16 @@ The total defaults to a quarter of the process's descriptor limit
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import resource
 from collections import Counter
 from dataclasses import dataclass
+from typing import Any
+
+from qanat.gateway.tokenlimit import RefusalTally
+
+_log = logging.getLogger("qanat.gateway.frontdoor")
 
 
 def default_total(share: float = 0.25, floor: int = 64, ceiling: int = 16_384) -> int:
@@ -87,3 +94,34 @@ class ConnectionGate:
         self.refused_source.clear()
         self.refused_total = 0
         return line
+
+
+class DoorPressure:
+    """The front door's hardening state and its once-per-interval log lines.
+
+    Holds the connection gate, the tally of refused tunnel attempts and the
+    trusted proxy networks; :meth:`noted` makes sure a summary is written
+    when the interval ends (no timer runs while nothing is refused).
+    """
+
+    def __init__(self, gate: ConnectionGate, trusted: tuple[Any, ...] = ()) -> None:
+        self.gate = gate
+        self.tally = RefusalTally()
+        self.trusted = trusted
+        self._flush: asyncio.TimerHandle | None = None
+
+    def noted(self) -> None:
+        if self._flush is None:
+            loop = asyncio.get_running_loop()
+            self._flush = loop.call_later(self.gate.limits.log_interval_s, self.flush)
+
+    def flush(self) -> None:
+        self._flush = None
+        for line in (self.gate.summary(), self.tally.summary(self.gate.limits.log_interval_s)):
+            if line is not None:
+                _log.warning("%s", line)
+
+    def close(self) -> None:
+        if self._flush is not None:
+            self._flush.cancel()
+            self.flush()

@@ -10,11 +10,13 @@ import time
 from typing import Any, Protocol
 
 from qanat.gateway.flapping import FlapGuard
+from qanat.gateway.forwarded import parse_networks
 from qanat.gateway.frontdoor import FrontDoor, HttpFallback
 from qanat.gateway.ports import Endpoint, PortTable
-from qanat.gateway.ratelimit import FailureLimiter
+from qanat.gateway.pressure import ConnectionGate, DoorPressure, PressureLimits
 from qanat.gateway.settings import GatewaySettings
 from qanat.gateway.stages import StageEvent, StageEventKind, StageSource
+from qanat.gateway.tokenlimit import TokenLimiter
 from qanat.gateway.tunnel import Tunnel, TunnelState
 from qanat.gateway.udp import UdpEndpoint
 from qanat.net.ssh import HostKey
@@ -62,7 +64,19 @@ class Gateway:
         self.ports = PortTable(self)
         self.tunnels: dict[int, Tunnel] = {}
         self.tasks = TaskOwner("gateway")
-        self.auth_limiter = FailureLimiter()
+        # The front door's hardening state (qanat.gateway.pressure / tokenlimit).
+        self.token_limiter = TokenLimiter()
+        self.door = DoorPressure(
+            ConnectionGate(
+                PressureLimits(
+                    per_source=settings.max_unproven_per_source,
+                    total=settings.max_unproven,
+                    head_timeout_s=settings.request_head_timeout_s,
+                    idle_timeout_s=settings.idle_timeout_s,
+                )
+            ),
+            trusted=parse_networks(settings.trusted_proxy_cidrs),
+        )
         self.flaps = FlapGuard(
             max_connects=settings.flap_connects,
             window_s=settings.flap_window_s,
@@ -123,6 +137,7 @@ class Gateway:
         for tunnel in list(self.tunnels.values()):
             tunnel.close("gateway shutting down")
         self.ports.close_all()
+        self.door.close()
         await self.tasks.close(timeout_s=drain_s)
         await self.stages.close()
         if self.server is not None:

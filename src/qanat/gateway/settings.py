@@ -78,6 +78,14 @@ class GatewaySettings:
             long before it is asked again.
         metrics_allow_cidrs: sources allowed to read ``/metrics`` on the
             listener (it names stages and ports); health paths are open.
+        trusted_proxy_cidrs: reverse proxies whose ``X-Forwarded-For`` names
+            the client (token limiter, logs, ``/metrics`` check); from any
+            other peer the header is ignored.
+        max_unproven_per_source / max_unproven: connections not yet a tunnel
+            (reading their head, portal, operations) per source address and in
+            all (0: a quarter of RLIMIT_NOFILE); more are closed at once.
+        idle_timeout_s: a portal connection with nothing received for this
+            long is closed.
     """
 
     data_dir: Path
@@ -113,6 +121,10 @@ class GatewaySettings:
     udp_max_pending: int = 64
     udp_reopen_delay_s: float = 1.0
     metrics_allow_cidrs: tuple[str, ...] = PRIVATE_CIDRS
+    trusted_proxy_cidrs: tuple[str, ...] = ()
+    max_unproven_per_source: int = 64
+    max_unproven: int = 0
+    idle_timeout_s: float = 30.0
 
     @property
     def host_key_path(self) -> Path:

@@ -102,9 +102,10 @@ class RefusalTally:
         self._other = 0
 
     def add(self, source: str, reason: str) -> bool:
-        """Count one refusal; True for the first of the interval (log it now)."""
+        """Count one refusal; True for the first of its reason in the interval
+        (log that one now: at most one line per reason per interval)."""
         self.total += 1
-        first = not self._by_source and not self._other
+        first = reason not in self._reasons
         if source in self._by_source or len(self._by_source) < self.max_sources:
             self._by_source[source] += 1
         else:
@@ -115,7 +116,7 @@ class RefusalTally:
     def summary(self, interval_s: float) -> str | None:
         """The line for the interval just ended (None if nothing was refused)."""
         count = sum(self._by_source.values()) + self._other
-        if count <= 1:
+        if count <= len(self._reasons):  # each was logged on its own already
             self._reset()
             return None
         busiest = ", ".join(f"{s} ({n})" for s, n in self._by_source.most_common(3))

@@ -172,11 +172,19 @@ def gateway_routes(gateway: Gateway) -> OpsRoutes:
     )
 
 
-def hand_over(gateway: Gateway, transport: asyncio.BaseTransport, head: bytes) -> None:
-    """Let the operations responder take a front-door connection (head already read)."""
+def hand_over(
+    gateway: Gateway, transport: asyncio.BaseTransport, head: bytes, client: str = ""
+) -> None:
+    """Let the operations responder take a front-door connection (head already read).
+
+    ``client`` is the source the ``/metrics`` check applies to (behind a
+    trusted proxy, the client it names); default the TCP peer.
+    """
     protocol = OpsHttp(gateway_routes(gateway), gateway.tasks.spawn)
     transport.set_protocol(protocol)
     protocol.connection_made(transport)
+    if client:
+        protocol.peer = client
     protocol.data_received(head)
 
 
