@@ -39,6 +39,7 @@ from qanat.gateway.server import Gateway
 from qanat.gateway.settings import GatewaySettings
 from qanat.portal import PasswordHasher, Portal, PortalConfig, localadmin
 from qanat.portal.config import DEFAULT_BIND_POOL
+from qanat.portal.declared import catalogue_sink
 from qanat.portal.http import PortalHttp, PortalHttpSettings, build_app, set_local_admin
 from qanat.portal.http.sessions import Signer, load_secret
 from qanat.store import (
@@ -233,6 +234,7 @@ class Up:
             self.url, stage_defaults=StoreGatewaySettings(), bind_pool=cfg.endpoint_pool
         )
         self.portal = Portal(self.store, portal_config, hasher=cfg.hasher)
+        self.gateway.describe_sink = catalogue_sink(self.portal)
         http_settings = cfg.http
         if self.url.startswith("https:") and not http_settings.secure_cookies:
             http_settings = dataclasses.replace(http_settings, secure_cookies=True)

@@ -91,8 +91,11 @@ async def connector(
     retry_s: float = 0.3,
     connector_id: str = "",
     tls_ca: str = "",
+    declarations: tuple[Any, ...] = (),
 ) -> AsyncIterator[TestConnector]:
     extra: dict[str, Any] = {"connector_id": connector_id} if connector_id else {}
+    if declarations:
+        extra["declarations"] = declarations
     if tls_ca:
         extra["tls_ca"] = tls_ca
     options = ConnectOptions(

@@ -389,3 +389,55 @@ def test_connect_command_trusts_the_development_certificate(tmp_path: Path) -> N
             assert "--tls-ca" not in command
 
     asyncio.run(scenario())
+
+
+def test_a_connector_describes_its_own_endpoints(tmp_path: Path) -> None:
+    from qanat.wire.describe import Declaration
+
+    big = ORDERS_YAML + "  /big:\n    description: " + "z" * 40_000 + "\n"  # several pieces
+
+    async def scenario(up: Up, admin: Api) -> None:
+        act = await admin.ok("POST", DEV + "/activate")
+        first, second, third = (_free_port() for _ in range(3))
+        await admin.ok("PUT", DEV + f"/endpoints/{second}", {"description": "by a person"})
+        declarations = (
+            Declaration(first, "Orders API (declared)", big),
+            Declaration(second, "the connector's words"),
+            Declaration(third, "<b>markup</b>"),
+        )
+        remotes = [f"R:{p}:127.0.0.1:9" for p in (first, second, third)]
+        async with connector(
+            act["address"], act["token"], *remotes, connector_id="orders-1",
+            declarations=declarations,
+        ):  # fmt: skip
+
+            async def declared() -> bool:
+                entries = {e["port"]: e for e in await _entries(admin)}
+                return entries.get(first, {}).get("listed", False) and entries[third]["served"]
+
+            await eventually(declared, 10, "the declared entry in the catalogue")
+        entries = {e["port"]: e for e in await _entries(admin)}
+        assert entries[first]["description"] == "Orders API (declared)"
+        assert entries[first]["updated_by"] == "connector:orders-1"
+        assert entries[first]["openapi_document"]["title"] == "Orders API 1.4"
+        async with admin.session.get(
+            up.url + entries[first]["openapi_document"]["download"],
+            headers={"Authorization": f"Bearer {admin.key}"},
+        ) as r:
+            assert await r.text() == big
+        assert entries[second]["description"] == "by a person"  # never overridden
+        # Refused (HTML): nothing stored (it may still show as served, not listed,
+        # until the gateway's report of the closed tunnel is written).
+        assert not entries.get(third, {}).get("listed", False)
+        audit = (await admin.ok("GET", "/orgs/acme/audit?action=endpoint.declare"))["entries"]
+        assert [(e["actor"], e["details"]["port"]) for e in audit] == [
+            ("connector:orders-1", first)
+        ]
+
+    _run(tmp_path, scenario)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

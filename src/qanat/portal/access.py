@@ -41,6 +41,9 @@ class ActorKind(enum.StrEnum):
     USER = "user"
     API_KEY = "apikey"
     SYSTEM = "system"
+    #: A connector describing its own endpoints (``describe@qanat``); it acts
+    #: on its stage's catalogue only, authenticated by the tunnel's token.
+    CONNECTOR = "connector"
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,7 +32,7 @@ from urllib.parse import urlsplit
 
 from qanat.errors import InvalidInput, NotFound
 from qanat.portal import openapidoc
-from qanat.portal.access import Actor, require
+from qanat.portal.access import Actor, ActorKind, require
 from qanat.portal.context import PortalContext
 from qanat.portal.views import (
     CatalogueEntry,
@@ -281,6 +281,81 @@ class CatalogueOps(PortalContext):
                 now=now,
                 details={"port": port},
             )
+
+    def declare_endpoint(
+        self,
+        source: str,
+        stage_key: str,
+        connector: str,
+        port: int,
+        description: str,
+        openapi_document: str | None,
+        *,
+        protocol: str = "tcp",
+    ) -> bool:
+        """A connector's description of a port it serves (``qanat connect --describe``).
+
+        It fills the catalogue but never overrides what a person wrote: an
+        entry last written by a user or key is kept as it is. Re-sending the
+        same description (every reconnect does) changes nothing and is not
+        audited. Returns whether the entry was written.
+
+        Raises:
+            InvalidInput, TooLarge: the same rules as :meth:`set_endpoint`.
+            NotFound: the stage no longer exists.
+        """
+        text = plain_text(description, "description", DESCRIPTION_MAX_CHARS)
+        if not text:
+            raise InvalidInput(f"the description of secure-gateway:{port} is empty")
+        checked = self._check_document(openapi_document, port) if openapi_document else None
+        actor = Actor(ActorKind.CONNECTOR, connector)
+        now = self._clock()
+        org_name, _, stage_name = stage_key.partition("/")
+        with self._store.transaction() as tx:
+            stage_rec = tx.stage(tx.org(org_name), stage_name)
+            _in_range(tx.gateway(stage_rec), port)
+            previous = tx.catalogue_entry(stage_rec, port)
+            if previous is not None and not previous.updated_by.startswith("connector:"):
+                return False
+            doc = checked.text if checked else None
+            fmt = checked.format if checked else None
+            if previous is not None and (
+                previous.description,
+                previous.openapi_doc,
+                previous.protocol,
+            ) == (text, doc, protocol):
+                return False
+            tx.save_catalogue_entry(
+                stage_rec,
+                CatalogueRecord(
+                    stage_key=stage_rec.key,
+                    port=port,
+                    protocol=protocol,
+                    tls=previous.tls if previous else False,
+                    description=text,
+                    owner=previous.owner if previous else "",
+                    openapi_url=previous.openapi_url if previous else None,
+                    openapi_doc=doc,
+                    openapi_format=fmt,
+                    updated_at=now,
+                    updated_by=actor.label,
+                ),
+            )
+            self._audit(
+                tx,
+                actor,
+                source,
+                "endpoint.declare",
+                org=stage_rec.org_name,
+                target=stage_rec.key,
+                now=now,
+                details={
+                    "port": port,
+                    "description": text,
+                    "document": _doc_details(checked) if checked else None,
+                },
+            )
+        return True
 
     # -- traffic ---------------------------------------------------------------
 
