@@ -44,6 +44,7 @@ $(BENCH_STAMP): $(STAMP)
 bench: $(BENCH_STAMP) system-deps
 	$(PY) bench/run.py $(BENCH_ARGS)
 	$(PY) bench/failover.py
+	$(PY) bench/bindstall.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from qanat.errors import ConfigError
-from qanat.store import GatewaySettings
+from qanat.store import PrivateGatewaySettings
 
 DEFAULT_STAGES = ("Development", "Test", "Production")
 # On one machine every 127.x.y.z is a loopback address of its own (Linux).
@@ -37,7 +37,7 @@ class PortalConfig:
     """
 
     public_base_url: str
-    stage_defaults: GatewaySettings = field(default_factory=GatewaySettings)
+    stage_defaults: PrivateGatewaySettings = field(default_factory=PrivateGatewaySettings)
     bind_pool: str = DEFAULT_BIND_POOL
     default_stages: tuple[str, ...] = DEFAULT_STAGES
     audit_page_max: int = 500

@@ -15,9 +15,9 @@ from qanat.isolation import Binding, first_overlap, free_address
 from qanat.store.models import Gateway, Org, RenewedToken, Stage
 from qanat.store.records import (
     GatewayRecord,
-    GatewaySettings,
     GatewayState,
     OrgRecord,
+    PrivateGatewaySettings,
     StageRecord,
 )
 
@@ -70,7 +70,7 @@ class TenancyQueries:
         self,
         org: OrgRecord,
         name: str,
-        settings: GatewaySettings,
+        settings: PrivateGatewaySettings,
         now: datetime,
         *,
         bind_pool: str | None = None,
@@ -231,7 +231,9 @@ class TenancyQueries:
             if gid != exclude
         ]
 
-    def _refuse_overlap(self, key: str, settings: GatewaySettings, exclude: int | None) -> None:
+    def _refuse_overlap(
+        self, key: str, settings: PrivateGatewaySettings, exclude: int | None
+    ) -> None:
         """Raise Conflict when ``settings`` would share an (address, port) with another stage."""
         candidate = Binding(key, settings.bind_host, settings.port_min, settings.port_max)
         other = first_overlap(candidate, self._bindings(exclude))
@@ -265,7 +267,7 @@ class TenancyQueries:
                 address_id=gw.address_id,
                 token_hash=gw.token_hash,
                 renewed_hashes=tuple(renewed[gw.id]),
-                settings=GatewaySettings(
+                settings=PrivateGatewaySettings(
                     bind_host=gw.bind_host,
                     port_min=gw.port_min,
                     port_max=gw.port_max,
