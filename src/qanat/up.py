@@ -236,6 +236,9 @@ class PortalPart:
             http_settings = dataclasses.replace(http_settings, secure_cookies=True)
         if cfg.ca_file and not http_settings.connector_ca_file:
             http_settings = dataclasses.replace(http_settings, connector_ca_file=cfg.ca_file)
+        trusted = cfg.gateway_settings.trusted_proxy_cidrs
+        if trusted and not http_settings.trusted_proxy_cidrs:
+            http_settings = dataclasses.replace(http_settings, trusted_proxy_cidrs=trusted)
         app = build_app(
             up.portal,
             Signer(load_secret(cfg.data_dir), session_ttl_s=http_settings.session_ttl_s),

@@ -100,3 +100,31 @@ def test_guessing_loops_do_not_stretch_control_plane_work(tmp_path: Path) -> Non
                 assert min(rounds) < 8, rounds
 
     asyncio.run(scenario())
+
+
+def test_behind_a_trusted_proxy_each_client_has_its_own_sign_in_count(tmp_path: Path) -> None:
+    """Behind the TLS-terminating proxy every sign-in comes from the proxy's
+    address: without --trusted-proxy one guesser would lock out everyone."""
+    settings = PortalHttpSettings(trusted_proxy_cidrs=("127.0.0.1/32",))
+
+    async def attempt(session: aiohttp.ClientSession, up: Up, client: str, pw: str) -> int:
+        body = {"username": "frank", "password": pw}
+        headers = {"X-Forwarded-For": client}
+        async with session.post(up.url + "/api/v1/session", json=body, headers=headers) as r:
+            await r.read()
+            return r.status
+
+    async def scenario() -> None:
+        async with running_up(tmp_path, http=settings) as up, aiohttp.ClientSession() as session:
+            await _setup(up, *(f"user{i}" for i in range(4)), "frank")
+            for i in range(40):  # different names: only the source count fills
+                body = {"username": f"user{i % 4}", "password": "wrong"}
+                headers = {"X-Forwarded-For": "203.0.113.7"}
+                async with session.post(
+                    up.url + "/api/v1/session", json=body, headers=headers
+                ) as r:
+                    await r.read()
+            assert await attempt(session, up, "203.0.113.7", PASSWORD) == 429
+            assert await attempt(session, up, "198.51.100.9", PASSWORD) == 200
+
+    asyncio.run(scenario())

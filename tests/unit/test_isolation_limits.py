@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from qanat import isolation
-from qanat.gateway.forwarded import client_address, parse_networks
 from qanat.gateway.pressure import ConnectionGate, PressureLimits
 from qanat.gateway.tokenlimit import RefusalTally, TokenLimiter, TokenLimits
 from qanat.isolation import Binding
+from qanat.wire.forwarded import client_address, parse_networks
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from qanat.gateway.flapping import FlapGuard
-from qanat.gateway.forwarded import parse_networks
 from qanat.gateway.pressure import ConnectionGate, DoorPressure, PressureLimits
 from qanat.gateway.refusals import RefusalLog
 from qanat.gateway.settings import GatewaySettings
@@ -25,6 +24,7 @@ from qanat.net.ssh import HostKey
 from qanat.runtime import TaskOwner
 from qanat.telemetry.counters import GatewayEvents
 from qanat.telemetry.throttle import Throttle
+from qanat.wire.forwarded import parse_networks
 
 if TYPE_CHECKING:
     from qanat.gateway.server import DescribeSink

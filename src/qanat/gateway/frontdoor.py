@@ -39,7 +39,6 @@ from qanat import __version__
 from qanat.errors import HandshakeError
 from qanat.gateway.admission import Admitted, Peer, TunnelRequest, admit
 from qanat.gateway.context import GatewayContext, TunnelHost
-from qanat.gateway.forwarded import client_address
 from qanat.gateway.idle import IdleGuard
 from qanat.gateway.stages import StageConfig
 from qanat.gateway.tunnel import Tunnel
@@ -47,6 +46,7 @@ from qanat.net.ssh import serve_tunnel
 from qanat.net.websocket import ServerUpgrade, UpgradeRequest, response_bytes
 from qanat.telemetry import httpd
 from qanat.wire.describe import FEATURE_DESCRIBE
+from qanat.wire.forwarded import client_address
 from qanat.wire.handshake import (
     FEATURE_DRAIN,
     FEATURES_HEADER,

@@ -204,7 +204,7 @@ def trusted_proxies_from_args(args: argparse.Namespace) -> tuple[str, ...]:
     Raises:
         ConfigError: an entry is not a CIDR.
     """
-    from qanat.gateway.forwarded import parse_networks
+    from qanat.wire.forwarded import parse_networks
 
     given = tuple(getattr(args, "trusted_proxy", []) or [])
     try:

@@ -24,6 +24,7 @@ from qanat.portal.http.sessions import CSRF_HEADER, SESSION_COOKIE, Session, Sig
 from qanat.portal.localadmin import LocalAdmin
 from qanat.portal.service import Portal
 from qanat.portal.signin import SignInGuard, SignInLimits
+from qanat.wire.forwarded import Network, client_address, parse_networks
 
 T = TypeVar("T")
 
@@ -45,6 +46,8 @@ class PortalHttpSettings:
         connector_ca_file: the development certificate connectors must trust
             (``--tls-ca`` in the page's connect command); "" for a real one.
         signin: sign-in throttling and the hashing pool's bounds.
+        trusted_proxy_cidrs: reverse proxies whose X-Forwarded-For names the
+            client (the gateway's ``--trusted-proxy``).
     """
 
     max_body_bytes: int = 64 * 1024
@@ -54,6 +57,7 @@ class PortalHttpSettings:
     refresh_s: float = 3.0
     connector_ca_file: str = ""
     signin: SignInLimits = field(default_factory=SignInLimits)
+    trusted_proxy_cidrs: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)
@@ -67,10 +71,12 @@ class Deps:
     local_admin: LocalAdmin | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     guard: SignInGuard | None = None
+    trusted: tuple[Network, ...] = ()
 
     def __post_init__(self) -> None:
         if self.guard is None:
             self.guard = SignInGuard(self.settings.signin)
+        self.trusted = parse_networks(self.settings.trusted_proxy_cidrs)
 
     async def sign_in(self, username: str, password: str, source: str) -> Actor:
         """Check a password: throttled per name and source, on the hashing pool.
@@ -105,8 +111,13 @@ def deps(request: web.Request) -> Deps:
 
 
 def source_of(request: web.Request) -> str:
-    """The client's address for the audit log."""
-    return (request.remote or "unknown")[:64]
+    """The client's address for the audit log and the sign-in throttle: the
+    peer's, or behind a trusted proxy the client it names (X-Forwarded-For)."""
+    peer = request.remote or "unknown"
+    trusted = deps(request).trusted
+    if trusted:
+        peer = client_address(peer, request.headers.getall("X-Forwarded-For", []), trusted)
+    return peer[:64]
 
 
 SESSION_KEY: web.RequestKey[Session | None] = web.RequestKey("qanat_session", Session)
