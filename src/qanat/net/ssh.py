@@ -45,6 +45,7 @@ from typing import Any, Protocol
 
 from qanat.errors import ChannelOpenFailed, ConfigError, RemotesRejected, TunnelError
 from qanat.runtime import TaskOwner
+from qanat.wire import sshalgs
 from qanat.wire.describe import DESCRIBE_REQUEST
 from qanat.wire.handshake import (
     CHANNEL_TYPE,
@@ -65,6 +66,8 @@ from qanat.wire.ssh import (
     SshRemoteError,
 )
 from qanat.wire.ssh.errors import DISCONNECT_BY_APPLICATION
+from qanat.wire.ssh.kex import CIPHERS as CORE_CIPHERS
+from qanat.wire.ssh.kex import KEX_ALGORITHMS as CORE_KEX
 
 log = logging.getLogger("qanat.ssh")
 
@@ -76,13 +79,10 @@ DEFAULT_WINDOW_BYTES = 2 * 1024 * 1024
 DEFAULT_MAX_PACKET_BYTES = 32 * 1024
 #: Largest write handed to the transport at once (one WebSocket frame).
 MAX_WRITE_BYTES = 256 * 1024
-#: Cipher preference, as chisel's Go peers order it: AES-GCM runs on AES-NI
-#: through OpenSSL and is several times faster here than chacha20-poly1305.
-ENCRYPTION_ALGS = (
-    "aes128-gcm@openssh.com",
-    "aes256-gcm@openssh.com",
-    "chacha20-poly1305@openssh.com",
-)
+#: What the core offers: the reviewed lists of qanat.wire.sshalgs, in their
+#: order, limited to what qanat.wire.ssh implements.
+KEX_ALGS = tuple(a for a in sshalgs.KEX_ALGS if a in CORE_KEX)
+ENCRYPTION_ALGS = tuple(c for c in sshalgs.ENCRYPTION_ALGS if c in CORE_CIPHERS)
 
 
 # -- host keys --------------------------------------------------------------
@@ -134,7 +134,7 @@ class HostKey:
                     "(move it away to generate a new one)"
                 ) from None
         key = EcdsaKey.generate()
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as handle:
             handle.write(key.to_openssh())
@@ -393,7 +393,9 @@ class _SshProtocol(asyncio.Protocol):
         opening, self.opening = self.opening, {}
         for fut, _ in opening.values():
             if not fut.done():
-                fut.set_exception(ChannelOpenFailed(f"channel failed: {error}", reason=str(error)))
+                fut.set_exception(
+                    ChannelOpenFailed(f"channel failed: {error}", reason=str(error), code=0)
+                )
         channels, self.channels = self.channels, {}
         for chan in channels.values():
             chan.lost(exc)
@@ -455,7 +457,7 @@ class _SshProtocol(asyncio.Protocol):
             return
         fut, factory = entry
         if not ok:
-            fut.set_exception(ChannelOpenFailed(f"channel refused: {text}", reason=text))
+            fut.set_exception(ChannelOpenFailed(f"channel refused: {text}", reason=text, code=code))
             return
         # The session exists before this callback returns: data right after
         # the confirmation (an SMTP banner) has somewhere to go.
@@ -501,6 +503,7 @@ class _ServerProtocol(_SshProtocol):
                 handler=handler,
                 version=SERVER_VERSION,
                 host_key=host_key.key,
+                kex_algorithms=KEX_ALGS,
                 ciphers=ENCRYPTION_ALGS,
             )
 
@@ -571,6 +574,7 @@ class _ClientProtocol(_SshProtocol):
                 username=username,
                 password=password,
                 auth_methods=auth_methods,
+                kex_algorithms=KEX_ALGS,
                 ciphers=ENCRYPTION_ALGS,
             )
 
@@ -590,7 +594,12 @@ class _ClientProtocol(_SshProtocol):
         try:
             session = await self.dialer(target)
         except ChannelOpenFailed as exc:
-            self._refuse(chan_id, exc.reason or str(exc))
+            code = (
+                OPEN_ADMINISTRATIVELY_PROHIBITED
+                if exc.code == ChannelOpenFailed.ADMINISTRATIVELY_PROHIBITED
+                else OPEN_CONNECT_FAILED
+            )
+            self._refuse(chan_id, exc.reason or str(exc), code)
             return
         except Exception as exc:
             log.exception("dialer failed for %s", target)
@@ -602,9 +611,9 @@ class _ClientProtocol(_SshProtocol):
         self.conn.accept_channel(chan_id, self.window, DEFAULT_MAX_PACKET_BYTES)
         self.attach(chan_id, session)
 
-    def _refuse(self, chan_id: int, reason: str) -> None:
+    def _refuse(self, chan_id: int, reason: str, code: int = OPEN_CONNECT_FAILED) -> None:
         if not self.conn.closed:
-            self.conn.reject_channel(chan_id, OPEN_CONNECT_FAILED, reason)
+            self.conn.reject_channel(chan_id, code, reason)
 
 
 # -- the tunnel object both sides use -----------------------------------------
@@ -655,7 +664,7 @@ class SshTunnel:
                 CHANNEL_TYPE, extra, self._window, DEFAULT_MAX_PACKET_BYTES
             )
         except SshLocalError as exc:  # closing, not ready, too many channels
-            raise ChannelOpenFailed(f"channel failed: {exc}", reason=str(exc)) from None
+            raise ChannelOpenFailed(f"channel failed: {exc}", reason=str(exc), code=0) from None
         fut: asyncio.Future[Any] = proto.loop.create_future()
         proto.opening[chan_id] = (fut, session_factory)
         try:
