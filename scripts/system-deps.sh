@@ -3,8 +3,9 @@
 # Only as root and only what is missing; otherwise says what is skipped.
 set -euo pipefail
 # tinyproxy (HTTP CONNECT with basic auth) and microsocks (SOCKS5 with
-# user/password) are the real proxies of tests/corporate.
-packages=(openssh-server openssh-client iproute2 nftables postgresql tinyproxy microsocks chromium)
+# user/password) are the real proxies of tests/corporate. nats-server and
+# haproxy run the several-node tests of tests/cluster and `make cluster-demo`.
+packages=(openssh-server openssh-client iproute2 nftables postgresql tinyproxy microsocks chromium nats-server haproxy)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

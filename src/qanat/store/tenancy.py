@@ -25,6 +25,7 @@ class TenancyQueries:
 
     _session: Session
     _stages_changed: bool
+    _changed_stages: set[str]
 
     # -- organisations -------------------------------------------------------
 
@@ -178,6 +179,7 @@ class TenancyQueries:
                 )
         self._session.flush()
         self._stages_changed = True
+        self._changed_stages.add(record.key)
         return self._gateway_records(_gateway_query().where(Gateway.id == record.id))[0]
 
     def _gateway_records(self, query: Select[Gateway, Stage, Org]) -> list[GatewayRecord]:
