@@ -41,12 +41,14 @@ def haproxy_config(
         "    balance roundrobin",
     ]
     for name, port in listens.items():
-        lines += [f"frontend f_{name}", f"    bind 127.0.0.1:{port}", f"    default_backend b_{name}"]
+        lines += [
+            f"frontend f_{name}",
+            f"    bind 127.0.0.1:{port}",
+            f"    default_backend b_{name}",
+        ]
         lines += [f"backend b_{name}"]
         for index, (host, node_port) in enumerate(backends[name]):
-            lines.append(
-                f"    server n{index} {host}:{node_port} check inter 200ms fall 1 rise 1"
-            )
+            lines.append(f"    server n{index} {host}:{node_port} check inter 200ms fall 1 rise 1")
     return "\n".join(lines) + "\n"
 
 
@@ -79,8 +81,9 @@ class HaProxy:
             while True:
                 if self.proc.poll() is not None:
                     raise RuntimeError(f"haproxy exited:\n{self.log()}")
-                with contextlib.suppress(OSError), socket.create_connection(
-                    ("127.0.0.1", port), timeout=0.2
+                with (
+                    contextlib.suppress(OSError),
+                    socket.create_connection(("127.0.0.1", port), timeout=0.2),
                 ):
                     break
                 if time.monotonic() > deadline:
@@ -105,7 +108,9 @@ def running_haproxy(
     """HAProxy with one free loopback port per backend name (``proxy.listens``)."""
     import pytest
 
-    binary = shutil.which("haproxy") or ("/usr/sbin/haproxy" if Path("/usr/sbin/haproxy").exists() else None)
+    binary = shutil.which("haproxy") or (
+        "/usr/sbin/haproxy" if Path("/usr/sbin/haproxy").exists() else None
+    )
     if binary is None:
         pytest.skip("haproxy is not installed (Debian package haproxy; make system-deps)")
     listens = {name: free_port() for name in backends}

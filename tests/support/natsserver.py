@@ -58,8 +58,9 @@ class NatsServer:
         while True:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"nats-server exited:\n{self.log()}")
-            with contextlib.suppress(OSError), socket.create_connection(
-                ("127.0.0.1", self.port), timeout=0.2
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2),
             ):
                 return
             if time.monotonic() > deadline:

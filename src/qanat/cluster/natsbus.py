@@ -334,6 +334,7 @@ class KvBucket:
         try:
             await self._kv.put(key, value)
         except (OSError, TimeoutError, nats.errors.Error) as exc:
+            _reraise_cancel()
             raise BusDown(f"put {key}: {_describe(exc)}") from None
 
     async def delete(self, key: str) -> None:
@@ -341,6 +342,7 @@ class KvBucket:
         try:
             await self._kv.delete(key)
         except (OSError, TimeoutError, nats.errors.Error) as exc:
+            _reraise_cancel()
             raise BusDown(f"delete {key}: {_describe(exc)}") from None
 
     async def watch(self, on_change: Callable[[KvChange], None]) -> Callable[[], Awaitable[None]]:
@@ -351,6 +353,7 @@ class KvBucket:
         try:
             watcher = await self._kv.watchall()
         except (OSError, TimeoutError, nats.errors.Error) as exc:
+            _reraise_cancel()
             raise BusDown(f"watch: {_describe(exc)}") from None
 
         async def pump() -> None:
@@ -382,6 +385,14 @@ def _callback(handler: Handler) -> Callable[[Msg], Awaitable[None]]:
             log.exception("NATS handler for %s failed", msg.subject)
 
     return cb
+
+
+def _reraise_cancel() -> None:
+    # nats-py turns a cancellation inside a request into its own timeout
+    # error; a task being cancelled must still end.
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 def _age_s(created: Any) -> float:

@@ -122,6 +122,7 @@ class Presence:
         self._on_change = on_change
         self._local: dict[str, Holding] = {}
         self._gone: set[str] = set()  # keys to delete at the next write
+        self._closing = False
         self._remote: dict[str, tuple[Holding, float]] = {}
         self._bucket: KvBucket | None = None
         self._stop_watch: Callable[[], Awaitable[None]] | None = None
@@ -166,13 +167,15 @@ class Presence:
                     for key in list(self._local):
                         await bucket.delete(key)
         self._local = {}
+        self._closing = True
         await self._tasks.close(timeout_s=2.0)
         await self._unwatch()
 
     # -- tasks ---------------------------------------------------------------
 
     def _bus_up(self) -> None:
-        self._tasks.spawn(self._bind(), name="presence-bind")
+        if not self._closing:
+            self._tasks.spawn(self._bind(), name="presence-bind")
 
     def _bus_down(self) -> None:
         self._bound.clear()
@@ -196,7 +199,7 @@ class Presence:
 
     async def _writer(self) -> None:
         # Writes everything after a change, and again every ttl/3 (heartbeat).
-        while True:
+        while not self._closing:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._dirty.wait(), timeout=self.ttl_s / 3)
             self._dirty.clear()
@@ -212,6 +215,8 @@ class Presence:
                     await bucket.put(holding.key, holding.encode())
             except BusDown as exc:
                 log.debug("presence write failed: %s", exc)
+                if self._closing:
+                    return
                 self._gone |= gone
                 await asyncio.sleep(self.sweep_s)
 
