@@ -121,10 +121,24 @@ def _cmd_gateway(args: argparse.Namespace) -> int:
     if settings.keepalive_s and settings.keepalive_timeout_s > settings.keepalive_s:
         raise ConfigError("--keepalive-timeout must not be longer than --keepalive")
     if args.database_url:
+        from qanat.cluster import options as cluster_options
         from qanat.store import normalize_url
         from qanat.up import default_node, run_db_gateway
 
-        return run(run_db_gateway(settings, normalize_url(args.database_url), default_node()))
+        nats = cluster_options.nats_settings(args)
+        cluster = cluster_options.cluster_settings(args, nats) if nats is not None else None
+        mapping = cluster_options.bind_map(args.bind_map)
+        return run(
+            run_db_gateway(
+                settings,
+                normalize_url(args.database_url),
+                default_node(),
+                cluster,
+                cluster_options.map_binds(mapping) if mapping else None,
+            )
+        )
+    if args.nats:
+        raise ConfigError("--nats needs --database-url: cluster nodes share the portal's database")
     source = FileStageSource(stage_file)
 
     async def main() -> int:
@@ -288,8 +302,11 @@ def _cmd_portal(args: argparse.Namespace) -> int:
 
     data_dir = Path(args.data_dir).expanduser()
     url = database_url(data_dir, {"QANAT_DATABASE_URL": args.database_url or ""})
+    from qanat.cluster.options import nats_settings
+
     public = _public_url(args.public_url) or "http://127.0.0.1:8080"
-    return run(run_portal(data_dir, url, _host_port(args.listen, "--listen"), public))
+    nats = nats_settings(args)
+    return run(run_portal(data_dir, url, _host_port(args.listen, "--listen"), public, nats))
 
 
 def _public_url(text: str | None) -> str | None:
@@ -302,6 +319,8 @@ def _public_url(text: str | None) -> str | None:
 
 def _add_portal_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     import os
+
+    from qanat.cluster import options as cluster_options
 
     env_db = os.environ.get("QANAT_DATABASE_URL") or None
     up = sub.add_parser(
@@ -342,6 +361,7 @@ def _add_portal_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignor
     )
     portal.add_argument("--database-url", default=env_db, help="default: SQLite in --data-dir")
     portal.add_argument("-v", "--verbose", action="count", default=0)
+    cluster_options.add_nats_arguments(portal)
     portal.set_defaults(func=_cmd_portal)
 
     from qanat.admincli import add_admin_parser
@@ -376,6 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-format", choices=["human", "json"], default="human")
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
 
+    from qanat.cluster import options as cluster_options
     from qanat.connector.options import add_connect_arguments
     from qanat.ops import commands as ops_commands
 
@@ -513,6 +534,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gateway.add_argument("-v", "--verbose", action="count", default=0)
     ops_commands.add_gateway_metrics_argument(gateway)
+    cluster_options.add_nats_arguments(gateway)
+    cluster_options.add_node_arguments(gateway)
     gateway.set_defaults(func=_cmd_gateway)
 
     ops_commands.add_commands(sub)  # diagnose, probe

@@ -29,13 +29,18 @@ import os
 import signal
 import socket
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from qanat import __version__
+from qanat.cluster.control import ControlPublisher
+from qanat.cluster.natsbus import Bus, NatsSettings
+from qanat.cluster.node import ClusterNode, ClusterSettings
 from qanat.errors import ConfigError
 from qanat.gateway.server import Gateway
 from qanat.gateway.settings import GatewaySettings
+from qanat.gateway.stages import StageConfig
 from qanat.portal import PasswordHasher, Portal, PortalConfig, localadmin
 from qanat.portal.http import PortalHttp, PortalHttpSettings, build_app, set_local_admin
 from qanat.portal.http.sessions import Signer, load_secret
@@ -315,14 +320,29 @@ async def run_up(config: UpConfig) -> int:
 
 
 async def run_portal(
-    data_dir: Path, database_url: str, listen: tuple[str, int], public_url: str
+    data_dir: Path,
+    database_url: str,
+    listen: tuple[str, int],
+    public_url: str,
+    nats: NatsSettings | None = None,
 ) -> int:
-    """``qanat portal``: pages and API only, on their own listen address."""
+    """``qanat portal``: pages and API only, on their own listen address.
+
+    With ``nats`` every committed stage change is also published on the
+    control bus (cluster hook, qanat.cluster.control).
+    """
     logging.getLogger("alembic").setLevel(logging.WARNING)
     make_data_dir(data_dir)
     store = await asyncio.to_thread(open_store, StoreConfig(url=database_url))
     http: PortalHttp | None = None
+    bus: Bus | None = None
+    publisher: ControlPublisher | None = None
     try:
+        if nats is not None:
+            bus = Bus(nats, "qanat-portal")
+            publisher = ControlPublisher(bus, asyncio.get_running_loop())
+            store.stage_listeners.append(publisher.committed)
+            await bus.start()
         portal = Portal(store, PortalConfig(public_url))
         app = build_app(
             portal,
@@ -338,31 +358,56 @@ async def run_portal(
         set_local_admin(app, local)
         _say(f"qanat portal on {url}/ (database {redact_url(database_url)})")
         _say(f"  stage addresses: {public_url}/sg_<id>")
+        if nats is not None:
+            _say(f"  control bus: NATS {nats.display}")
         _announce_first_admin(first, data_dir)
         await _until_signal()
     finally:
         if http is not None:
             await http.close()
+        if publisher is not None:
+            await publisher.close()
+        if bus is not None:
+            await bus.close()
         store.close()
     return 0
 
 
-async def run_db_gateway(settings: GatewaySettings, database_url: str, node: str) -> int:
-    """``qanat gateway --database-url``: tunnels with stages from the portal's database."""
+async def run_db_gateway(
+    settings: GatewaySettings,
+    database_url: str,
+    node: str,
+    cluster: ClusterSettings | None = None,
+    bind_map: Callable[[StageConfig], StageConfig] | None = None,
+) -> int:
+    """``qanat gateway --database-url``: tunnels with stages from the portal's database.
+
+    Cluster hook: with ``cluster`` the node joins the others over NATS
+    (qanat.cluster.node), and SIGTERM drains instead of stopping at once.
+    """
     store = await asyncio.to_thread(open_store, StoreConfig(url=database_url), migrate=False)
-    source = DatabaseStageSource(store)
+    source = DatabaseStageSource(store, transform=bind_map)
     gateway = Gateway(settings, source)
+    node = cluster.node if cluster is not None else node
     reporter = GatewayReporter(ConnectorRegistry(store, node), node)
     reporter.attach(gateway)
+    member: ClusterNode | None = None
     try:
         await gateway.start()
         await reporter.start()
+        if cluster is not None:
+            member = ClusterNode(gateway, source, cluster)
+            await member.start()
         host, port = gateway.address
         log.info("qanat gateway %s listening on http://%s:%d", __version__, host, port)
         log.info("stages from %s (%d addressed)", redact_url(database_url), len(source.stages()))
         await _until_signal()
         log.info("shutting down")
+        if member is not None:
+            await member.drain()
     finally:
+        if member is not None:
+            await member.close()
         await gateway.close()
         await reporter.close()
         store.close()

@@ -64,7 +64,8 @@ async def test_a_change_reaches_a_node_by_message_and_not_by_poll(
         address = events[-1].stage.address_id
         await asyncio.to_thread(portal.deactivate, operator, SRC, acme, "Test")
         await eventually(lambda: not source.lookup(address).active, "the deactivation", 5)
-        assert follower.messages >= 2 and publisher.published >= 2
+        assert follower.messages >= 2
+        assert publisher.published >= 2
         assert first.token
         # A forged or stale message costs one read and changes nothing.
         known = source.revision
@@ -72,7 +73,8 @@ async def test_a_change_reaches_a_node_by_message_and_not_by_poll(
         await portal_bus.publish(stage_subject("acme/Test"), StageChanged("x", 0).encode())
         await portal_bus.publish(stage_subject("x"), StageChanged("x", 10**9).encode())
         await eventually(lambda: follower.messages >= 4, "the two well-formed messages")
-        assert source.revision == known and not source.lookup(address).active
+        assert source.revision == known
+        assert not source.lookup(address).active
     finally:
         await publisher.close()
         await portal_bus.close()

@@ -121,7 +121,8 @@ async def test_a_channel_over_the_link_carries_bytes_and_half_close() -> None:
         session.chan.write_eof()
         await eventually(lambda: session.eof, "the echo's EOF")
         assert bytes(session.data) == b"banner\nHELLO"
-        assert asked[0].node == "a" and asked[0].port == 8081
+        assert asked[0].node == "a"
+        assert asked[0].port == 8081
 
         with pytest.raises(ChannelOpenFailed, match="dial 10.0.0.5:1"):
             await LinkDialer(SECRET, "a", (host, port), "acme/Dev", 1).open_channel(
@@ -131,7 +132,8 @@ async def test_a_channel_over_the_link_carries_bytes_and_half_close() -> None:
             await LinkDialer(b"w" * 32, "a", (host, port), "acme/Dev", 8081).open_channel(
                 b"x", Collector, timeout_s=2
             )
-        assert server.refused == 1 and len(asked) == 2
+        assert server.refused == 1
+        assert len(asked) == 2
         session.chan.close()
     finally:
         for transport in served:

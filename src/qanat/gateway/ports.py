@@ -23,7 +23,7 @@ import ipaddress
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from qanat.errors import ChannelOpenFailed
 from qanat.gateway.balancer import Member, Pool, PoolPolicy, Strategy
@@ -155,15 +155,34 @@ def _session_of(splice: Splice) -> Callable[[], Any]:
     return lambda: splice.chan_end
 
 
+class RelayReply(Protocol):
+    """How a connection relayed from another node is answered (qanat.cluster.link)."""
+
+    def opened(self, transport: asyncio.Transport) -> None: ...
+
+    def failed(self, transport: asyncio.Transport, reason: str) -> None: ...
+
+
+def is_remote(member: Member) -> bool:
+    """Whether ``member`` is another gateway node (qanat.cluster), not a local tunnel."""
+    return bool(getattr(member.tunnel, "remote", False))
+
+
 class AppConnection(asyncio.Protocol):
     """An app connection on an endpoint, until its channel is open.
 
     Reading is paused until a connector has accepted the channel, so nothing
     the app sends early is lost or buffered by us.
+
+    Cluster hook: with ``relay`` the connection came from another gateway
+    node over the node link (the app's source was checked there); only
+    this node's own tunnels are tried, and the outcome is answered through
+    ``relay`` before any byte flows.
     """
 
-    def __init__(self, endpoint: Endpoint) -> None:
+    def __init__(self, endpoint: Endpoint, relay: RelayReply | None = None) -> None:
         self.endpoint = endpoint
+        self.relay = relay
         self.transport: asyncio.Transport | None = None
         self.task: asyncio.Task[None] | None = None
         self.lost = False
@@ -175,7 +194,7 @@ class AppConnection(asyncio.Protocol):
         # uvloop's transports do not derive from asyncio.Transport: no isinstance.
         self.transport = transport = cast(asyncio.Transport, base)
         peer = transport.get_extra_info("peername") or ("?", 0)
-        if not ep.allows(str(peer[0])):
+        if self.relay is None and not ep.allows(str(peer[0])):
             # Closed at once (RST: the app can tell this from a failed
             # channel), counted, logged within RefusalLog's bound.
             ep.refused_sources += 1
@@ -205,7 +224,7 @@ class AppConnection(asyncio.Protocol):
                 break
             tunnel = cast("Tunnel", member.tunnel)
             ssh = tunnel.ssh
-            if ssh is None or not tunnel.serving:
+            if ssh is None or not tunnel.serving or (self.relay is not None and is_remote(member)):
                 continue
             if attempt:
                 ep.connections_retried += 1
@@ -253,6 +272,8 @@ class AppConnection(asyncio.Protocol):
                 splice.close()
                 return
             metrics.channel_opened(ep.stage_key, ep.port, time.perf_counter() - started)
+            if self.relay is not None:
+                self.relay.opened(transport)
             splice.attach_tcp(transport, self.early, self.eof)
             return
         ep.open_connections -= 1
@@ -263,6 +284,9 @@ class AppConnection(asyncio.Protocol):
         reason = "; ".join(reasons) or "no connector serves this port"
         ep.log.warning("app connection from %s failed: %s", source, reason)
         ep.recent_failures.add("channel", source, reason)
+        if self.relay is not None:
+            self.relay.failed(transport, reason)
+            return
         tcpclose.close_after_refusal(transport)  # FIN: closed without data
 
     def _splice_done(self, splice: Splice) -> None:
@@ -399,6 +423,32 @@ class PortTable:
         if not endpoint.pool.members and self.endpoints.get(key) is endpoint:
             endpoint.close()
             del self.endpoints[key]
+
+    async def join_remote(self, stage: StageConfig, remote: Remote, tunnel: Any) -> str | None:
+        """Cluster hook: put another node (``tunnel``, a RemoteTunnel) into a port's pool.
+
+        Creates the port's listener when this node has no connector for it.
+        Returns None, or why the node cannot be added (undone by :meth:`unbind`).
+        """
+        key = (stage.bind_host, int(remote.local_port))
+        endpoint = self.endpoints.get(key)
+        if endpoint is None and key in self._binding:
+            endpoint = await asyncio.shield(self._binding[key])
+        if endpoint is None:
+            try:
+                endpoint = await self._create(stage, remote, key)
+            except OSError as exc:
+                return f"cannot listen on {stage.bind_host}:{remote.local_port}: {exc}"
+        if endpoint.stage_key != stage.key:
+            return f"port {remote.local_port} is served for another stage on this node"
+        if not self.gateway.settings.allow_target_mismatch and any(
+            m.target != remote.target for m in endpoint.pool.members
+        ):
+            self._close_if_empty(endpoint)
+            return f"port {remote.local_port} is served with another target on this node"
+        endpoint.pool.add(Member(tunnel, remote.target, remote.channel_extra))
+        tunnel.endpoints = [endpoint]
+        return None
 
     def unbind(self, tunnel: Tunnel) -> list[int]:
         """Remove ``tunnel`` from every pool; close listeners left empty.
