@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -522,8 +523,9 @@ def build_parser() -> argparse.ArgumentParser:
     gateway.add_argument("--ports", default="1024-65535", help="add-stage: allowed port range")
     gateway.add_argument(
         "--database-url",
-        default=None,
-        help="take stages from the portal's database (sqlite:///... or postgresql://...)",
+        default=os.environ.get("QANAT_DATABASE_URL") or None,
+        help="take stages from the portal's database (sqlite:///... or postgresql://...); "
+        "env QANAT_DATABASE_URL",
     )
     gateway.add_argument(
         "--allow",

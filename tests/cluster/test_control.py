@@ -124,7 +124,9 @@ async def test_nats_outage_falls_back_to_polling_says_so_once_and_loses_nothing(
         await eventually(lambda: source.lookup(address).active, "the change after recovery", 5)
         downs = [r for r in caplog.records if "unreachable: following" in r.getMessage()]
         ups = [r for r in caplog.records if "is back:" in r.getMessage()]
-        assert len(downs) == 1 and len(ups) == 1, [r.getMessage() for r in caplog.records]
+        said = [r.getMessage() for r in caplog.records]
+        assert len(downs) == 1, said
+        assert len(ups) == 1, said
     finally:
         await publisher.close()
         await portal_bus.close()

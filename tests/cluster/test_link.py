@@ -124,7 +124,7 @@ async def test_a_channel_over_the_link_carries_bytes_and_half_close() -> None:
         assert asked[0].node == "a"
         assert asked[0].port == 8081
 
-        with pytest.raises(ChannelOpenFailed, match="dial 10.0.0.5:1"):
+        with pytest.raises(ChannelOpenFailed, match=r"dial 10\.0\.0\.5:1"):
             await LinkDialer(SECRET, "a", (host, port), "acme/Dev", 1).open_channel(
                 b"x", Collector, timeout_s=2
             )
@@ -156,7 +156,7 @@ async def test_unreachable_and_silent_nodes_fail_the_attempt() -> None:
             w.close()
         silent.close()
         await silent.wait_closed()
-    with pytest.raises(ChannelOpenFailed, match="node link 127.0.0.1"):
+    with pytest.raises(ChannelOpenFailed, match=r"node link 127\.0\.0\.1"):
         await LinkDialer(SECRET, "a", ("127.0.0.1", port), "s", 1).open_channel(
             b"x", Collector, timeout_s=2
         )
