@@ -29,7 +29,7 @@ def haproxy_config(
     """The config text: ``listens[name]`` is the balancer's port for ``backends[name]``."""
     lines = [
         "global",
-        "    maxconn 20000",
+        "    maxconn 4000",
         "defaults",
         "    mode tcp",
         "    timeout connect 1s",

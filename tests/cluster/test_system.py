@@ -1,0 +1,145 @@
+"""Three gateway nodes behind a real HAProxy, one portal, PostgreSQL and NATS.
+
+Everything runs as real processes started here (see support/clusterbed.py);
+connectors are ``qanat connect`` processes dialling the balancer.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from support.clusterbed import ClusterBed, Load, Streams, api_status, exchange, missing_parts
+from support.timing import wait_until
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def bed(tmp_path: Path) -> Iterator[ClusterBed]:
+    why = missing_parts()
+    if why is not None:
+        if os.environ.get("CI") == "true" or os.geteuid() == 0:
+            pytest.fail(f"{why}; `make system-deps` installs it (as root this never skips)")
+        pytest.skip(f"{why}; not root, so `make system-deps` could not install it")
+    bed = ClusterBed(tmp_path)
+    try:
+        bed.start()
+        yield bed
+    finally:
+        bed.close()
+
+
+def connectors_everywhere(bed: ClusterBed, names: list[str]) -> dict[str, str]:
+    """Start connectors; wait until each is connected to some node; who holds whom."""
+    for name in names:
+        bed.start_connector(name)
+    wait_until(lambda: all(bed.holder(n) for n in names), "every connector connected", 30)
+    return {n: bed.holder(n).name for n in names}  # type: ignore[union-attr]
+
+
+def all_nodes_serve(bed: ClusterBed) -> bool:
+    for node in bed.nodes:
+        try:
+            exchange(node.bind, bed.app_port, b"ping")
+        except OSError:
+            return False
+    return True
+
+
+def test_any_node_serves_an_app_and_a_killed_nodes_connectors_come_back(
+    bed: ClusterBed,
+) -> None:
+    holders = connectors_everywhere(bed, ["c0", "c1", "c2"])
+    wait_until(lambda: all_nodes_serve(bed), "every node serving the port", 20)
+    # Through the balancer too.
+    exchange(*bed.app_address, b"via haproxy" * 100)
+
+    victim = next(n for n in bed.nodes if n.name == holders["c0"])
+    survivors = [n for n in bed.nodes if n is not victim]
+    orphans = [c for c, h in holders.items() if h == victim.name]
+    marks = bed.marks()
+    with Load([(n.bind, bed.app_port) for n in survivors], rate=200) as load:
+        time.sleep(1.0)  # load before the kill: part of what is measured, not a wait
+        killed_at = time.monotonic()
+        bed.kill_node(victim)
+        wait_until(
+            lambda: all(bed.holder(c, marks) in survivors for c in orphans),
+            "the killed node's connectors back on the survivors",
+            30,
+        )
+        back_s = time.monotonic() - killed_at
+        time.sleep(2.0)
+    print(
+        f"\nkill -9 {victim.name}: {len(orphans)} connector(s) back after {back_s:.2f}s; "
+        f"{load.total} app connections on the survivors, {len(load.failures)} failed"
+    )
+    assert load.total > 500
+    assert load.failures == [], load.failures[:5]
+
+
+def test_rolling_restart_fails_no_app_connection_and_loses_no_byte(bed: ClusterBed) -> None:
+    connectors_everywhere(bed, ["c0", "c1", "c2"])
+    wait_until(lambda: all_nodes_serve(bed), "every node serving the port", 20)
+    streams = Streams(bed.app_address, count=6, seconds=4.0)
+    with Load([bed.app_address], rate=200) as load:
+        streams.start()
+        started = time.monotonic()
+        for node in bed.nodes:
+            assert node.process is not None
+            node.process.send(signal.SIGTERM)
+            assert node.process.wait_exit(40) == 0, node.process.output[-3000:]
+            bed.start_node(node)
+            wait_until(lambda: all_nodes_serve(bed), "every node serving again", 30)
+        took = time.monotonic() - started
+        streams.join()
+    print(
+        f"\nrolling restart of {len(bed.nodes)} nodes in {took:.1f}s: {load.total} app "
+        f"connections, {len(load.failures)} failed; streams sent {streams.sent} bytes, "
+        f"lost {streams.lost}"
+    )
+    assert load.total > 1000
+    assert load.failures == [], load.failures[:5]
+    assert streams.errors == []
+    assert streams.lost == 0
+
+
+def test_a_postgresql_restart_keeps_traffic_and_the_portal_answers_503(
+    bed: ClusterBed,
+) -> None:
+    connectors_everywhere(bed, ["c0", "c1"])
+    wait_until(lambda: all_nodes_serve(bed), "every node serving the port", 20)
+    assert bed.pg is not None
+    with Load([bed.app_address], rate=100) as load:
+        bed.pg.pause()
+        status, problem = api_status(bed, "/orgs/acme/stages/Development")
+        assert status == 503, problem
+        assert "database" in problem["detail"].lower() or "database" in problem["title"].lower()
+        exchange(*bed.app_address, b"during the outage" * 100)
+        bed.pg.resume()
+        wait_until(
+            lambda: api_status(bed, "/orgs/acme/stages/Development")[0] == 200,
+            "the portal answering again",
+            30,
+        )
+    assert load.failures == [], load.failures[:5]
+    # Everything resumes: a deactivation reaches every node again.
+    bed.request("POST", "/orgs/acme/stages/Development/deactivate", {})
+    wait_until(
+        lambda: not any(_serves(n.bind, bed.app_port) for n in bed.nodes),
+        "the port closed on every node",
+        10,
+    )
+
+
+def _serves(host: str, port: int) -> bool:
+    try:
+        exchange(host, port, b"x", timeout_s=1)
+    except OSError:
+        return False
+    return True
