@@ -44,7 +44,7 @@ def test_compose_gateways_are_cluster_nodes_behind_the_balancer() -> None:
         assert env["QANAT_NATS_URL"].startswith("nats://nats:")
         assert "@postgres:" in env["QANAT_DATABASE_URL"]
         assert args.node_link_advertise == f"{service['hostname']}:7946"
-        host, port = args.listen.rsplit(":", 1)
+        _host, port = args.listen.rsplit(":", 1)
         assert re.search(rf"server \w+ {name}:{port} check", haproxy), name
         assert re.search(rf"server \w+ {name}:8081 check", haproxy), name
         secret = Path(args.cluster_secret_file).name

@@ -20,6 +20,16 @@ from support.timing import wait_until
 pytestmark = pytest.mark.slow
 
 
+def _save_logs(bed: ClusterBed) -> None:
+    # For a post-mortem: every process's output, in QANAT_CLUSTER_LOGS when set.
+    where = Path(os.environ.get("QANAT_CLUSTER_LOGS") or bed.root)
+    where.mkdir(parents=True, exist_ok=True)
+    for process in bed.group.started:
+        (where / f"{process.name}-{process.pid}.log").write_text(process.output)
+    if (bed.root / "echo.log").exists():
+        (where / "echo.log").write_text((bed.root / "echo.log").read_text())
+
+
 @pytest.fixture
 def bed(tmp_path: Path) -> Iterator[ClusterBed]:
     why = missing_parts()
@@ -32,6 +42,7 @@ def bed(tmp_path: Path) -> Iterator[ClusterBed]:
         bed.start()
         yield bed
     finally:
+        _save_logs(bed)
         bed.close()
 
 
@@ -46,8 +57,10 @@ def connectors_everywhere(bed: ClusterBed, names: list[str]) -> dict[str, str]:
 def all_nodes_serve(bed: ClusterBed) -> bool:
     for node in bed.nodes:
         try:
-            exchange(node.bind, bed.app_port, b"ping")
-        except OSError:
+            exchange(node.bind, bed.app_port, b"ping", timeout_s=2)
+        except OSError as exc:
+            assert bed.endpoint is not None
+            print(f"  {node.name} not serving: {exc!r} (echo: {bed.endpoint.proc.poll()})")
             return False
     return True
 
@@ -104,7 +117,13 @@ def test_rolling_restart_fails_no_app_connection_and_loses_no_byte(bed: ClusterB
         f"lost {streams.lost}"
     )
     assert load.total > 1000
-    assert load.failures == [], load.failures[:5]
+    logs = "\n".join(
+        line
+        for n in bed.group.started
+        for line in n.lines
+        if "failed" in line or "drain" in line or "Error" in line or "  File" in line
+    )
+    assert load.failures == [], f"{load.failures[:5]}\n{logs[-6000:]}"
     assert streams.errors == []
     assert streams.lost == 0
 

@@ -17,6 +17,8 @@ import contextlib
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -25,7 +27,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from support.endpoints import CommandEndpoint
 from support.haproxy import HaProxy, running_haproxy
 from support.natsserver import NatsServer, nats_server_binary
 from support.pgserver import PgServer, find_bindir
@@ -71,7 +72,7 @@ class ClusterBed:
     portal: QanatProcess | None = None
     nodes: list[NodeProc] = field(default_factory=list)
     connectors: list[QanatProcess] = field(default_factory=list)
-    endpoint: CommandEndpoint | None = None
+    endpoint: EchoProcess | None = None
     app_port: int = 0
     db_url: str = ""
     api: str = ""
@@ -96,7 +97,7 @@ class ClusterBed:
         self.nats = NatsServer(binary)
         self._stack.callback(self.nats.close)
         self.nats.start()
-        self.endpoint = self._stack.enter_context(CommandEndpoint())
+        self.endpoint = self._stack.enter_context(EchoProcess(self.root / "echo.log"))
         self._stack.callback(self.group.close)
         self.app_port = free_port()
         self.nodes = [
@@ -162,7 +163,7 @@ class ClusterBed:
             "--bind-map", f"127.0.0.1={node.bind}",
             "--keepalive", "2s",
             "--keepalive-timeout", "1s",
-            "--channel-open-timeout", "2s",
+            "--channel-open-timeout", "5s",
             "--presence-ttl", "3s",
             "--drain-timeout", "10s",
             *self.node_flags,
@@ -229,12 +230,38 @@ class ClusterBed:
         self._stack.close()
 
 
+class EchoProcess:
+    """The private endpoint: an echo server in its own process (echoproc.py)."""
+
+    def __init__(self, log: Path) -> None:
+        with log.open("w") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, str(Path(__file__).with_name("echoproc.py"))],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=err,
+                text=True,
+            )
+        assert self.proc.stdout is not None
+        self.port = int(self.proc.stdout.readline())
+
+    def __enter__(self) -> EchoProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.proc.kill()
+        self.proc.wait(scaled(10))
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            if pipe is not None:
+                pipe.close()
+
+
 def exchange(host: str, port: int, payload: bytes, timeout_s: float = 5.0) -> None:
     """One app connection to the command endpoint's echo; raises on any failure."""
     import socket
 
     with socket.create_connection((host, port), timeout=scaled(timeout_s)) as sock:
-        sock.sendall(b"echo\n" + payload)
+        sock.sendall(payload)
         sock.shutdown(socket.SHUT_WR)
         got = b""
         while len(got) < len(payload):
@@ -301,7 +328,7 @@ class Load:
             async with asyncio.timeout(scaled(10)):
                 reader, writer = await asyncio.open_connection(*target)
                 try:
-                    writer.write(b"echo\n" + payload)
+                    writer.write(payload)
                     writer.write_eof()
                     got = await reader.read(len(payload) + 1)
                     while len(got) < len(payload):
@@ -361,7 +388,6 @@ class Streams:
 
         reading = asyncio.get_running_loop().create_task(read())
         try:
-            writer.write(b"echo\n")
             end = time.monotonic() + self.seconds
             while time.monotonic() < end:
                 writer.write(chunk)
@@ -371,7 +397,8 @@ class Streams:
             writer.write_eof()
             await asyncio.wait_for(reading, scaled(15))
         except (OSError, TimeoutError) as exc:
-            self.errors.append(f"stream {index}: {exc!r}")
+            at = time.strftime("%H:%M:%S")
+            self.errors.append(f"stream {index} at {at}, {sent} sent {received} back: {exc!r}")
         finally:
             reading.cancel()
             writer.close()

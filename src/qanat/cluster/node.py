@@ -312,19 +312,25 @@ class ClusterNode:
     async def drain(self) -> None:
         """SIGTERM: leave without failing an app connection or cutting an open one.
 
-        1. tell the other nodes this node is draining (their pools try it last)
-           and stop using theirs;
+        1. tell the other nodes this node is draining (their pools try it last);
         2. stop taking connectors (front door closed: the balancer sends them
            elsewhere) and app connections (endpoint listeners closed: the
-           balancer retries on another node);
-        3. wait until the open app connections have finished, at most
-           ``drain_timeout_s``; relayed ones from other nodes are still served;
-        4. hand the connectors back one at a time: close a tunnel, wait (at
-           most ``handback_s``) until another node serves its ports, next;
-        5. withdraw presence and leave NATS.
+           balancer retries on another node); relayed connections from other
+           nodes are still served;
+        3. hand the connectors back one at a time: mark the tunnel draining (new
+           connections go to the others), wait until its connections have
+           finished, close it (the connector reconnects through the balancer
+           to another node), wait (at most ``handback_s``) until another node
+           serves its ports, next;
+        4. wait for the app connections this node carries to other nodes;
+        5. withdraw presence and leave NATS (:meth:`close`).
+
+        Steps 3 and 4 end at ``drain_timeout_s`` after the start; what is still
+        open then is cut, and the log says how many.
         """
         s = self.settings
         started = time.monotonic()
+        deadline = started + s.drain_timeout_s
         self.draining = True
         self._publish_local()
         gateway = self.gateway
@@ -338,29 +344,34 @@ class ClusterNode:
             self.open_connections(),
             len(gateway.tunnels),
         )
-        deadline = started + s.drain_timeout_s
-        # Polled: the count spans every tunnel and remote member.
-        while self._local_open() and time.monotonic() < deadline:  # noqa: ASYNC110
-            await asyncio.sleep(0.05)
-        left = self._local_open()
-        for tunnel in list(gateway.tunnels.values()):
+        for tunnel in sorted(gateway.tunnels.values(), key=lambda t: len(t.splices)):
+            if not tunnel.serving:
+                continue
+            tunnel.draining = True
+            # Polled: opens in flight and spliced connections of this tunnel.
+            while self._carried(tunnel) and time.monotonic() < deadline:  # noqa: ASYNC110
+                await asyncio.sleep(0.02)
             ports = [int(r.local_port) for r in tunnel.remotes if r.remote_proto != "udp"]
             tunnel.close(f"gateway node {s.node} draining: connect to another node")
-            until = time.monotonic() + s.handback_s
+            until = min(deadline, time.monotonic() + s.handback_s)
             key = tunnel.stage.key
             while time.monotonic() < until and not self._served_elsewhere(key, ports):  # noqa: ASYNC110
-                await asyncio.sleep(0.05)
+                await asyncio.sleep(0.02)
+        while self.open_connections() and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
         log.info(
-            "node %s drained in %.1fs (%d connection(s) still open at the deadline)",
+            "node %s drained in %.1fs (%d app connection(s) still open at the deadline)",
             s.node,
             time.monotonic() - started,
-            left,
+            self.open_connections(),
         )
 
-    def _local_open(self) -> int:
-        return sum(len(t.splices) for t in self.gateway.tunnels.values()) + sum(
-            t.open for t in self._remote.values()
+    @staticmethod
+    def _carried(tunnel: Tunnel) -> int:
+        pending = sum(
+            len(m.pending) for e in tunnel.endpoints for m in e.pool.members if m.tunnel is tunnel
         )
+        return len(tunnel.splices) + pending
 
     def _served_elsewhere(self, stage: str, ports: list[int]) -> bool:
         live = {(h.stage, h.port) for h in self.presence.remote() if not h.draining}
