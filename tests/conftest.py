@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections.abc import Coroutine
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -74,3 +75,15 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
     kwargs = {name: pyfuncitem.funcargs[name] for name in pyfuncitem._fixtureinfo.argnames}
     _run_test_coroutine(pyfuncitem.obj(**kwargs), pyfuncitem.nodeid)
     return True
+
+
+@pytest.fixture(scope="session")
+def gopeer(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The Go interop peer (tests/interop/gopeer), built once per session;
+    skips with the reason when Go or its Debian source packages are missing."""
+    from support import gopeer as go
+
+    reason = go.missing()
+    if reason is not None:
+        pytest.skip(reason)
+    return go.build(tmp_path_factory.mktemp("gopeer"))

@@ -21,15 +21,18 @@ import json
 import re
 from typing import Any
 
+import pytest
+
 from qanat import __version__
 from qanat.connector.dialer import Dialer
-from qanat.net.ssh import HostKey, SshTunnel, connect_tunnel, serve_tunnel
+from qanat.net.ssh import HostKey, SshTunnel, serve_tunnel
 from qanat.wire.configmsg import encode_config
 from support.servers import echo_server, free_port, http_exchange, parse_response, roundtrip
 from support.stockpeer import (
     OBSERVED_KEY,
     HandFramed,
     HeadReader,
+    go_style_ssh,
     open_upgraded,
     outsystemscc_request,
     stock_101,
@@ -46,8 +49,11 @@ OBSERVED_CONFIG = (
 )
 
 
-async def stock_client_tunnel(env: GatewayEnv, request: bytes) -> tuple[SshTunnel, bytes]:
-    """Upgrade with ``request`` by hand, then run SSH over hand-made frames."""
+async def stock_client_tunnel(
+    env: GatewayEnv, request: bytes, **auth: Any
+) -> tuple[SshTunnel, bytes]:
+    """Upgrade with ``request`` by hand, then run SSH over hand-made frames,
+    authenticating as Go's client does (or as ``auth`` says)."""
     head_reader, head = await open_upgraded(env.port, request)
     assert head.startswith(b"HTTP/1.1 101 "), head
 
@@ -55,8 +61,37 @@ async def stock_client_tunnel(env: GatewayEnv, request: bytes) -> tuple[SshTunne
         return HandFramed.attach(head_reader, upper, mask=True)
 
     dialer = Dialer(scaled(5), lambda splice: None, lambda splice: None)
-    tunnel = await connect_tunnel(attach, dialer, timeout_s=scaled(10))
+    tunnel = await go_style_ssh(attach, dialer, **auth)
     return tunnel, head
+
+
+@pytest.mark.parametrize(
+    ("user", "password", "methods"),
+    [
+        ("", "", ("none", "password")),  # chisel / outsystemscc without --auth
+        ("", "", ("password",)),  # a client that skips none
+        ("", "", ("none",)),
+        ("", "secret", ("password",)),
+        ("chisel", "pass", ("none", "password")),  # chisel --auth chisel:pass
+        ("chisel", "", ("password",)),
+        ("ü-ser", "", ("none",)),
+    ],
+)
+async def test_every_user_name_and_method_mix_is_accepted(tmp_path, user, password, methods):
+    """PROTOCOL.md section 3: the token is the credential; SSH user auth must
+    let any name and method through (an empty name used to be refused)."""
+    async with running_gateway(tmp_path) as env:
+        request = outsystemscc_request(
+            f"127.0.0.1:{env.port}", f"/{env.stage.address_id}", token=env.token
+        )
+        tunnel, _ = await stock_client_tunnel(
+            env, request, user=user, password=password, methods=methods
+        )
+        try:
+            assert await tunnel.request("ping") == (True, b"pong")
+        finally:
+            tunnel.close()
+            await tunnel.wait_closed()
 
 
 async def test_outsystemscc_upgrade_is_accepted_and_carries_traffic(tmp_path):

@@ -167,8 +167,9 @@ async def test_bad_tokens_get_401(tmp_path, caplog, token, body):
         status, _, answer = parse_response(await http_exchange(env.port, request))
         assert (status, answer) == (401, body)
         assert env.gateway.auth_limiter.allow("127.0.0.1")
-    refusal = "no token" if token is None else "bad"
-    assert any(m.endswith(f"tunnel refused ({refusal}) for address") for m in messages(caplog))
+    refusal = "no token header" if token is None else "wrong token (not a token of this address)"
+    expected = f": tunnel refused for address {env.stage.address_id}: {refusal}"
+    assert any(re.fullmatch(r"127\.0\.0\.1:\d+" + re.escape(expected), m) for m in messages(caplog))
 
 
 async def test_unknown_address_gets_the_same_401_as_a_wrong_token(tmp_path, caplog):
@@ -180,15 +181,20 @@ async def test_unknown_address_gets_the_same_401_as_a_wrong_token(tmp_path, capl
         env = witness.env
         host = f"127.0.0.1:{env.port}"
         wrong_token = outsystemscc_request(host, f"/{env.stage.address_id}", token="guess")
-        unknown_address = outsystemscc_request(host, f"/{new_address_id()}", token=env.token)
+        unknown_address_id = new_address_id()
+        unknown_address = outsystemscc_request(host, f"/{unknown_address_id}", token=env.token)
         first = comparable(await http_exchange(env.port, wrong_token))
         second = comparable(await http_exchange(env.port, unknown_address))
         assert first == second
         assert first[0] == 401
+    # The operator's log tells the two apart (the answers above do not).
     lines = [m for m in messages(caplog) if "tunnel refused" in m]
     assert [re.sub(r"^127\.0\.0\.1:\d+", "", m) for m in lines] == [
-        ": tunnel refused (bad) for address"
-    ] * 2
+        f": tunnel refused for address {env.stage.address_id}: wrong token"
+        " (not a token of this address)",
+        f": tunnel refused for address {unknown_address_id}: no stage has this address"
+        " (unknown or deleted); token not checked",
+    ]
 
 
 async def test_a_renewed_token_is_told_so_and_established_tunnels_stay(tmp_path):

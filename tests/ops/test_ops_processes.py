@@ -207,7 +207,7 @@ def test_full_run_logs_context_and_never_a_secret(tmp_path: Path) -> None:
         assert doc["stage"] == "acme/Development"
         assert isinstance(doc["tunnel"], int)
         assert doc["connector"]
-    assert any("tunnel refused (bad)" in d["msg"] for d in gateway_lines)
+    assert any("wrong token" in d["msg"] for d in gateway_lines)
 
     connector_lines = json_lines(connector_text)
     ours = [d for d in connector_lines if d["logger"].startswith("qanat.connector")]

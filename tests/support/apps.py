@@ -64,3 +64,22 @@ def connection_refused(port: int) -> bool:
             return False
     except ConnectionRefusedError:
         return True
+
+
+def udp_exchange(port: int, payload: bytes, *, sock: socket.socket | None = None) -> bytes | None:
+    """Send one datagram to 127.0.0.1:``port``; the answer, or None after a
+    short wait (UDP: the caller retries within its own deadline)."""
+    own = sock is None
+    if sock is None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind(("127.0.0.1", 0))
+    try:
+        sock.settimeout(scaled(0.5))
+        sock.sendto(payload, ("127.0.0.1", port))
+        try:
+            return sock.recv(65536)
+        except TimeoutError:
+            return None
+    finally:
+        if own:
+            sock.close()

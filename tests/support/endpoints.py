@@ -152,3 +152,32 @@ class HttpEndpoint(http.server.ThreadingHTTPServer):
         self.shutdown()
         self.server_close()
         self._thread.join(scaled(5))
+
+
+class UdpEchoEndpoint(socketserver.ThreadingUDPServer):
+    """Echoes every datagram to its sender, prefixed with ``echo:``; a context manager."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _UdpEchoHandler)
+        self._thread = threading.Thread(target=self.serve_forever, daemon=True)
+
+    @property
+    def port(self) -> int:
+        return int(self.server_address[1])
+
+    def __enter__(self) -> UdpEchoEndpoint:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+        self.server_close()
+        self._thread.join(scaled(5))
+
+
+class _UdpEchoHandler(socketserver.BaseRequestHandler):
+    def handle(self) -> None:
+        data, sock = self.request
+        sock.sendto(b"echo:" + data, self.client_address)

@@ -1,8 +1,9 @@
-"""qanat as real processes: start, read logs, signal, and always clean up.
+"""qanat (and peers) as real processes: start, read logs, signal, and always clean up.
 
-Each process runs ``sys.executable -m qanat ...`` in its own session (process
-group); :class:`ProcessGroup` kills every group it started when the test
-ends, whatever happened, and checks that nothing is left behind.
+Each process runs ``sys.executable -m qanat ...`` (or any other program, such
+as the Go peer) in its own session (process group); :class:`ProcessGroup`
+kills every group it started when the test ends, whatever happened, and
+checks that nothing is left behind.
 """
 
 from __future__ import annotations
@@ -30,20 +31,22 @@ def qanat_env() -> dict[str, str]:
     return env
 
 
-class QanatProcess:
-    """One running qanat command; its combined output is collected by a thread."""
+class LoggedProcess:
+    """One running program; its combined output is collected by a thread."""
 
-    def __init__(self, name: str, args: list[str], cwd: Path) -> None:
+    def __init__(
+        self, name: str, argv: list[str], cwd: Path, env: dict[str, str] | None = None
+    ) -> None:
         self.name = name
-        self.args = args
+        self.args = argv
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "qanat", *args],
+            argv,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
             cwd=cwd,
-            env=qanat_env(),
+            env=env if env is not None else qanat_env(),
             start_new_session=True,
         )
         self.pid = self.proc.pid
@@ -112,6 +115,7 @@ class QanatProcess:
 
     def kill_group(self) -> None:
         with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.pid, signal.SIGCONT)  # a stopped process cannot die
             os.killpg(self.pid, signal.SIGKILL)
         self.proc.wait(scaled(10))
         self._reader.join(scaled(5))
@@ -119,15 +123,31 @@ class QanatProcess:
             self.proc.stdout.close()
 
 
+class QanatProcess(LoggedProcess):
+    """One running qanat command."""
+
+    def __init__(self, name: str, args: list[str], cwd: Path) -> None:
+        super().__init__(name, [sys.executable, "-m", "qanat", *args], cwd)
+        self.args = args
+
+
 class ProcessGroup:
     """Starts qanat processes for one test and kills them all at the end."""
 
     def __init__(self, cwd: Path) -> None:
         self.cwd = cwd
-        self.started: list[QanatProcess] = []
+        self.started: list[LoggedProcess] = []
 
     def start(self, name: str, *args: str) -> QanatProcess:
         process = QanatProcess(name, list(args), self.cwd)
+        self.started.append(process)
+        return process
+
+    def start_program(
+        self, name: str, argv: list[str], env: dict[str, str] | None = None
+    ) -> LoggedProcess:
+        """Start another program (``argv[0]`` a path) the same way."""
+        process = LoggedProcess(name, argv, self.cwd, env)
         self.started.append(process)
         return process
 

@@ -5,7 +5,9 @@ itself, so this module speaks to the gateway (and plays a stock server for the
 connector) with bytes written here: the exact upgrade request outsystemscc
 sends (shared/protocol/PROTOCOL.md section 2), a 101 answer without the
 subprotocol echo as a stock chisel server gives, and RFC 6455 framing from
-:mod:`support.wsframes`. Only SSH itself is borrowed from qanat.net.ssh.
+:mod:`support.wsframes`. Only SSH itself is borrowed from qanat.net.ssh, told
+to authenticate as Go's ``x/crypto/ssh`` client does (section 3): empty user
+name, ``none`` first, then ``password`` with an empty password.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+from qanat.net.ssh import SshTunnel, connect_tunnel
 from support.timing import scaled
 from support.wsframes import (
     OP_BINARY,
@@ -29,6 +32,11 @@ from support.wsframes import (
     parse_http_head,
     split_http_head,
 )
+
+#: User authentication as chisel 1.11.5 and outsystemscc 2.0.11 send it.
+GO_USER = ""
+GO_PASSWORD = ""
+GO_AUTH_METHODS = ("none", "password")
 
 #: The Sec-WebSocket-Key from the observed outsystemscc request.
 OBSERVED_KEY = "8HKtSryUbnMo2kHH+yHjOg=="
@@ -219,3 +227,22 @@ async def open_upgraded(
     async with asyncio.timeout(scaled(5)):
         head = await reader.head
     return reader, head
+
+
+async def go_style_ssh(
+    attach: Callable[[asyncio.Protocol], Any],
+    dialer: Callable[[str], Any],
+    *,
+    user: str = GO_USER,
+    password: str = GO_PASSWORD,
+    methods: tuple[str, ...] = GO_AUTH_METHODS,
+) -> SshTunnel:
+    """SSH client over ``attach`` authenticating as Go's client does by default."""
+    return await connect_tunnel(
+        attach,
+        dialer,
+        username=user,
+        password=password,
+        auth_methods=methods,
+        timeout_s=scaled(10),
+    )

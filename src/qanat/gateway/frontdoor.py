@@ -64,6 +64,19 @@ _TUNNEL_PATH = re.compile(r"/(sg_[0-9a-f-]{36})/?\Z")
 HttpFallback = Callable[[], asyncio.Protocol]
 
 
+def _refusal_words(verdict: TokenVerdict, stage: StageConfig | None, had_token: bool) -> str:
+    """Why a tunnel request was refused, in words for the gateway's log."""
+    if stage is None:
+        return "no stage has this address (unknown or deleted); token not checked"
+    if verdict is TokenVerdict.RENEWED:
+        return f"the token is an old one of stage {stage.key}, renewed since"
+    if verdict is TokenVerdict.INACTIVE:
+        return f"stage {stage.key} is inactive"
+    if not had_token:
+        return "no token header"
+    return "wrong token (not a token of this address)"
+
+
 def _drop_oversized_token(data: bytes) -> tuple[bytes, bool]:
     """Take token header lines longer than a token can be out of a request head.
 
@@ -246,7 +259,7 @@ class FrontDoor(asyncio.Protocol):
             token = ""
         verdict = check_token(stage, token) if stage is not None else TokenVerdict.BAD
         if verdict is not TokenVerdict.OK:
-            self._refuse(verdict, stage, bool(tokens) or oversized_token, source_ip)
+            self._refuse(verdict, stage, bool(tokens) or oversized_token, source_ip, address_id)
             return
 
         assert stage is not None
@@ -325,7 +338,12 @@ class FrontDoor(asyncio.Protocol):
         tunnel.log.info("tunnel upgrade accepted (%s)", info.user_agent or "no user agent")
 
     def _refuse(
-        self, verdict: TokenVerdict, stage: StageConfig | None, had_token: bool, source_ip: str
+        self,
+        verdict: TokenVerdict,
+        stage: StageConfig | None,
+        had_token: bool,
+        source_ip: str,
+        address_id: str,
     ) -> None:
         if verdict is TokenVerdict.RENEWED:
             body = b"token rejected: this token was renewed; use the new token from the portal\n"
@@ -343,11 +361,13 @@ class FrontDoor(asyncio.Protocol):
             status = 401
         reason = verdict.value if had_token or verdict is not TokenVerdict.BAD else "missing"
         metrics.token_failure(reason)
+        # The answer is the same for an unknown address and a wrong token (no
+        # probing for addresses); the operator's log tells them apart.
         log.warning(
-            "%s: tunnel refused (%s) for %s",
+            "%s: tunnel refused for address %s: %s",
             self.peer,
-            reason if reason != "missing" else "no token",
-            stage.key if stage is not None and verdict is not TokenVerdict.BAD else "address",
+            address_id,
+            _refusal_words(verdict, stage, had_token),
         )
         self._respond(status, body)
 

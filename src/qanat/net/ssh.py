@@ -87,6 +87,8 @@ _skip_packet_logging_unless_enabled()
 DEFAULT_WINDOW_BYTES = 2 * 1024 * 1024
 DEFAULT_MAX_PACKET_BYTES = 32 * 1024
 _MAX_VERSION_LINE = 255
+#: Longer than any user name asyncssh accepts (1024 bytes), see _ServerConnection.
+_NO_USER_YET_CHARS = 1025
 #: Cipher preference, as chisel's Go peers order it: AES-GCM runs on AES-NI
 #: through OpenSSL and is several times faster here than chacha20-poly1305,
 #: which asyncssh would otherwise pick first.
@@ -241,6 +243,17 @@ class _ServerConnection(_ChiselDialect, asyncssh.SSHServerConnection):
     _qanat_version = SERVER_VERSION
     qanat_hooks: ServerHooks
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # asyncssh calls begin_auth() only when a request's user name differs
+        # from the previous one, and starts from "": so Go's client (empty
+        # user, PROTOCOL.md section 3) never reached begin_auth() and its
+        # "none" was refused with no method listed. A name no request can
+        # carry (asyncssh refuses names this long) makes the first request,
+        # whatever its name and method, go through begin_auth(), which lets
+        # everyone in: the token checked before the upgrade is the credential.
+        self._username = "\0" * _NO_USER_YET_CHARS
+
     def _process_config_global_request(self, packet: Any) -> None:
         # Binding listeners is asynchronous; later global requests wait in
         # asyncssh's queue until this one is answered, as the protocol wants.
@@ -263,7 +276,12 @@ class _ServerConnection(_ChiselDialect, asyncssh.SSHServerConnection):
 
 class _ServerOwner(asyncssh.SSHServer):
     """asyncssh's per-connection server object: no user auth (the token
-    already authenticated the connector), no sessions, no forwarding."""
+    already authenticated the connector), no sessions, no forwarding.
+
+    Whatever user name and method the client tries first succeeds: Go's
+    client sends an empty name and ``none`` (then ``password`` with an empty
+    password, if ``none`` failed); OpenSSH-style clients send a name.
+    """
 
     def __init__(self, hooks: ServerHooks) -> None:
         self._hooks = hooks
@@ -491,6 +509,7 @@ async def connect_tunnel(
     *,
     username: str = "",
     password: str = "",
+    auth_methods: tuple[str, ...] = ("none", "password"),
     timeout_s: float = 30.0,
     window_bytes: int = DEFAULT_WINDOW_BYTES,
 ) -> SshTunnel:
@@ -498,6 +517,10 @@ async def connect_tunnel(
 
     ``dialer(target)`` is called for every ``chisel`` channel the gateway
     opens; it returns the channel's session or raises ChannelOpenFailed.
+    User authentication is what chisel's Go client does: the user name as
+    given (empty without ``--auth``), ``none`` first, then ``password``
+    (empty without ``--auth``) if the server lists it. ``auth_methods``
+    changes the order, for tests that play other clients.
 
     Raises:
         TunnelError: the SSH handshake failed or timed out.
@@ -505,12 +528,12 @@ async def connect_tunnel(
     loop = asyncio.get_running_loop()
     options = asyncssh.SSHClientConnectionOptions(
         config=None,
-        username=username or "qanat",
+        username=username,
         password=password,
         known_hosts=None,
         client_keys=None,
         agent_path=None,
-        preferred_auth="none,password",
+        preferred_auth=",".join(auth_methods),
         keepalive_interval=0,
         tcp_keepalive=False,
         encryption_algs=ENCRYPTION_ALGS,
