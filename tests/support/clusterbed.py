@@ -35,6 +35,8 @@ from support.servers import free_port
 from support.timing import scaled, wait_until
 
 SECRET = "0123456789abcdef" * 4
+#: How the gateway names a connector without an identity header (the Go peer).
+GO_IDENTITY = r"src-[0-9a-f]{12}"
 
 
 def missing_parts() -> str | None:
@@ -71,7 +73,7 @@ class ClusterBed:
     haproxy: HaProxy | None = None
     portal: QanatProcess | None = None
     nodes: list[NodeProc] = field(default_factory=list)
-    connectors: list[QanatProcess] = field(default_factory=list)
+    connectors: list[Any] = field(default_factory=list)
     endpoint: EchoProcess | None = None
     app_port: int = 0
     db_url: str = ""
@@ -206,8 +208,29 @@ class ClusterBed:
         self.connectors.append(process)
         return process
 
+    def start_go_connector(self, gopeer: Path, name: str = "go") -> Any:
+        """The Go peer (tests/interop/gopeer) as a stock chisel-like client.
+
+        It sends no identity header; the gateway names it ``src-<hash>`` of
+        the source (the balancer) and remotes: use :data:`GO_IDENTITY`.
+        """
+        from support.gopeer import peer_env
+
+        assert self.endpoint is not None
+        argv = [
+            str(gopeer),
+            "client",
+            "-header", f"token: {self.token}",
+            "-max-retry-interval", "1s",
+            self.address,
+            f"R:{self.app_port}:127.0.0.1:{self.endpoint.port}",
+        ]  # fmt: skip
+        process = self.group.start_program(name, argv, peer_env())
+        self.connectors.append(process)
+        return process
+
     def holder(self, connector: str, since: dict[str, int] | None = None) -> NodeProc | None:
-        """The node where ``connector`` connected last (after ``since`` marks)."""
+        """The node where ``connector`` (a regex) connected last (after ``since`` marks)."""
         best: tuple[int, NodeProc] | None = None
         for node in self.nodes:
             if node.process is None or node.process.proc.poll() is not None:
