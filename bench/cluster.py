@@ -11,7 +11,7 @@ nodes) with one ``qanat connect`` and measures:
   the node link);
 - control latency: from the portal API call that deactivates the stage to
   the moment the stage's port refuses connections on every node, p50/p99/max
-  over 50 trials (10 with ``--quick``);
+  over 50 trials;
 - recovery after ``kill -9`` of the node holding the connector: seconds
   until the connector is connected to a survivor, and until every survivor
   serves the port again.
@@ -135,7 +135,8 @@ def main() -> int:
     if why is not None:
         print(f"cluster bench skipped: {why}", file=sys.stderr)
         return 0
-    rtts, conns, trials = (500, 100, 10) if args.quick else (3000, 300, 50)
+    # 50 deactivation trials either way: the figure the issue asks for is their p99.
+    rtts, conns, trials = (500, 100, 50) if args.quick else (3000, 300, 50)
     size = (64 if args.quick else 256) << 20
     results: dict[str, object] = {"quick": args.quick}
     with tempfile.TemporaryDirectory(prefix="qanat-cluster-bench-") as tmp:

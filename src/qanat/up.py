@@ -15,7 +15,8 @@ The same pieces run as separate processes sharing one database:
 ``qanat portal`` (pages and API on their own port) and ``qanat gateway
 --database-url URL`` (tunnels; stages from the database). A change made in
 the portal reaches every gateway through the same polling source, within a
-second; that source is the one interface to replace with a message bus.
+second; with ``--nats`` (several nodes, qanat.cluster) a NATS message after
+each commit wakes the nodes at once and the poll is only the fallback.
 
 Every database call of the portal and of the gateway's hooks runs in a
 worker thread, so a slow or locked database never stalls the tunnels.
