@@ -54,7 +54,9 @@ def main() -> int:
         try:
             say("starting PostgreSQL, nats-server, HAProxy, qanat portal and 3 gateway nodes ...")
             bed.start()
-            assert bed.pg is not None and bed.nats is not None and bed.haproxy is not None
+            assert bed.pg is not None
+            assert bed.nats is not None
+            assert bed.haproxy is not None
             say(f"  PostgreSQL  127.0.0.1:{bed.pg.port}")
             say(f"  NATS        {bed.nats.url} (JetStream on)")
             say(f"  HAProxy     connectors {bed.front_url}, apps 127.0.0.1:{bed.app_address[1]}")
