@@ -46,11 +46,14 @@ def test_compose_gateways_are_cluster_nodes_behind_the_balancer() -> None:
         assert args.node_link_advertise == f"{service['hostname']}:7946"
         _host, port = args.listen.rsplit(":", 1)
         assert re.search(rf"server \w+ {name}:{port} check", haproxy), name
-        assert re.search(rf"server \w+ {name}:8081 check", haproxy), name
+        # The endpoint is checked on the node's readiness, so a drain is seen first.
+        assert re.search(rf"server \w+ {name}:8081 check port {port} ", haproxy), name
         secret = Path(args.cluster_secret_file).name
         assert secret in service["secrets"]
         assert secret in doc["secrets"]
-        assert duration(service["stop_grace_period"]) > duration(args.drain_timeout)
+        assert duration(service["stop_grace_period"]) > duration(args.drain_timeout) + duration(
+            args.drain_grace
+        )
         probe = " ".join(service["healthcheck"]["test"])
         path = re.search(r"http://127\.0\.0\.1:(\d+)(/\w+)", probe)
         assert path is not None
@@ -87,7 +90,7 @@ def test_kubernetes_gateway_deployment_probes_drain_and_services() -> None:
     pre_stop = " ".join(container["lifecycle"]["preStop"]["exec"]["command"])
     pre_stop_s = float(re.search(r"sleep\((\d+(?:\.\d+)?)\)", pre_stop).group(1))  # type: ignore[union-attr]
     grace = pod["spec"]["terminationGracePeriodSeconds"]
-    assert grace > pre_stop_s + duration(args.drain_timeout)
+    assert grace > pre_stop_s + duration(args.drain_grace) + duration(args.drain_timeout)
     mount = container["volumeMounts"][0]["mountPath"]
     assert args.cluster_secret_file.startswith(mount)
     connectors = kinds[("Service", "qanat-connectors")]

@@ -111,7 +111,12 @@ class ClusterBed:
                 {
                     "front": [("127.0.0.1", n.front_port) for n in self.nodes],
                     "app": [(n.bind, self.app_port) for n in self.nodes],
-                }
+                },
+                # Both backends follow the node's readiness (503 while draining).
+                checks={
+                    name: [("127.0.0.1", n.front_port) for n in self.nodes]
+                    for name in ("front", "app")
+                },
             )
         )
         (self.root / "cluster-secret").write_text(SECRET)
@@ -168,6 +173,7 @@ class ClusterBed:
             "--channel-open-timeout", "5s",
             "--presence-ttl", "3s",
             "--drain-timeout", "10s",
+            "--drain-grace", "1s",
             *self.node_flags,
         )  # fmt: skip
         if wait:

@@ -4,12 +4,15 @@ One ``frontend``/``backend`` pair per named port: the connectors' front
 door and each stage endpoint port. Every backend lists the nodes' addresses
 for that port with a TCP check every 200 ms, ``retries`` and
 ``option redispatch`` (a refused connection is tried on another node), the
-way an operator's L4 balancer is set up (docs/cluster.md). All on loopback.
+way an operator's L4 balancer is set up (docs/cluster.md); with ``checks``
+a backend follows each node's ``/readyz`` (503 while it drains) instead of a
+TCP check. All on loopback.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import signal
 import socket
@@ -24,14 +27,25 @@ from support.timing import scaled
 
 
 def haproxy_config(
-    listens: Mapping[str, int], backends: Mapping[str, Sequence[tuple[str, int]]]
+    listens: Mapping[str, int],
+    backends: Mapping[str, Sequence[tuple[str, int]]],
+    checks: Mapping[str, Sequence[tuple[str, int]]] | None = None,
 ) -> str:
-    """The config text: ``listens[name]`` is the balancer's port for ``backends[name]``."""
+    """The config text: ``listens[name]`` is the balancer's port for ``backends[name]``.
+
+    ``checks[name][i]``: where server *i* of that backend is health-checked
+    with ``GET /readyz`` (a node's front door); without it, a TCP check of
+    the server itself.
+    """
     lines = [
         "global",
         "    maxconn 4000",
+        "    log stdout format raw local0 notice",
         "defaults",
         "    mode tcp",
+        "    log global",
+        "    option tcplog",
+        "    option dontlog-normal",
         "    timeout connect 1s",
         "    timeout client 60s",
         "    timeout server 60s",
@@ -46,9 +60,16 @@ def haproxy_config(
             f"    bind 127.0.0.1:{port}",
             f"    default_backend b_{name}",
         ]
-        lines += [f"backend b_{name}"]
+        lines += [f"backend b_{name}", "    timeout check 1s"]
+        probes = (checks or {}).get(name)
+        if probes:
+            lines.append("    option httpchk GET /readyz")
         for index, (host, node_port) in enumerate(backends[name]):
-            lines.append(f"    server n{index} {host}:{node_port} check inter 200ms fall 1 rise 1")
+            where = f" addr {probes[index][0]} port {probes[index][1]}" if probes else ""
+            # fall 2: one slow check on a busy machine does not take a node out.
+            lines.append(
+                f"    server n{index} {host}:{node_port} check{where} inter 200ms fall 2 rise 1"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -95,6 +116,10 @@ class HaProxy:
         return path.read_text(errors="replace")[-3000:] if path.exists() else ""
 
     def close(self) -> None:
+        keep = os.environ.get("QANAT_CLUSTER_LOGS")
+        if keep and (self.root / "log").exists():
+            Path(keep).mkdir(parents=True, exist_ok=True)
+            shutil.copy(self.root / "log", Path(keep) / "haproxy.log")
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(scaled(10))
@@ -104,6 +129,7 @@ class HaProxy:
 @contextlib.contextmanager
 def running_haproxy(
     backends: Mapping[str, Sequence[tuple[str, int]]],
+    checks: Mapping[str, Sequence[tuple[str, int]]] | None = None,
 ) -> Iterator[HaProxy]:
     """HAProxy with one free loopback port per backend name (``proxy.listens``)."""
     import pytest
@@ -114,7 +140,7 @@ def running_haproxy(
     if binary is None:
         pytest.skip("haproxy is not installed (Debian package haproxy; make system-deps)")
     listens = {name: free_port() for name in backends}
-    proxy = HaProxy(binary, listens, haproxy_config(listens, backends))
+    proxy = HaProxy(binary, listens, haproxy_config(listens, backends, checks))
     try:
         proxy.start()
         yield proxy

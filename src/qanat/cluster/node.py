@@ -65,6 +65,9 @@ class ClusterSettings:
             heartbeat.
         fallback_poll_s / safety_poll_s: database poll with NATS away / up.
         drain_timeout_s: SIGTERM waits this long for open app connections.
+        drain_grace_s: after SIGTERM, how long the node keeps accepting
+            (answering ``/readyz`` 503) so that the balancer stops sending
+            before the listeners close.
         handback_s: after closing a tunnel while draining, how long to wait
             for another node to serve its ports before the next one.
     """
@@ -79,6 +82,7 @@ class ClusterSettings:
     fallback_poll_s: float = 0.5
     safety_poll_s: float = 5.0
     drain_timeout_s: float = 30.0
+    drain_grace_s: float = 2.0
     handback_s: float = 5.0
 
 
@@ -143,6 +147,7 @@ class ClusterNode:
             )
         self.link_address = advertise
         self.gateway.tunnel_listeners.append(self)
+        self.gateway.health.add_check("cluster", self._ready)
         self.source.subscribe(self._stage_event)
         await self.follower.start()
         await self.presence.start()
@@ -167,6 +172,13 @@ class ClusterNode:
         for key in list(self._remote):
             self._drop(key)
         await self.bus.close()
+
+    async def _ready(self) -> str | None:
+        if self.draining:
+            return (
+                f"node {self.settings.node} is draining (SIGTERM): send new connections elsewhere"
+            )
+        return None
 
     # -- presence out ----------------------------------------------------------
 
@@ -312,11 +324,13 @@ class ClusterNode:
     async def drain(self) -> None:
         """SIGTERM: leave without failing an app connection or cutting an open one.
 
-        1. tell the other nodes this node is draining (their pools try it last);
-        2. stop taking connectors (front door closed: the balancer sends them
-           elsewhere) and app connections (endpoint listeners closed: the
-           balancer retries on another node); relayed connections from other
-           nodes are still served;
+        1. tell the other nodes this node is draining (their pools try it last)
+           and the balancer (``/readyz`` answers 503); keep serving for
+           ``drain_grace_s`` so that the balancer stops sending first (closing a
+           listener resets the connections still in its backlog);
+        2. stop taking connectors (front door closed) and app connections
+           (endpoint listeners closed: a balancer retries on another node);
+           relayed connections from other nodes are still served;
         3. hand the connectors back one at a time: mark the tunnel draining (new
            connections go to the others), wait until its connections have
            finished, close it (the connector reconnects through the balancer
@@ -333,6 +347,12 @@ class ClusterNode:
         deadline = started + s.drain_timeout_s
         self.draining = True
         self._publish_local()
+        log.info(
+            "node %s draining: /readyz answers 503; listeners close in %gs",
+            s.node,
+            s.drain_grace_s,
+        )
+        await asyncio.sleep(s.drain_grace_s)
         gateway = self.gateway
         if gateway.server is not None:
             gateway.server.close()

@@ -86,6 +86,12 @@ def add_node_arguments(parser: argparse.ArgumentParser) -> None:
         help="SIGTERM: how long open app connections may take to finish (default 30s)",
     )
     group.add_argument(
+        "--drain-grace",
+        default="2s",
+        help="SIGTERM: keep accepting this long while /readyz answers 503, so the "
+        "balancer stops sending first (default 2s; 0s with a Kubernetes preStop pause)",
+    )
+    group.add_argument(
         "--presence-ttl",
         default="6s",
         help="a dead node's connectors are forgotten this long after its last heartbeat",
@@ -170,6 +176,9 @@ def cluster_settings(args: argparse.Namespace, nats: NatsSettings) -> ClusterSet
     if args.node_link_advertise:
         _host_port(args.node_link_advertise, "--node-link-advertise")
     drain = parse_duration(args.drain_timeout, "--drain-timeout")
+    grace = parse_duration(args.drain_grace, "--drain-grace")
+    if grace >= drain:
+        raise ConfigError("--drain-grace must be shorter than --drain-timeout")
     ttl = parse_duration(args.presence_ttl, "--presence-ttl")
     if not 1 <= ttl <= 10:
         raise ConfigError("--presence-ttl must be between 1s and 10s")
@@ -182,6 +191,7 @@ def cluster_settings(args: argparse.Namespace, nats: NatsSettings) -> ClusterSet
         link_advertise=args.node_link_advertise,
         presence_ttl_s=ttl,
         drain_timeout_s=drain,
+        drain_grace_s=grace,
     )
 
 
