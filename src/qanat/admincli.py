@@ -7,6 +7,13 @@ keys, one document per command). The portal is found, in this order, from
 the local admin key file that ``qanat up`` keeps in its data directory
 (``--data-dir``, same default as ``qanat up``).
 
+The options that say where the portal is (``--url``, ``--api-key``,
+``--tls-ca``, ``--data-dir``, ``--json``) work anywhere after ``admin``:
+``qanat admin --json org list`` and ``qanat admin org list --json`` are the
+same. The module imports only the standard library and
+``qanat.portal.localadmin`` (never the store, aiohttp or SSH), so a call
+costs about a tenth of a second; a test keeps it that way.
+
 Exit codes: 0 done, 1 refused by the portal (the problem's detail is
 printed), 2 bad usage or no portal found.
 """
@@ -25,7 +32,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 from qanat.errors import ConfigError, QanatError
 from qanat.portal import localadmin
@@ -54,6 +61,18 @@ class Client:
 
     def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         data = None if body is None else json.dumps(body).encode()
+        raw = self.raw(method, path, data, "application/json" if data is not None else None)
+        return json.loads(raw) if raw else None
+
+    def raw(
+        self, method: str, path: str, data: bytes | None = None, content_type: str | None = None
+    ) -> bytes:
+        """One request; the answer's body as bytes.
+
+        Raises:
+            ApiError: refused (the problem's detail), unreachable, or a
+                certificate that does not verify (naming --tls-ca).
+        """
         request = urllib.request.Request(  # noqa: S310 - the URL is the operator's portal
             self.url.rstrip("/") + "/api/v1" + path,
             data=data,
@@ -61,7 +80,7 @@ class Client:
             headers={
                 "Authorization": f"Bearer {self.api_key}",
                 "Accept": "application/json",
-                **({"Content-Type": "application/json"} if data is not None else {}),
+                **({"Content-Type": content_type} if content_type else {}),
             },
         )
         try:
@@ -79,11 +98,23 @@ class Client:
             raise ApiError(detail, status=exc.code) from None
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
+            if isinstance(reason, ssl.SSLCertVerificationError):
+                raise ApiError(self._certificate_advice(reason)) from None
             raise ApiError(
                 f"cannot reach the portal at {self.url}: {reason}; is it running"
                 f" (qanat up)? check --url or {URL_ENV}"
             ) from None
-        return json.loads(raw) if raw else None
+        return bytes(raw)
+
+    def _certificate_advice(self, error: ssl.SSLCertVerificationError) -> str:
+        what = error.verify_message or error.reason or str(error)
+        trusted = f"the CA file {self.ca_file}" if self.ca_file else "the system's CAs"
+        return (
+            f"the portal's certificate at {self.url} is not trusted ({what}; checked against"
+            f" {trusted}); pass the CA that signed it with --tls-ca FILE (or {CA_ENV}=FILE):"
+            " for qanat up's development certificate that is <data dir>/tls/dev-cert.pem,"
+            " which qanat up prints when it starts"
+        )
 
 
 def find_client(args: argparse.Namespace) -> Client:
@@ -312,75 +343,211 @@ def _apikey_create(client: Client, args: argparse.Namespace) -> None:
 
 
 def _audit(client: Client, args: argparse.Namespace) -> None:
-    entries = client.call("GET", _path("orgs", args.org) + f"/audit?limit={args.limit}")["entries"]
+    query = {"limit": str(args.limit)}
+    for name in ("stage", "actor", "action", "since", "until", "before"):
+        value = getattr(args, name, None)
+        if value:
+            query[name] = str(value)
+    entries = client.call("GET", _path("orgs", args.org) + "/audit?" + urlencode(query))["entries"]
     rows = [(e["at"], e["actor"], e["action"], e["target"], e["source_address"]) for e in entries]
     _emit(args, {"entries": entries}, _table(rows, ("when", "who", "action", "target", "from")))
 
 
+def _user_list(client: Client, args: argparse.Namespace) -> None:
+    members = client.call("GET", _path("orgs", args.org) + "/members")["members"]
+    rows = [(m["username"], m["role"]) for m in members]
+    _emit(args, {"org": args.org, "members": members}, _table(rows, ("user", "role")))
+
+
+def _user_role(client: Client, args: argparse.Namespace) -> None:
+    doc = client.call("PUT", _path("orgs", args.org, "members", args.username), {"role": args.role})
+    _emit(args, doc, f"user {doc['username']} is now {doc['role']} of {args.org}")
+
+
+def _user_remove(client: Client, args: argparse.Namespace) -> None:
+    client.call("DELETE", _path("orgs", args.org, "members", args.username))
+    _emit(
+        args,
+        {"username": args.username, "org": args.org, "removed": True},
+        f"user {args.username} has no role in {args.org} any more",
+    )
+
+
+def _apikey_list(client: Client, args: argparse.Namespace) -> None:
+    keys = client.call("GET", _path("orgs", args.org) + "/apikeys")["api_keys"]
+    rows = [(k["id"], k["name"], k["role"], k["state"], k["expires_at"] or "-") for k in keys]
+    _emit(args, {"api_keys": keys}, _table(rows, ("key", "name", "role", "state", "expires")))
+
+
+def _apikey_revoke(client: Client, args: argparse.Namespace) -> None:
+    info = client.call("DELETE", _path("orgs", args.org, "apikeys", args.key))["api_key"]
+    _emit(args, info, f"API key {info['id']} ({info['name']}) is {info['state']}")
+
+
+def _endpoints_path(args: argparse.Namespace, *more: str) -> str:
+    return _path("orgs", args.org, "stages", args.stage, "endpoints", *more)
+
+
+def _entry_line(e: dict[str, Any]) -> tuple[object, ...]:
+    served = f"{e['connectors']} ({', '.join(e['served_by'])})" if e["served"] else "no"
+    doc = e["openapi_document"]["format"] if e["openapi_document"] else (e["openapi_url"] or "-")
+    desc = e["description"] if e["listed"] else "(not described)"
+    return (e["name"], e["protocol"], e["base_url"], served, doc, desc)
+
+
+def _endpoint_list(client: Client, args: argparse.Namespace) -> None:
+    entries = client.call("GET", _endpoints_path(args))["endpoints"]
+    _emit(
+        args,
+        {"endpoints": entries},
+        _table(
+            [_entry_line(e) for e in entries],
+            ("endpoint", "proto", "base url", "served", "openapi", "description"),
+        ),
+    )
+
+
+def _endpoint_set(client: Client, args: argparse.Namespace) -> None:
+    body: dict[str, Any] = {
+        "description": args.description,
+        "owner": args.owner,
+        "protocol": "udp" if args.udp else "tcp",
+        "tls": args.tls,
+        "openapi_url": args.openapi_url,
+    }
+    if args.openapi:
+        try:
+            body["openapi_document"] = Path(args.openapi).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read the OpenAPI file {args.openapi}: {exc}") from None
+    elif args.remove_openapi:
+        body["openapi_document"] = None
+    entry = client.call("PUT", _endpoints_path(args, str(args.port)), body)
+    title = entry["openapi_document"]["title"] if entry["openapi_document"] else ""
+    _emit(
+        args,
+        entry,
+        f"{entry['name']} of {args.org}/{args.stage}: {entry['description']}\n"
+        f"apps use {entry['base_url']}" + (f"; OpenAPI: {title}" if title else ""),
+    )
+
+
+def _endpoint_remove(client: Client, args: argparse.Namespace) -> None:
+    client.call("DELETE", _endpoints_path(args, str(args.port)))
+    _emit(
+        args,
+        {"port": args.port, "removed": True},
+        f"the entry of secure-gateway:{args.port} is removed (the port itself is untouched)",
+    )
+
+
+def _endpoint_openapi(client: Client, args: argparse.Namespace) -> None:
+    raw = client.raw("GET", _endpoints_path(args, str(args.port), "openapi"))
+    if args.output and args.output != "-":
+        Path(args.output).write_bytes(raw)
+        print(f"wrote {len(raw)} bytes to {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(raw.decode("utf-8", "replace"))
+
+
+def _traffic(client: Client, args: argparse.Namespace) -> None:
+    path = _path("orgs", args.org, "stages", args.stage) + f"/traffic?minutes={args.minutes}"
+    doc = client.call("GET", path)
+    lines = [f"traffic of {doc['stage']}, last {doc['minutes']} minutes"]
+    rows = [
+        (e["name"], e["protocol"], e["connections"], e["failures"], e["bytes"])
+        for e in doc["endpoints"]
+    ]
+    lines.append(_table(rows, ("endpoint", "proto", "connections", "failures", "bytes")))
+    rows = [
+        (c["connector"], c["sessions"], c["connections"], c["failures"], c["bytes"])
+        for c in doc["connectors"]
+    ]
+    lines.append(_table(rows, ("connector", "sessions", "connections", "failures", "bytes")))
+    _emit(args, doc, "\n".join(lines))
+
+
 # -- parser --------------------------------------------------------------------------
+
+ROLES = ("admin", "operator", "viewer")
+
+
+def _global_options(parser: argparse.ArgumentParser, default_data_dir: Path, *, top: bool) -> None:
+    """Where the portal is; on every level, so they work before or after a command.
+
+    Only the ``admin`` level sets defaults; the levels below use SUPPRESS, so
+    a value given before the command is not overwritten by a default after it.
+    """
+
+    def default(value: object) -> object:
+        return value if top else argparse.SUPPRESS
+
+    parser.add_argument("--url", default=default(None), help=f"portal URL (or {URL_ENV})")
+    parser.add_argument("--api-key", default=default(None), help=f"API key (or {API_KEY_ENV})")
+    parser.add_argument(
+        "--tls-ca",
+        default=default(None),
+        help=f"CA bundle to verify the portal (or {CA_ENV}); a local `qanat up`'s "
+        "development certificate is trusted automatically",
+    )
+    parser.add_argument(
+        "--data-dir",
+        default=default(str(default_data_dir)),
+        help="data directory of a local qanat up (for its local admin key)",
+    )
+    parser.add_argument(
+        "--json", action="store_true", default=default(False), help="machine-readable output"
+    )
 
 
 def add_admin_parser(sub: Any, default_data_dir: Path) -> None:
     """Add ``qanat admin`` and its commands to the top-level subparsers."""
     admin = sub.add_parser(
         "admin",
-        help="manage organisations, stages, gateways, users and API keys (over the API)",
+        help="manage organisations, stages, gateways, endpoints, users and API keys (over the API)",
         description=__doc__.split("\n\n")[1] if __doc__ else None,
     )
+    _global_options(admin, default_data_dir, top=True)
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--url", default=None, help=f"portal URL (or {URL_ENV})")
-    common.add_argument("--api-key", default=None, help=f"API key (or {API_KEY_ENV})")
-    common.add_argument(
-        "--tls-ca",
-        default=None,
-        help=f"CA bundle to verify the portal (or {CA_ENV}); a local `qanat up`'s "
-        "development certificate is trusted automatically",
-    )
-    common.add_argument(
-        "--data-dir",
-        default=str(default_data_dir),
-        help="data directory of a local qanat up (for its local admin key)",
-    )
-    common.add_argument("--json", action="store_true", help="machine-readable output")
+    _global_options(common, default_data_dir, top=False)
     cmds = admin.add_subparsers(dest="admin_command", required=True, metavar="command")
+
+    def group(name: str, text: str) -> Any:
+        parser = cmds.add_parser(name, parents=[common], help=text)
+        return parser.add_subparsers(dest=f"{name}_command", required=True, metavar="action")
+
+    def command(where: Any, name: str, func: Any, text: str) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = where.add_parser(name, parents=[common], help=text)
+        p.set_defaults(admin_func=func)
+        return p
 
     def stage_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--org", required=True)
         p.add_argument("--stage", required=True)
 
-    org = cmds.add_parser("org", help="organisations").add_subparsers(
-        dest="org_command", required=True, metavar="action"
+    org = group("org", "organisations")
+    command(org, "create", _org_create, "create an organisation (and its stages)").add_argument(
+        "name"
     )
-    p = org.add_parser("create", parents=[common], help="create an organisation (and its stages)")
-    p.add_argument("name")
-    p.set_defaults(admin_func=_org_create)
-    p = org.add_parser("list", parents=[common], help="your organisations")
-    p.set_defaults(admin_func=_org_list)
+    command(org, "list", _org_list, "your organisations")
 
-    stage = cmds.add_parser("stage", help="stages").add_subparsers(
-        dest="stage_command", required=True, metavar="action"
+    stage = group("stage", "stages")
+    command(stage, "list", _stage_list, "stages of an organisation").add_argument(
+        "--org", required=True
     )
-    p = stage.add_parser("list", parents=[common], help="stages of an organisation")
-    p.add_argument("--org", required=True)
-    p.set_defaults(admin_func=_stage_list)
-    p = stage.add_parser("add", parents=[common], help="add a stage")
+    p = command(stage, "add", _stage_add, "add a stage")
     p.add_argument("--org", required=True)
     p.add_argument("--name", required=True)
-    p.set_defaults(admin_func=_stage_add)
 
     for name, func, text in (
         ("activate", _activate, "activate a stage's gateway (first time: address + token)"),
         ("deactivate", _deactivate, "deactivate a stage's gateway (closes its tunnels)"),
         ("renew", _renew, "renew a stage's token (shown once)"),
     ):
-        p = cmds.add_parser(name, parents=[common], help=text)
-        stage_args(p)
-        p.set_defaults(admin_func=func)
+        stage_args(command(cmds, name, func, text))
 
-    p = cmds.add_parser(
-        "allowlist",
-        parents=[common],
-        help="set the app networks allowed to reach a stage's endpoints",
+    p = command(
+        cmds, "allowlist", _allowlist, "set the app networks allowed to reach a stage's endpoints"
     )
     stage_args(p)
     p.add_argument(
@@ -389,39 +556,77 @@ def add_admin_parser(sub: Any, default_data_dir: Path) -> None:
         default=[],
         help="an allowed app network, e.g. 10.1.0.0/16 (repeat; none given: nobody)",
     )
-    p.set_defaults(admin_func=_allowlist)
 
-    p = cmds.add_parser("status", parents=[common], help="gateway status of one or all stages")
+    p = command(cmds, "status", _status, "gateway status of one or all stages")
     p.add_argument("--org", required=True)
     p.add_argument("--stage", default=None)
-    p.set_defaults(admin_func=_status)
 
-    p = cmds.add_parser("audit", parents=[common], help="the organisation's audit log")
+    p = command(cmds, "audit", _audit, "the organisation's audit log (newest first)")
     p.add_argument("--org", required=True)
     p.add_argument("--limit", type=int, default=50)
-    p.set_defaults(admin_func=_audit)
+    p.add_argument("--stage", default=None, help="only entries about this stage")
+    p.add_argument("--actor", default=None, help="only actors containing this, e.g. user:alice")
+    p.add_argument("--action", default=None, help="an action or family, e.g. endpoint")
+    p.add_argument("--since", default=None, help="ISO 8601 time, e.g. 2026-12-01T10:00:00Z")
+    p.add_argument("--until", default=None, help="ISO 8601 time")
+    p.add_argument("--before", type=int, default=None, help="entries older than this id")
 
-    user = cmds.add_parser("user", help="users").add_subparsers(
-        dest="user_command", required=True, metavar="action"
+    p = command(cmds, "traffic", _traffic, "connections, failures, bytes per endpoint/connector")
+    stage_args(p)
+    p.add_argument("--minutes", type=int, default=60, help="the window (1-120, default 60)")
+
+    endpoint = group("endpoint", "the endpoint catalogue of a stage")
+    stage_args(command(endpoint, "list", _endpoint_list, "endpoints: described and served"))
+    p = command(endpoint, "set", _endpoint_set, "describe secure-gateway:<port> (operator)")
+    stage_args(p)
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--description", required=True, help="plain text (no HTML)")
+    p.add_argument("--owner", default="", help="whom app developers contact")
+    p.add_argument("--tls", action="store_true", help="the private side speaks TLS (https://)")
+    p.add_argument("--udp", action="store_true", help="a UDP endpoint")
+    docs = p.add_mutually_exclusive_group()
+    docs.add_argument("--openapi", default=None, help="OpenAPI document to upload (JSON or YAML)")
+    docs.add_argument("--remove-openapi", action="store_true", help="delete the stored document")
+    p.add_argument("--openapi-url", default=None, help="a link to the OpenAPI document instead")
+    p = command(endpoint, "remove", _endpoint_remove, "delete a port's entry (operator)")
+    stage_args(p)
+    p.add_argument("--port", type=int, required=True)
+    p = command(endpoint, "openapi", _endpoint_openapi, "download a port's OpenAPI document")
+    stage_args(p)
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("-o", "--output", default=None, help="file to write (default: stdout)")
+
+    user = group("user", "users and their roles")
+    command(user, "list", _user_list, "users with a role in an organisation").add_argument(
+        "--org", required=True
     )
-    p = user.add_parser("create", parents=[common], help="create a user with a role in an org")
+    p = command(user, "create", _user_create, "create a user with a role in an org")
     p.add_argument("--org", required=True)
     p.add_argument("--username", required=True)
-    p.add_argument("--role", choices=["admin", "viewer"], default="viewer")
-    group = p.add_mutually_exclusive_group()
-    group.add_argument("--password", default=None, help="(visible to ps; prefer the others)")
-    group.add_argument("--password-stdin", action="store_true", help="read it from stdin")
-    p.set_defaults(admin_func=_user_create)
+    p.add_argument("--role", choices=ROLES, default="viewer")
+    password = p.add_mutually_exclusive_group()
+    password.add_argument("--password", default=None, help="(visible to ps; prefer the others)")
+    password.add_argument("--password-stdin", action="store_true", help="read it from stdin")
+    p = command(user, "role", _user_role, "give an existing user a role, or change it")
+    p.add_argument("--org", required=True)
+    p.add_argument("--username", required=True)
+    p.add_argument("--role", choices=ROLES, required=True)
+    p = command(user, "remove", _user_remove, "remove a user's role in an organisation")
+    p.add_argument("--org", required=True)
+    p.add_argument("--username", required=True)
 
-    apikey = cmds.add_parser("apikey", help="API keys").add_subparsers(
-        dest="apikey_command", required=True, metavar="action"
-    )
-    p = apikey.add_parser("create", parents=[common], help="create an API key (shown once)")
+    apikey = group("apikey", "API keys")
+    p = command(apikey, "create", _apikey_create, "create an API key (shown once)")
     p.add_argument("--org", required=True)
     p.add_argument("--name", required=True)
-    p.add_argument("--role", choices=["admin", "viewer"], default="viewer")
+    p.add_argument("--role", choices=ROLES, default="viewer")
     p.add_argument("--expires-in-days", type=float, default=None)
-    p.set_defaults(admin_func=_apikey_create)
+    command(apikey, "list", _apikey_list, "API keys of an organisation").add_argument(
+        "--org", required=True
+    )
+    p = command(apikey, "revoke", _apikey_revoke, "revoke an API key by its id (qk_...)")
+    p.add_argument("--org", required=True)
+    p.add_argument("key")
 
     admin.set_defaults(func=run_admin)
 

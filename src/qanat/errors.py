@@ -23,6 +23,7 @@ thing that went wrong and what to do about it::
     │   ├── Forbidden          authenticated, but the role does not allow it
     │   ├── Unauthorized       no valid credentials (password, API key)
     │   └── InvalidInput       a name, address or value that is malformed
+    │       └── TooLarge         over its named size limit (an OpenAPI upload)
     └── StoreError             the database could not do what was asked
         ├── DatabaseBusy       locked by another writer past the busy timeout
         ├── DatabaseUnreachable  cannot connect or open the database
@@ -153,6 +154,10 @@ class Unauthorized(PortalError):
 
 class InvalidInput(PortalError):
     """A value given to the portal is malformed."""
+
+
+class TooLarge(InvalidInput):
+    """A value given to the portal is larger than its named limit (HTTP 413)."""
 
 
 class StoreError(QanatError):

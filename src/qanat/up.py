@@ -25,6 +25,7 @@ worker thread, so a slow or locked database never stalls the tunnels.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import signal
@@ -43,6 +44,7 @@ from qanat.gateway.server import Gateway
 from qanat.gateway.settings import GatewaySettings
 from qanat.gateway.stages import StageConfig
 from qanat.portal import PasswordHasher, Portal, PortalConfig, localadmin
+from qanat.portal.declared import catalogue_sink
 from qanat.portal.http import PortalHttp, PortalHttpSettings, build_app, set_local_admin
 from qanat.portal.http.sessions import Signer, load_secret
 from qanat.store import (
@@ -235,14 +237,12 @@ class Up:
         defaults = StoreGatewaySettings(bind_host=cfg.endpoint_host)
         portal_config = PortalConfig(self.url, stage_defaults=defaults)
         self.portal = Portal(self.store, portal_config, hasher=cfg.hasher)
+        self.gateway.describe_sink = catalogue_sink(self.portal)
         http_settings = cfg.http
         if self.url.startswith("https:") and not http_settings.secure_cookies:
-            http_settings = PortalHttpSettings(
-                max_body_bytes=http_settings.max_body_bytes,
-                secure_cookies=True,
-                session_ttl_s=http_settings.session_ttl_s,
-                refresh_s=http_settings.refresh_s,
-            )
+            http_settings = dataclasses.replace(http_settings, secure_cookies=True)
+        if cfg.ca_file and not http_settings.connector_ca_file:
+            http_settings = dataclasses.replace(http_settings, connector_ca_file=cfg.ca_file)
         app = build_app(
             self.portal,
             Signer(load_secret(cfg.data_dir), session_ttl_s=http_settings.session_ttl_s),

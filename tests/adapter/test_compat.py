@@ -314,3 +314,48 @@ async def test_connector_speaks_to_a_stock_server(tmp_path):
         "Reverse": True,
         "Stdio": False,
     }
+
+
+class DescribingStockServer(StockServer):
+    """A stock server that would notice a ``describe@qanat`` request."""
+
+    def __init__(self, host_key: HostKey) -> None:
+        super().__init__(host_key)
+        self.described: list[bytes] = []
+
+    async def on_describe(self, payload: bytes) -> str | None:
+        self.described.append(payload)
+        return None
+
+
+async def test_connector_never_sends_describe_to_a_stock_server(tmp_path):
+    # --describe / --openapi go only to a gateway that advertised "describe"
+    # in its 101 answer; a stock chisel server would never answer the
+    # request, and the unanswered reply would swallow the next ping's.
+    from qanat.wire.describe import Declaration
+
+    stock = DescribingStockServer(HostKey.load_or_create(tmp_path / "stock_key"))
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(stock.protocol, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with running_gateway(tmp_path / "unused") as env, echo_server() as eport:
+            address = f"http://127.0.0.1:{port}/{env.stage.address_id}"
+            options = connect_options(
+                env,
+                [f"R:18082:127.0.0.1:{eport}"],
+                address=address,
+                keepalive_s=0.2,
+                declarations=(Declaration(18082, "Orders API", "openapi: 3.0.0\n"),),
+            )
+            async with running_connector(options) as connector:
+                await eventually(lambda: stock.configs, "config at the stock server")
+                await eventually(lambda: connector.stats.sessions == 1, "connector connected")
+                (tunnel,) = stock.tunnels
+                # Requests after config are still answered in order.
+                assert await tunnel.request("ping") == (True, b"pong")
+                assert await tunnel.request("ping") == (True, b"pong")
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert stock.described == []

@@ -28,6 +28,8 @@ TABLES = {
     "connectors",
     "audit_log",
     "stage_revision",
+    "endpoint_entries",
+    "traffic_buckets",
 }
 
 
@@ -95,10 +97,10 @@ def test_models_match_migrations(db_url: str) -> None:
 def test_failed_revision_leaves_database_untouched(db_url: str, tmp_path: Path) -> None:
     scripts = tmp_path / "scripts"
     shutil.copytree(SCRIPT_LOCATION, scripts)
-    (scripts / "versions" / "r0002_broken.py").write_text(
+    (scripts / "versions" / "r9000_broken.py").write_text(
         "from alembic import op\n"
-        "revision = 'r0002'\n"
-        "down_revision = 'r0001'\n"
+        "revision = 'r9000'\n"
+        f"down_revision = {head_revision()!r}\n"
         "branch_labels = None\n"
         "depends_on = None\n"
         "def upgrade():\n"
@@ -114,7 +116,7 @@ def test_failed_revision_leaves_database_untouched(db_url: str, tmp_path: Path) 
             migrate_engine(engine, config, script_location=scripts)
     finally:
         engine.dispose()
-    # r0001 and the broken r0002 ran in one transaction: nothing is left.
+    # Every revision and the broken one ran in one transaction: nothing is left.
     assert _tables(db_url) == set()
 
 
@@ -158,5 +160,37 @@ def test_audit_log_is_append_only(db_url: str) -> None:
             assert conn.execute(sa.text("SELECT actor FROM audit_log")).scalar_one() == (
                 "system:test"
             )
+    finally:
+        engine.dispose()
+
+
+def test_catalogue_revision_keeps_roles_and_allows_operator(db_url: str) -> None:
+    config = StoreConfig(db_url)
+    engine = create_store_engine(config)
+    try:
+        migrate_engine(engine, config, target="r0001")
+        with engine.begin() as conn:
+            conn.execute(
+                sa.text("INSERT INTO orgs (id, name, created_at) VALUES (1, 'acme', :t)"),
+                {"t": utc_now().replace(tzinfo=None)},
+            )
+            conn.execute(
+                sa.text(
+                    "INSERT INTO users (id, username, password_hash, created_at)"
+                    " VALUES (1, 'alice', 'h', :t)"
+                ),
+                {"t": utc_now().replace(tzinfo=None)},
+            )
+            conn.execute(
+                sa.text("INSERT INTO memberships (user_id, org_id, role) VALUES (1, 1, 'admin')")
+            )
+            with pytest.raises(sa.exc.IntegrityError), conn.begin_nested():
+                conn.execute(sa.text("UPDATE memberships SET role = 'operator'"))
+        assert migrate_engine(engine, config) == head_revision()
+        with engine.begin() as conn:
+            assert conn.execute(sa.text("SELECT role FROM memberships")).scalar_one() == "admin"
+            conn.execute(sa.text("UPDATE memberships SET role = 'operator'"))
+            with pytest.raises(sa.exc.IntegrityError), conn.begin_nested():
+                conn.execute(sa.text("UPDATE memberships SET role = 'owner'"))
     finally:
         engine.dispose()

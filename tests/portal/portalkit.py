@@ -85,8 +85,19 @@ class LogTap(logging.Handler):
 
 @contextlib.asynccontextmanager
 async def connector(
-    address: str, token: str, *remotes: str, retry_s: float = 0.3
+    address: str,
+    token: str,
+    *remotes: str,
+    retry_s: float = 0.3,
+    connector_id: str = "",
+    tls_ca: str = "",
+    declarations: tuple[Any, ...] = (),
 ) -> AsyncIterator[TestConnector]:
+    extra: dict[str, Any] = {"connector_id": connector_id} if connector_id else {}
+    if declarations:
+        extra["declarations"] = declarations
+    if tls_ca:
+        extra["tls_ca"] = tls_ca
     options = ConnectOptions(
         address=address,
         remotes=tuple(decode_remote(r) for r in remotes),
@@ -95,6 +106,7 @@ async def connector(
         keepalive_timeout_s=2.0,
         max_retry_interval_s=retry_s,
         connect_timeout_s=5.0,
+        **extra,
     )
     conn = TestConnector(options)
     task = asyncio.create_task(conn.run(), name="test-connector")

@@ -45,7 +45,8 @@ def test_password_policy() -> None:
 def test_roles() -> None:
     assert names.role("viewer") is Role.VIEWER
     assert names.role(Role.ADMIN) is Role.ADMIN
-    with pytest.raises(InvalidInput, match="admin, viewer"):
+    assert names.role("operator") is Role.OPERATOR
+    with pytest.raises(InvalidInput, match="admin, operator, viewer"):
         names.role("root")
 
 

@@ -8,12 +8,14 @@ import re
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from qanat.connector.proxies import ProxyEnvironment, parse_proxy_url
 from qanat.errors import ConfigError
 from qanat.net.proxy import ProxySpec
 from qanat.wire.configmsg import MAX_REMOTES
+from qanat.wire.describe import MAX_DESCRIPTION_CHARS, Declaration
 from qanat.wire.handshake import TOKEN_HEADER, derive_connector_id, valid_connector_id
 from qanat.wire.remotes import Remote, decode_remotes
 
@@ -96,6 +98,9 @@ class ConnectOptions:
         drain_timeout_s: on SIGTERM/SIGINT, how long open connections may
             take to finish after the gateway stopped sending new ones (0:
             disconnect at once).
+        declarations: what ``--describe`` / ``--openapi`` say about ports,
+            sent to qanat gateways that keep an endpoint catalogue (never
+            to a stock server).
     """
 
     address: str
@@ -120,6 +125,59 @@ class ConnectOptions:
     tls_key: str | None = None
     udp_idle_timeout_s: float = 60.0
     udp_max_flows: int = 100
+    declarations: tuple[Declaration, ...] = ()
+
+
+#: The largest OpenAPI file ``--openapi`` reads (the portal's default limit).
+OPENAPI_FILE_MAX_BYTES = 512 * 1024
+
+
+def parse_declarations(
+    describe: list[str], openapi: list[str], remotes: tuple[Remote, ...]
+) -> tuple[Declaration, ...]:
+    """``--describe 8081="Orders API"`` and ``--openapi 8081=orders.yaml`` per port.
+
+    Raises:
+        ConfigError: malformed, a port that is not a remote's, or an unreadable file.
+    """
+    ports = {int(r.local_port) for r in remotes if r.local_port.isdigit()}
+    texts: dict[int, str] = {}
+    files: dict[int, str] = {}
+    for flag, items, into in (("--describe", describe, texts), ("--openapi", openapi, files)):
+        for item in items:
+            port_text, sep, value = item.partition("=")
+            if not sep or not port_text.strip().isdigit() or not value.strip():
+                raise ConfigError(f'{flag} {item!r}: expected PORT=VALUE, e.g. 8081="Orders API"')
+            port = int(port_text)
+            if port not in ports:
+                raise ConfigError(
+                    f"{flag} {item!r}: port {port} is not one of the remotes' ports"
+                    f" ({', '.join(str(p) for p in sorted(ports)) or 'none'})"
+                )
+            into[port] = value.strip()
+    documents: dict[int, str] = {}
+    for port, path in files.items():
+        try:
+            data = Path(path).expanduser().read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"--openapi {port}={path}: cannot read it: {exc.strerror}") from None
+        if len(data) > OPENAPI_FILE_MAX_BYTES:
+            raise ConfigError(
+                f"--openapi {port}={path}: {len(data)} bytes, over {OPENAPI_FILE_MAX_BYTES}"
+            )
+        try:
+            documents[port] = data.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            raise ConfigError(f"--openapi {port}={path}: not UTF-8 text") from None
+    for port in documents:
+        if port not in texts:
+            raise ConfigError(
+                f"--openapi {port}=...: give the port a description too (--describe {port}=...)"
+            )
+    return tuple(
+        Declaration(port, texts[port][:MAX_DESCRIPTION_CHARS], documents.get(port))
+        for port in sorted(texts)
+    )
 
 
 def add_connect_arguments(parser: argparse.ArgumentParser) -> None:
@@ -195,6 +253,21 @@ def add_connect_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help="stable identity of this connector (default: derived from token, remotes and "
         "host name); give each connector on one host its own",
+    )
+    parser.add_argument(
+        "--describe",
+        action="append",
+        default=[],
+        metavar='PORT="TEXT"',
+        help="what an endpoint is, for the portal's endpoint catalogue (repeat; sent only to"
+        " qanat gateways that keep one)",
+    )
+    parser.add_argument(
+        "--openapi",
+        action="append",
+        default=[],
+        metavar="PORT=FILE",
+        help="the OpenAPI document (JSON or YAML) of a described endpoint (repeat)",
     )
     parser.add_argument(
         "--drain-timeout",
@@ -277,4 +350,7 @@ def options_from_args(
         tls_key=args.tls_key,
         udp_idle_timeout_s=udp_idle,
         udp_max_flows=udp_max_flows,
+        declarations=parse_declarations(
+            getattr(args, "describe", []) or [], getattr(args, "openapi", []) or [], remotes
+        ),
     )

@@ -21,11 +21,20 @@ from qanat.errors import HandshakeError, TlsError, TunnelError
 from qanat.logs import ContextLogger
 from qanat.net.proxy import ProxySpec
 from qanat.net.splice import Splice
-from qanat.net.ssh import SshTunnel, connect_tunnel, same_fingerprint, send_config, send_drain
+from qanat.net.ssh import (
+    SshTunnel,
+    connect_tunnel,
+    same_fingerprint,
+    send_config,
+    send_describe,
+    send_drain,
+)
 from qanat.net.websocket import client_handshake
 from qanat.runtime import TaskOwner
 from qanat.tls import describe_silent_close, describe_tls_failure
 from qanat.wire.configmsg import encode_config
+from qanat.wire.describe import FEATURE_DESCRIBE
+from qanat.wire.describe import encode as encode_declaration
 from qanat.wire.handshake import (
     FEATURE_DRAIN,
     FEATURES_HEADER,
@@ -170,6 +179,10 @@ class Session:
         except BaseException:
             self.tunnel.abort()
             raise
+        if opts.declarations and FEATURE_DESCRIBE in self.gateway_features:
+            # Only a qanat gateway that keeps a catalogue said it understands
+            # this; a stock server is never sent a request it would not answer.
+            self.tasks.spawn(self._describe(), name="describe")
         latency = time.perf_counter() - start
         self.tasks.spawn(self._watch_closed(), name="watch-closed")
         if opts.keepalive_s > 0:
@@ -204,6 +217,24 @@ class Session:
                 self._end(f"keepalive failed: {exc}")
                 return
             self.log.debug("keepalive round trip %.1fms", self.stats.last_rtt_s * 1e3)
+
+    async def _describe(self) -> None:
+        assert self.tunnel is not None
+        for declaration in self.options.declarations:
+            for payload in encode_declaration(declaration):
+                try:
+                    error = await send_describe(self.tunnel, payload, timeout_s=10.0)
+                except TunnelError:
+                    return
+                if error is not None:
+                    self.log.warning(
+                        "gateway did not take the description of port %d: %s",
+                        declaration.port,
+                        error,
+                    )
+                    break
+            else:
+                self.log.info("described port %d in the portal's catalogue", declaration.port)
 
     async def drain(self, timeout_s: float) -> tuple[bool, int]:
         """Stop new channels (if the gateway can be told) and wait for open ones.

@@ -42,6 +42,7 @@ from qanat.gateway.tunnel import ConnectorInfo, Tunnel
 from qanat.net.ssh import serve_tunnel
 from qanat.net.websocket import attach_server, http_response, new_server_protocol
 from qanat.ops import httpd, metrics
+from qanat.wire.describe import FEATURE_DESCRIBE
 from qanat.wire.handshake import (
     FEATURE_DRAIN,
     FEATURES_HEADER,
@@ -308,7 +309,10 @@ class FrontDoor(asyncio.Protocol):
                 self.transport.write(chunk)
             self.transport.close()
             return
-        response.headers[FEATURES_HEADER] = FEATURE_DRAIN
+        features = [FEATURE_DRAIN]
+        if gateway.describe_sink is not None:
+            features.append(FEATURE_DESCRIBE)
+        response.headers[FEATURES_HEADER] = ",".join(features)
         strike = gateway.flaps.connected(flap_key, now, source_ip)
         if not strike.allowed:
             log.warning(

@@ -81,6 +81,7 @@ class Endpoint:
         self.connections_total = 0
         self.connections_failed = 0
         self.connections_retried = 0
+        self.bytes_total = 0  # both directions, of finished connections
         self.refused_sources = 0
         self.recent_failures = RecentFailures()  # for the status page
         self.log = ContextLogger(_log, stage=stage.key, port=self.port)
@@ -145,6 +146,7 @@ class Endpoint:
             "connections_total": self.connections_total,
             "connections_failed": self.connections_failed,
             "connections_retried": self.connections_retried,
+            "bytes_total": self.bytes_total,
             "refused_sources": self.refused_sources,
             "port": self.port,
             "recent_failures": self.recent_failures.snapshot(),
@@ -294,6 +296,7 @@ class AppConnection(asyncio.Protocol):
         if not isinstance(member, Member):
             return  # an attempt given up before it opened: nothing was counted
         self.endpoint.open_connections -= 1
+        self.endpoint.bytes_total += splice.sent + splice.received
         Pool.closed(member)
         cast("Tunnel", member.tunnel).untrack(splice)
 

@@ -7,6 +7,7 @@ import ipaddress
 import logging
 import ssl
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from qanat.gateway.flapping import FlapGuard
@@ -22,6 +23,7 @@ from qanat.ops.health import gateway_health
 from qanat.ops.metrics import GatewayMetrics
 from qanat.runtime import TaskOwner
 from qanat.tls import reload_certificate, server_context
+from qanat.wire.describe import Declaration
 
 log = logging.getLogger("qanat.gateway")
 
@@ -36,6 +38,13 @@ class TunnelListener(Protocol):
     def tunnel_active(self, tunnel: Tunnel) -> None: ...
 
     def tunnel_closed(self, tunnel: Tunnel) -> None: ...
+
+
+#: Where connectors' endpoint descriptions go (the portal's catalogue):
+#: ``sink(stage_key, connector, declaration, protocol)`` returns None when
+#: stored, or the refusal text for the connector. Called in the event loop,
+#: so it must not block (write from a worker thread).
+DescribeSink = Callable[[str, str, Declaration, str], Awaitable[str | None]]
 
 
 class Gateway:
@@ -71,6 +80,9 @@ class Gateway:
         )
         self.server: asyncio.Server | None = None
         self.tunnel_listeners: list[TunnelListener] = []
+        # Set by an assembly with a portal (qanat up): only then is the
+        # ``describe`` feature advertised to connectors.
+        self.describe_sink: DescribeSink | None = None
         # Operability (qanat.ops): scrape-time metrics and readiness checks.
         self.metrics = GatewayMetrics(self)
         self.health = gateway_health(self)

@@ -51,6 +51,7 @@ from qanat.net.ssh import SshTunnel
 from qanat.ops import metrics
 from qanat.runtime import TaskOwner
 from qanat.wire.configmsg import decode_config
+from qanat.wire.describe import Assembler
 from qanat.wire.remotes import Remote
 
 if TYPE_CHECKING:
@@ -59,6 +60,8 @@ if TYPE_CHECKING:
     from qanat.gateway.stages import StageConfig
 
 _ids = itertools.count(1)
+#: Largest OpenAPI document a connector may send (the portal's default limit).
+DESCRIBE_MAX_DOCUMENT_CHARS = 512 * 1024
 _log = logging.getLogger("qanat.gateway.tunnel")
 
 
@@ -117,6 +120,7 @@ class Tunnel:
         self.draining_since: float | None = None
         self.identity = info.identity
         self.endpoints: list[Endpoint] = []
+        self.describe: Assembler | None = None
         self.tasks = TaskOwner(f"tunnel {self.id}")
         self.log = ContextLogger(
             _log,
@@ -191,6 +195,34 @@ class Tunnel:
         if self.draining and not self.close_reason and exc is None:
             reason = "connector finished draining"
         self._closed(reason)
+
+    async def on_describe(self, payload: bytes) -> str | None:
+        """A piece of the connector's description of one of its ports."""
+        sink = self.gateway.describe_sink
+        if sink is None:
+            return "this gateway keeps no endpoint catalogue"
+        if self.state is not TunnelState.ACTIVE:
+            return "describe@qanat before the remotes were accepted"
+        if self.describe is None:
+            self.describe = Assembler(max_document_chars=DESCRIBE_MAX_DOCUMENT_CHARS)
+        try:
+            declaration = self.describe.feed(payload)
+        except ProtocolError as exc:
+            self.log.warning("refused endpoint description: %s", exc)
+            return str(exc)
+        if declaration is None:
+            return None  # more pieces follow
+        protocols = {
+            int(r.local_port): "udp" if r.remote_proto == "udp" else "tcp"
+            for r in self.remotes
+            if r.local_port.isdigit()
+        }
+        if declaration.port not in protocols:
+            return f"port {declaration.port} is not one of this connector's remotes"
+        error = await sink(self.stage.key, self.identity, declaration, protocols[declaration.port])
+        if error is not None:
+            self.log.warning("description of port %d refused: %s", declaration.port, error)
+        return error
 
     def on_drain(self) -> bool:
         if self.state is not TunnelState.ACTIVE:

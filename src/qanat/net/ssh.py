@@ -13,9 +13,10 @@ chisel speaks standard SSH with four twists, all handled here:
 4. App connections travel in channels of type ``chisel`` whose extra data is
    the raw ``host:port`` (``/udp`` appended for UDP).
 
-One qanat-only extra: the global request ``drain@qanat`` (connector to
-gateway: "send me no new channels"), sent only to a gateway that advertised
-it in the 101 answer.
+Two qanat-only extras, global requests from connector to gateway sent only
+to a gateway that advertised them in the 101 answer: ``drain@qanat`` ("send
+me no new channels") and ``describe@qanat`` (what an endpoint is, with its
+OpenAPI document; see :mod:`qanat.wire.describe`).
 
 The gateway gets an :class:`SshTunnel` from :func:`serve_tunnel`; the
 connector gets one from :func:`connect_tunnel`. Both only see qanat's errors.
@@ -45,6 +46,7 @@ from asyncssh.constants import (
 )
 
 from qanat.errors import ChannelOpenFailed, ConfigError, RemotesRejected, TunnelError
+from qanat.wire.describe import DESCRIBE_REQUEST
 from qanat.wire.handshake import (
     CHANNEL_TYPE,
     CLIENT_VERSION,
@@ -238,6 +240,9 @@ class ServerHooks(Protocol):
     def on_drain(self) -> bool:
         """The connector asks for no new channels (``drain@qanat``); True to accept."""
 
+    async def on_describe(self, payload: bytes) -> str | None:
+        """A ``describe@qanat`` piece; None to accept, or the refusal text."""
+
 
 class _ServerConnection(_ChiselDialect, asyncssh.SSHServerConnection):
     _qanat_version = SERVER_VERSION
@@ -272,6 +277,21 @@ class _ServerConnection(_ChiselDialect, asyncssh.SSHServerConnection):
         # qanat's own request (see DRAIN_REQUEST); asyncssh answers failure to
         # requests it has no handler for, a stock chisel server never answers.
         self._qanat_reply(self.qanat_hooks.on_drain())
+
+    def _process_describe_at_qanat_global_request(self, packet: Any) -> None:
+        # Like config: answered in order once the hook is done (it writes to
+        # the portal's database in a worker thread).
+        self.create_task(self._qanat_describe(packet.get_remaining_payload()))
+
+    async def _qanat_describe(self, payload: bytes) -> None:
+        hook = getattr(self.qanat_hooks, "on_describe", None)
+        try:
+            error = "describe@qanat is not handled here" if hook is None else await hook(payload)
+        except Exception as exc:  # a bug must not leave the client hanging
+            log.exception("describe handler failed")
+            error = f"internal error handling describe@qanat: {exc}"
+        if self._transport is not None:
+            self._qanat_reply(error is None, (error or "").encode())
 
 
 class _ServerOwner(asyncssh.SSHServer):
@@ -573,6 +593,22 @@ async def send_drain(tunnel: SshTunnel, timeout_s: float) -> bool:
     return ok
 
 
+async def send_describe(tunnel: SshTunnel, payload: bytes, timeout_s: float) -> str | None:
+    """Send one ``describe@qanat`` piece; None when accepted, else the gateway's text.
+
+    Only for a gateway that advertised the ``describe`` feature (see send_drain).
+
+    Raises:
+        TunnelError: the connection closed first.
+    """
+    try:
+        async with asyncio.timeout(timeout_s):
+            ok, reply = await tunnel.request(DESCRIBE_REQUEST, payload)
+    except TimeoutError:
+        return f"no answer within {timeout_s:g}s"
+    return None if ok else (reply.decode("utf-8", "replace").strip() or "refused")
+
+
 async def send_config(tunnel: SshTunnel, payload: bytes) -> None:
     """Send the ``config`` request; raise RemotesRejected with the server's text."""
     ok, reply = await tunnel.request(CONFIG_REQUEST, payload)
@@ -592,6 +628,7 @@ __all__ = [
     "connect_tunnel",
     "same_fingerprint",
     "send_config",
+    "send_describe",
     "send_drain",
     "serve_tunnel",
 ]

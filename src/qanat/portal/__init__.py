@@ -27,22 +27,58 @@ The portal never imports SQLAlchemy: it reads and writes through the
 store's ``Transaction`` methods, which return plain records.
 """
 
-from qanat.portal.access import Actor, ActorKind
-from qanat.portal.config import PortalConfig
-from qanat.portal.passwords import PasswordHasher
-from qanat.portal.service import Portal
-from qanat.portal.views import (
-    Activation,
-    ApiKeyInfo,
-    ApiKeyState,
-    EndpointStatus,
-    GatewayStatus,
-    IssuedToken,
-    NewApiKey,
-    OrgInfo,
-    StageInfo,
-    UserInfo,
-)
+# The names below are imported on first use (PEP 562), so that a light
+# module of this package (localadmin, used by ``qanat admin``) can be imported
+# without the store and SQLAlchemy behind the service.
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from qanat.portal.access import Actor, ActorKind
+    from qanat.portal.config import PortalConfig
+    from qanat.portal.passwords import PasswordHasher
+    from qanat.portal.service import Portal
+    from qanat.portal.views import (
+        Activation,
+        ApiKeyInfo,
+        ApiKeyState,
+        EndpointStatus,
+        GatewayStatus,
+        IssuedToken,
+        NewApiKey,
+        OrgInfo,
+        StageInfo,
+        UserInfo,
+    )
+
+_HOMES = {
+    "Actor": "access",
+    "ActorKind": "access",
+    "PortalConfig": "config",
+    "PasswordHasher": "passwords",
+    "Portal": "service",
+    "Activation": "views",
+    "ApiKeyInfo": "views",
+    "ApiKeyState": "views",
+    "EndpointStatus": "views",
+    "GatewayStatus": "views",
+    "IssuedToken": "views",
+    "NewApiKey": "views",
+    "OrgInfo": "views",
+    "StageInfo": "views",
+    "UserInfo": "views",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'qanat.portal' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f"qanat.portal.{home}"), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "Activation",

@@ -8,8 +8,12 @@ the very next call.
 
 Rules:
 
-- ``viewer`` may read (stages, status, audit log, members);
-- ``admin`` may also change (activate, deactivate, renew, stages, users, keys);
+- ``viewer`` may read (stages, status, endpoint catalogue, traffic, audit
+  log, members);
+- ``operator`` may also write the endpoint catalogue (whoever runs the
+  connectors describes the endpoints they serve);
+- ``admin`` may also change everything else (activate, deactivate, renew,
+  stages, users, keys);
 - an API key acts in its one organisation with the role it was given, and
   cannot manage identities (users, roles, keys): that needs a person;
 - the system actor may do everything, including what is reserved to the
@@ -33,6 +37,9 @@ class ActorKind(enum.StrEnum):
     USER = "user"
     API_KEY = "apikey"
     SYSTEM = "system"
+    #: A connector describing its own endpoints (``describe@qanat``); it acts
+    #: on its stage's catalogue only, authenticated by the tunnel's token.
+    CONNECTOR = "connector"
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,15 +97,21 @@ def require(tx: Transaction, actor: Actor, org_name: str, need: Role, now: datet
 
     Raises:
         NotFound, Unauthorized: see :func:`role_in`.
-        Forbidden: the actor is a viewer and ``need`` is admin.
+        Forbidden: the actor's role is below ``need`` (viewer < operator < admin).
     """
     org, role = role_in(tx, actor, org_name, now)
-    if need is Role.ADMIN and role is not Role.ADMIN:
+    if role.rank < need.rank:
         raise Forbidden(
-            f"{actor.label} is a viewer of organisation {org.name!r}; this needs the admin"
-            " role: ask an admin of the organisation"
+            f"{actor.label} is {_article(role)} {role.value} of organisation {org.name!r};"
+            f" this needs the {need.value} role"
+            + (" (or admin)" if need is Role.OPERATOR else "")
+            + ": ask an admin of the organisation"
         )
     return org
+
+
+def _article(role: Role) -> str:
+    return "an" if role.value[0] in "aeiou" else "a"
 
 
 def require_person(actor: Actor, what: str) -> None:

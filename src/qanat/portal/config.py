@@ -24,6 +24,7 @@ class PortalConfig:
             to the gateway of every new stage.
         default_stages: stages every new organisation starts with.
         audit_page_max: most audit entries returned by one call.
+        openapi_max_bytes: largest OpenAPI document a catalogue entry may hold.
 
     Raises:
         ConfigError: the base URL is not an http(s) URL without query.
@@ -33,6 +34,7 @@ class PortalConfig:
     stage_defaults: GatewaySettings = field(default_factory=GatewaySettings)
     default_stages: tuple[str, ...] = DEFAULT_STAGES
     audit_page_max: int = 500
+    openapi_max_bytes: int = 512 * 1024
 
     def __post_init__(self) -> None:
         parts = urlsplit(self.public_base_url)

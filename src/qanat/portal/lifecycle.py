@@ -35,7 +35,15 @@ from qanat.portal.views import (
     OrgInfo,
     StageInfo,
 )
-from qanat.store import AuditRecord, ConnectorRecord, GatewayRecord, GatewayState, Role, Transaction
+from qanat.store import (
+    AuditFilter,
+    AuditRecord,
+    ConnectorRecord,
+    GatewayRecord,
+    GatewayState,
+    Role,
+    Transaction,
+)
 from qanat.wire.tokens import hash_token, new_address_id, new_token
 
 
@@ -291,13 +299,26 @@ class LifecycleOps(PortalContext):
             )
 
     def audit_log(
-        self, actor: Actor, org: str, *, limit: int = 100, before_id: int | None = None
+        self,
+        actor: Actor,
+        org: str,
+        *,
+        limit: int = 100,
+        before_id: int | None = None,
+        where: AuditFilter | None = None,
     ) -> list[AuditRecord]:
-        """The organisation's audit entries, newest first, paged by id (viewer)."""
+        """The organisation's audit entries, newest first, paged by id (viewer).
+
+        ``where.target`` may name a stage as ``org/stage`` (any case); it is
+        matched against the stage's stored name.
+        """
         limit = max(1, min(limit, self._config.audit_page_max))
         with self._store.transaction(write=False) as tx:
             org_rec = require(tx, actor, org, Role.VIEWER, self._clock())
-            return tx.audit_entries(org_rec.name, limit=limit, before_id=before_id)
+            if where is not None and where.target:
+                stage_name = where.target.partition("/")[2] or where.target
+                where = replace(where, target=tx.stage(org_rec, stage_name).key)
+            return tx.audit_entries(org_rec.name, limit=limit, before_id=before_id, where=where)
 
 
 def _endpoints(connectors: Iterable[ConnectorRecord]) -> tuple[EndpointStatus, ...]:

@@ -12,11 +12,12 @@ unreachable) from :mod:`qanat.errors`.
 
 from __future__ import annotations
 
+from qanat.portal.catalogue import CatalogueOps
 from qanat.portal.identity import IdentityOps
 from qanat.portal.lifecycle import LifecycleOps
 
 
-class Portal(LifecycleOps, IdentityOps):
+class Portal(LifecycleOps, IdentityOps, CatalogueOps):
     """All portal operations; construct with ``Portal(store, PortalConfig(...))``.
 
     Methods (see each for what it raises)::
@@ -30,7 +31,11 @@ class Portal(LifecycleOps, IdentityOps):
         renew_token(actor, source, org, stage) -> IssuedToken
         configure_gateway(actor, source, org, stage, *, allow_cidrs, bind_host, ports)
         status(actor, org, stage) -> GatewayStatus
-        audit_log(actor, org, *, limit, before_id) -> list[AuditRecord]
+        audit_log(actor, org, *, limit, before_id, where) -> list[AuditRecord]
+        catalogue(actor, org, stage) -> StageCatalogue
+        set_endpoint / set_openapi_document / remove_endpoint (operator)
+        openapi_file / openapi_summary / catalogue_entry (viewer)
+        traffic(actor, org, stage, *, minutes) -> StageTraffic
         authenticate_password(username, password, source) -> Actor
         authenticate_api_key(key, source) -> Actor
         create_user(actor, source, org, username, password, role) -> UserInfo

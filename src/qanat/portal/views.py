@@ -119,3 +119,89 @@ class NewApiKey:
 
     info: ApiKeyInfo
     key: str = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogueEntry:
+    """One endpoint of a stage as app developers see it.
+
+    Attributes:
+        listed: there is a catalogue entry (False: served, but nobody
+            described it yet).
+        served_by: names of the connectors serving the port right now.
+        base_url: what to paste into an app (``https://secure-gateway:8081/``;
+            ``secure-gateway:5353`` for UDP).
+        document: ``json`` or ``yaml`` when an OpenAPI document is stored.
+    """
+
+    port: int
+    protocol: str
+    tls: bool
+    description: str
+    owner: str
+    openapi_url: str | None
+    document: str | None
+    document_title: str
+    listed: bool
+    served_by: tuple[str, ...]
+    targets: tuple[str, ...]
+    updated_at: datetime | None
+    updated_by: str
+
+    @property
+    def name(self) -> str:
+        return f"secure-gateway:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        if self.protocol == "udp":
+            return f"secure-gateway:{self.port}"
+        return f"{'https' if self.tls else 'http'}://secure-gateway:{self.port}/"
+
+
+@dataclass(frozen=True, slots=True)
+class StageCatalogue:
+    stage: StageInfo
+    entries: tuple[CatalogueEntry, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class OpenApiFile:
+    """A stored OpenAPI document, for download."""
+
+    port: int
+    format: str
+    text: str = field(repr=False)
+
+    @property
+    def media_type(self) -> str:
+        return "application/json" if self.format == "json" else "application/yaml"
+
+
+@dataclass(frozen=True, slots=True)
+class TrafficRow:
+    """One endpoint or connector over the window.
+
+    Attributes:
+        name: the port (endpoints) or the connector's ``--id`` (connectors).
+        detail: a connector's session(s), e.g. ``tunnel 3 on gw-1``.
+        series: connections per minute, oldest first, one per minute of the window.
+    """
+
+    kind: str
+    name: str
+    detail: str
+    protocol: str
+    connections: int
+    failures: int
+    bytes: int
+    series: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class StageTraffic:
+    stage_key: str
+    minutes: int
+    since: datetime
+    endpoints: tuple[TrafficRow, ...]
+    connectors: tuple[TrafficRow, ...]

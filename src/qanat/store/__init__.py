@@ -11,7 +11,7 @@ How it works::
     records.py      the frozen values the store hands out (no ORM objects)
     database.py     Store: ``with store.transaction() as tx:`` gives a
                     Transaction whose methods (tenancy.py, identity.py,
-                    activity.py) read and write records; the block commits
+                    activity.py, catalogue.py) read and write records; the block commits
                     whole or not at all
     stagesource.py  DatabaseStageSource: the gateway's StageSource, an
                     in-memory view refreshed by polling a change counter
@@ -28,9 +28,13 @@ Schema (one row per ...)::
                     port range, allowed app CIDRs
     renewed_tokens  hashes of tokens replaced by a renewal, per gateway
     users           login name and scrypt password hash
-    memberships     role (admin | viewer) of a user in an org
+    memberships     role (admin | operator | viewer) of a user in an org
     api_keys        hash of an org-scoped key with a role, expiry, revocation
     connectors      live connector tunnels per stage, as gateways report them
+    endpoint_entries  the catalogue: per stage and port, protocol, TLS,
+                    description, owner, OpenAPI document or link
+    traffic_buckets per stage, minute and endpoint/connector: connections,
+                    failures, bytes (deltas added by gateway nodes, kept ~2 h)
     audit_log       append-only record of every change (triggers refuse
                     UPDATE and DELETE)
     stage_revision  a single counter bumped with every stage/gateway change
@@ -52,7 +56,9 @@ from qanat.store.live import ConnectorRegistry, ConnectorReport
 from qanat.store.migrate import head_revision, upgrade
 from qanat.store.records import (
     ApiKeyRecord,
+    AuditFilter,
     AuditRecord,
+    CatalogueRecord,
     ConnectorRecord,
     EndpointRecord,
     GatewayRecord,
@@ -62,6 +68,8 @@ from qanat.store.records import (
     OrgRecord,
     Role,
     StageRecord,
+    TrafficRecord,
+    TrafficSample,
     UserRecord,
     utc_now,
 )
@@ -70,7 +78,9 @@ from qanat.store.stagesource import DatabaseStageSource, stage_config
 __all__ = [
     "DATABASE_URL_ENV",
     "ApiKeyRecord",
+    "AuditFilter",
     "AuditRecord",
+    "CatalogueRecord",
     "ConnectorRecord",
     "ConnectorRegistry",
     "ConnectorReport",
@@ -85,6 +95,8 @@ __all__ = [
     "StageRecord",
     "Store",
     "StoreConfig",
+    "TrafficRecord",
+    "TrafficSample",
     "Transaction",
     "UserRecord",
     "database_url",

@@ -10,11 +10,11 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, or_, select
 from sqlalchemy.orm import Session
 
 from qanat.store.models import AuditEntry, Connector, Org, Stage
-from qanat.store.records import AuditRecord, ConnectorRecord, EndpointRecord
+from qanat.store.records import AuditFilter, AuditRecord, ConnectorRecord, EndpointRecord
 
 
 class ActivityQueries:
@@ -49,13 +49,36 @@ class ActivityQueries:
         return _audit(entry)
 
     def audit_entries(
-        self, org: str | None, *, limit: int, before_id: int | None = None
+        self,
+        org: str | None,
+        *,
+        limit: int,
+        before_id: int | None = None,
+        where: AuditFilter | None = None,
     ) -> list[AuditRecord]:
         """Newest first; ``org=None`` reads the entries of no organisation."""
         query = select(AuditEntry).order_by(AuditEntry.id.desc()).limit(limit)
         query = query.where(AuditEntry.org.is_(None) if org is None else AuditEntry.org == org)
         if before_id is not None:
             query = query.where(AuditEntry.id < before_id)
+        if where is not None:
+            if where.target:
+                query = query.where(AuditEntry.target == where.target)
+            if where.actor:
+                query = query.where(
+                    func.lower(AuditEntry.actor).contains(where.actor.lower(), autoescape=True)
+                )
+            if where.action:
+                query = query.where(
+                    or_(
+                        AuditEntry.action == where.action,
+                        AuditEntry.action.startswith(where.action + ".", autoescape=True),
+                    )
+                )
+            if where.since is not None:
+                query = query.where(AuditEntry.at >= where.since)
+            if where.until is not None:
+                query = query.where(AuditEntry.at < where.until)
         return [_audit(e) for e in self._session.scalars(query)]
 
     # -- connectors ----------------------------------------------------------
@@ -71,6 +94,7 @@ class ActivityQueries:
         connected_since: datetime,
         now: datetime,
         endpoints: Sequence[EndpointRecord],
+        name: str = "",
     ) -> None:
         row = self._session.scalars(
             select(Connector).where(
@@ -81,6 +105,7 @@ class ActivityQueries:
             row = Connector(stage_id=stage_id, connector_id=connector_id, last_rtt_ms=None)
             self._session.add(row)
         row.node = node
+        row.name = name[:128]
         row.version = version
         row.source_address = source_address
         row.connected_since = connected_since
@@ -140,6 +165,7 @@ class ActivityQueries:
                     EndpointRecord(int(e["port"]), str(e["target"]), str(e.get("protocol", "tcp")))
                     for e in c.endpoints
                 ),
+                name=c.name,
             )
             for c, stage_name, org_name in rows
         ]

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from qanat.errors import MigrationError
 from qanat.store.activity import ActivityQueries
+from qanat.store.catalogue import CatalogueQueries
 from qanat.store.engine import (
     WRITE_OPTION,
     StoreConfig,
@@ -35,7 +36,7 @@ log = logging.getLogger("qanat.store")
 StageListener = Callable[[int, Iterable[str]], None]
 
 
-class Transaction(TenancyQueries, IdentityQueries, ActivityQueries):
+class Transaction(TenancyQueries, IdentityQueries, ActivityQueries, CatalogueQueries):
     """Everything one operation may read or write, inside one transaction."""
 
     def __init__(self, session: Session) -> None:

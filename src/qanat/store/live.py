@@ -13,11 +13,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from qanat.errors import NotFound
 from qanat.store.database import Store, Transaction
-from qanat.store.records import EndpointRecord, GatewayRecord, utc_now
+from qanat.store.records import EndpointRecord, GatewayRecord, TrafficSample, utc_now
+
+#: How long per-minute traffic is kept (the portal shows the last hour).
+TRAFFIC_KEEP = timedelta(hours=2)
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +32,8 @@ class ConnectorReport:
     source_address: str
     connected_since: datetime
     endpoints: Sequence[EndpointRecord] = field(default_factory=tuple)
+    #: The connector's own name (``--id``, or derived by the gateway).
+    name: str = ""
 
 
 class ConnectorRegistry:
@@ -67,6 +72,7 @@ class ConnectorRegistry:
                 connected_since=report.connected_since,
                 now=self._clock(),
                 endpoints=report.endpoints,
+                name=report.name,
             )
 
     def keepalive(self, address_id: str, connector_id: str, rtt_ms: float | None) -> bool:
@@ -76,6 +82,13 @@ class ConnectorRegistry:
             return tx.touch_connector(
                 gateway.stage_id, connector_id, rtt_ms=rtt_ms, now=self._clock()
             )
+
+    def add_traffic(self, samples: Sequence[TrafficSample]) -> int:
+        """Add traffic deltas to the current minute; drop buckets past the retention."""
+        if not samples:
+            return 0
+        with self._store.transaction() as tx:
+            return tx.add_traffic(samples, now=self._clock(), keep=TRAFFIC_KEEP)
 
     def disconnected(self, address_id: str, connector_id: str) -> bool:
         """Remove a connector whose tunnel closed; False if it was not there."""

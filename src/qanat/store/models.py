@@ -26,6 +26,7 @@ from sqlalchemy import (
     Integer,
     MetaData,
     String,
+    Text,
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -46,6 +47,11 @@ USERNAME_MAX = 64
 HASH_MAX = 255
 ACTOR_MAX = 128
 ADDRESS_MAX = 64
+DESCRIPTION_MAX = 500
+OWNER_MAX = 200
+URL_MAX = 2000
+TRAFFIC_NAME_MAX = 128
+ROLE_CHECK = "role IN ('admin', 'operator', 'viewer')"
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -151,7 +157,7 @@ class User(Base):
 
 class Membership(Base):
     __tablename__ = "memberships"
-    __table_args__ = (CheckConstraint("role IN ('admin', 'viewer')", name="role"),)
+    __table_args__ = (CheckConstraint(ROLE_CHECK, name="role"),)
 
     user_id: Mapped[int] = mapped_column(
         ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
@@ -164,7 +170,7 @@ class Membership(Base):
 
 class ApiKey(Base):
     __tablename__ = "api_keys"
-    __table_args__ = (CheckConstraint("role IN ('admin', 'viewer')", name="role"),)
+    __table_args__ = (CheckConstraint(ROLE_CHECK, name="role"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     org_id: Mapped[int] = mapped_column(ForeignKey("orgs.id", ondelete="CASCADE"), index=True)
@@ -187,6 +193,8 @@ class Connector(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     stage_id: Mapped[int] = mapped_column(ForeignKey("stages.id", ondelete="CASCADE"))
     connector_id: Mapped[str] = mapped_column(String(128))
+    # The connector's own name (``--id``, or derived); connector_id is the session.
+    name: Mapped[str] = mapped_column(String(128), server_default="")
     node: Mapped[str] = mapped_column(String(128), index=True)
     version: Mapped[str] = mapped_column(String(64))
     source_address: Mapped[str] = mapped_column(String(ADDRESS_MAX))
@@ -195,6 +203,61 @@ class Connector(Base):
     last_rtt_ms: Mapped[float | None] = mapped_column(Float)
     # [{"port": 8081, "target": "10.0.0.5:8393", "protocol": "tcp"}, ...]
     endpoints: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+
+
+class EndpointEntry(Base):
+    """The catalogue: what ``secure-gateway:<port>`` of a stage is, for app developers.
+
+    Written by operators (or declared by a connector); independent of whether
+    a connector serves the port right now.
+    """
+
+    __tablename__ = "endpoint_entries"
+    __table_args__ = (
+        UniqueConstraint("stage_id", "port"),
+        CheckConstraint("protocol IN ('tcp', 'udp')", name="protocol"),
+        CheckConstraint("1 <= port AND port <= 65535", name="port"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    stage_id: Mapped[int] = mapped_column(ForeignKey("stages.id", ondelete="CASCADE"))
+    port: Mapped[int]
+    protocol: Mapped[str] = mapped_column(String(8))
+    tls: Mapped[bool]
+    description: Mapped[str] = mapped_column(String(DESCRIPTION_MAX))
+    owner: Mapped[str] = mapped_column(String(OWNER_MAX))
+    openapi_url: Mapped[str | None] = mapped_column(String(URL_MAX))
+    # The document exactly as uploaded, and "json" or "yaml".
+    openapi_doc: Mapped[str | None] = mapped_column(Text)
+    openapi_format: Mapped[str | None] = mapped_column(String(8))
+    updated_at: Mapped[datetime]
+    updated_by: Mapped[str] = mapped_column(String(ACTOR_MAX))
+
+
+class TrafficBucket(Base):
+    """Traffic of one endpoint or connector of a stage in one minute.
+
+    Gateway nodes add their deltas to the row of the current minute; rows
+    older than the retention are deleted by the writer.
+    """
+
+    __tablename__ = "traffic_buckets"
+    __table_args__ = (
+        UniqueConstraint("stage_id", "bucket_at", "kind", "name"),
+        CheckConstraint("kind IN ('endpoint', 'connector')", name="kind"),
+        Index("ix_traffic_buckets_bucket_at", "bucket_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    stage_id: Mapped[int] = mapped_column(ForeignKey("stages.id", ondelete="CASCADE"))
+    bucket_at: Mapped[datetime]
+    kind: Mapped[str] = mapped_column(String(16))
+    name: Mapped[str] = mapped_column(String(TRAFFIC_NAME_MAX))
+    detail: Mapped[str] = mapped_column(String(TRAFFIC_NAME_MAX))
+    protocol: Mapped[str] = mapped_column(String(8))
+    connections: Mapped[int] = mapped_column(BigInteger)
+    failures: Mapped[int] = mapped_column(BigInteger)
+    bytes: Mapped[int] = mapped_column(BigInteger)
 
 
 class AuditEntry(Base):

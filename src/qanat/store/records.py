@@ -30,7 +30,16 @@ class Role(enum.StrEnum):
     """A user's (or API key's) role in one organisation."""
 
     ADMIN = "admin"
+    OPERATOR = "operator"
     VIEWER = "viewer"
+
+    @property
+    def rank(self) -> int:
+        """viewer < operator < admin: each role may do what the ones below may."""
+        return _ROLE_RANK[self]
+
+
+_ROLE_RANK = {Role.VIEWER: 0, Role.OPERATOR: 1, Role.ADMIN: 2}
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +151,12 @@ class ConnectorRecord:
     last_seen_at: datetime
     last_rtt_ms: float | None
     endpoints: tuple[EndpointRecord, ...]
+    #: The connector's own name (its ``--id``); ``connector_id`` names the session.
+    name: str = ""
+
+    @property
+    def display_name(self) -> str:
+        return self.name or self.connector_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,3 +171,78 @@ class AuditRecord:
     target: str
     source_address: str
     details: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogueRecord:
+    """A stage's catalogue entry for ``secure-gateway:<port>``.
+
+    Attributes:
+        tls: the private side speaks TLS, so apps use ``https://``.
+        openapi_doc: the OpenAPI document as uploaded (None: none, or only a link).
+        openapi_format: ``json`` or ``yaml`` when there is a document.
+    """
+
+    stage_key: str
+    port: int
+    protocol: str
+    tls: bool
+    description: str
+    owner: str
+    openapi_url: str | None
+    openapi_doc: str | None = field(repr=False)
+    openapi_format: str | None
+    updated_at: datetime
+    updated_by: str
+
+
+@dataclass(frozen=True, slots=True)
+class TrafficSample:
+    """Counts of one endpoint or connector since the previous sample (deltas).
+
+    Attributes:
+        kind: ``endpoint`` (name is the port) or ``connector`` (name is its id).
+        detail: for a connector, its session (``tunnel 3 on node gw-1``).
+        connections: app connections (TCP) or datagrams (UDP).
+    """
+
+    stage_key: str
+    kind: str
+    name: str
+    protocol: str
+    connections: int
+    failures: int
+    bytes: int
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class TrafficRecord:
+    """One minute of one endpoint or connector of a stage."""
+
+    bucket_at: datetime
+    kind: str
+    name: str
+    detail: str
+    protocol: str
+    connections: int
+    failures: int
+    bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class AuditFilter:
+    """Which audit entries to read; empty fields match everything.
+
+    Attributes:
+        target: a stage key (``org/stage``): entries about that stage.
+        actor: part of the actor's label (``user:alice``), any case.
+        action: an action (``gateway.activate``) or its family (``gateway``).
+        since, until: ``since <= at < until``.
+    """
+
+    target: str = ""
+    actor: str = ""
+    action: str = ""
+    since: datetime | None = None
+    until: datetime | None = None

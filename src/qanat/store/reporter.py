@@ -7,7 +7,8 @@ event loop and must not block, so they only queue an event; one owned task
 drains the queue in order and runs each database call in a worker thread.
 Every ``refresh_s`` the keepalive round-trips of active tunnels are written
 too (and a tunnel whose row is missing, because the database was away when it
-connected, is reported again).
+connected, is reported again), and so are the traffic counters' deltas since
+the last refresh (:mod:`qanat.store.traffic`), into per-minute buckets.
 
 Database failures are logged (once per outage) and never reach the data
 plane: a connector is served whether or not the portal can show it.
@@ -16,6 +17,7 @@ plane: a connector is served whether or not the portal can show it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -25,6 +27,7 @@ from qanat.errors import PortalError, StoreError
 from qanat.runtime import TaskOwner
 from qanat.store.live import ConnectorRegistry, ConnectorReport
 from qanat.store.records import EndpointRecord
+from qanat.store.traffic import TrafficMeter
 
 if TYPE_CHECKING:
     from qanat.gateway.server import Gateway
@@ -48,7 +51,8 @@ def connector_report(tunnel: Tunnel, node: str) -> ConnectorReport:
             port = int(remote.local_port)
         except ValueError:
             continue
-        endpoints.append(EndpointRecord(port=port, target=remote.target))
+        protocol = "udp" if remote.remote_proto == "udp" else "tcp"
+        endpoints.append(EndpointRecord(port=port, target=remote.target, protocol=protocol))
     version = tunnel.version or tunnel.info.user_agent or "unknown"
     return ConnectorReport(
         connector_id=connector_id(tunnel, node),
@@ -56,7 +60,13 @@ def connector_report(tunnel: Tunnel, node: str) -> ConnectorReport:
         source_address=tunnel.info.peer,
         connected_since=datetime.fromtimestamp(tunnel.connected_at, UTC),
         endpoints=tuple(endpoints),
+        name=connector_name(tunnel),
     )
+
+
+def connector_name(tunnel: Tunnel) -> str:
+    """The connector's own name: its ``--id`` (or the identity the gateway derived)."""
+    return str(getattr(tunnel, "identity", "") or tunnel.info.client_id or "connector")
 
 
 class GatewayReporter:
@@ -79,6 +89,7 @@ class GatewayReporter:
         self._tasks = TaskOwner("connector reporter")
         self._gateway: Gateway | None = None
         self._failing = False
+        self._meter = TrafficMeter(node)
 
     def attach(self, gateway: Gateway) -> None:
         """Listen to ``gateway``'s tunnels."""
@@ -118,6 +129,9 @@ class GatewayReporter:
         self._queue.put_nowait(lambda: self._registry.connected(address_id, report))
 
     def tunnel_closed(self, tunnel: Tunnel) -> None:
+        final = self._meter.closed(tunnel.stage.key, tunnel.snapshot())
+        if final:
+            self._queue.put_nowait(lambda: self._registry.add_traffic(final))
         reported = self._reported.pop(tunnel.id, None)
         if reported is not None:
             address_id, cid = reported
@@ -152,6 +166,9 @@ class GatewayReporter:
                 rtt_ms = None if tunnel.last_rtt_s is None else round(tunnel.last_rtt_s * 1e3, 3)
                 report = connector_report(tunnel, self._node)
                 self._queue.put_nowait(self._touch_call(address_id, cid, rtt_ms, report))
+            samples = self._meter.sample(gateway.status())
+            if samples:
+                self._queue.put_nowait(functools.partial(self._registry.add_traffic, samples))
 
     def _touch_call(
         self, address_id: str, cid: str, rtt_ms: float | None, report: ConnectorReport

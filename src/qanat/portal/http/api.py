@@ -9,14 +9,14 @@ become problem objects in the application's middleware.
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
 
 from qanat.errors import InvalidInput
 from qanat.portal.access import Actor
-from qanat.portal.http import render
+from qanat.portal.http import apicatalogue, render
 from qanat.portal.http.context import (
     api_actor,
     deps,
@@ -27,6 +27,7 @@ from qanat.portal.http.context import (
 )
 from qanat.portal.http.openapi import ApiRoute, document
 from qanat.portal.http.sessions import SESSION_COOKIE
+from qanat.store import AuditFilter
 
 PREFIX = "/api/v1"
 
@@ -200,17 +201,49 @@ async def renew(request: web.Request) -> web.StreamResponse:
     )
 
 
-async def audit_log(request: web.Request) -> web.StreamResponse:
-    d = deps(request)
-    actor = await api_actor(request)
+def audit_query(query: Any, org: str) -> tuple[int, int | None, AuditFilter]:
+    """Paging and filters of an audit request (API and page share them).
+
+    Raises:
+        InvalidInput: a malformed number or time.
+    """
     try:
-        limit = int(request.query.get("limit", "100"))
-        before = request.query.get("before")
+        limit = int(query.get("limit", "100") or "100")
+        before = query.get("before")
         before_id = int(before) if before else None
     except ValueError:
         raise InvalidInput("query parameters 'limit' and 'before' must be integers") from None
+    stage = (query.get("stage") or "").strip()
+    where = AuditFilter(
+        target=f"{org}/{stage}" if stage else "",
+        actor=(query.get("actor") or "").strip()[:128],
+        action=(query.get("action") or "").strip()[:64],
+        since=_time(query.get("since"), "since"),
+        until=_time(query.get("until"), "until"),
+    )
+    return limit, before_id, where
+
+
+def _time(text: str | None, name: str) -> datetime | None:
+    if not text or not text.strip():
+        return None
+    value = text.strip().replace("Z", "+00:00")
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise InvalidInput(
+            f"query parameter {name!r} = {text[:40]!r} is not an ISO 8601 time such as"
+            " 2026-12-01T10:00:00Z"
+        ) from None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+
+
+async def audit_log(request: web.Request) -> web.StreamResponse:
+    d = deps(request)
+    actor = await api_actor(request)
+    limit, before_id, where = audit_query(request.query, _org(request))
     entries = await d.run(
-        d.portal.audit_log, actor, _org(request), limit=limit, before_id=before_id
+        d.portal.audit_log, actor, _org(request), limit=limit, before_id=before_id, where=where
     )
     return _json({"entries": [render.audit(e) for e in entries]})
 
@@ -239,6 +272,34 @@ async def create_user(request: web.Request) -> web.StreamResponse:
         field_str(doc, "role"),
     )
     return _json(render.user(info), status=201)
+
+
+async def set_role(request: web.Request) -> web.StreamResponse:
+    d = deps(request)
+    actor = await api_actor(request)
+    doc = await json_body(request)
+    member = await d.run(
+        d.portal.grant_role,
+        actor,
+        source_of(request),
+        _org(request),
+        request.match_info["username"],
+        field_str(doc, "role"),
+    )
+    return _json(render.member(member))
+
+
+async def remove_member(request: web.Request) -> web.StreamResponse:
+    d = deps(request)
+    actor = await api_actor(request)
+    await d.run(
+        d.portal.revoke_role,
+        actor,
+        source_of(request),
+        _org(request),
+        request.match_info["username"],
+    )
+    return web.Response(status=204)
 
 
 async def list_api_keys(request: web.Request) -> web.StreamResponse:
@@ -456,6 +517,11 @@ ROUTES: tuple[ApiRoute, ...] = (
         query=(
             ("limit", "integer", "at most this many entries (max 500)"),
             ("before", "integer", "entries older than this id"),
+            ("stage", "string", "only entries about this stage"),
+            ("actor", "string", "only entries whose actor contains this (any case)"),
+            ("action", "string", "an action (gateway.activate) or its family (gateway)"),
+            ("since", "string", "entries at or after this ISO 8601 time"),
+            ("until", "string", "entries before this ISO 8601 time"),
         ),
     ),
     ApiRoute(
@@ -476,6 +542,27 @@ ROUTES: tuple[ApiRoute, ...] = (
         body="NewUser",
         response="User",
         status=201,
+        errors=_WRITE,
+    ),
+    ApiRoute(
+        "PUT",
+        _ORG_PATH + "/members/{username}",
+        set_role,
+        "setRole",
+        "Give an existing user a role in the organisation, or change it (a person only)",
+        role="admin",
+        body="NewRole",
+        response="Member",
+        errors=_WRITE,
+    ),
+    ApiRoute(
+        "DELETE",
+        _ORG_PATH + "/members/{username}",
+        remove_member,
+        "removeMember",
+        "Remove a user's role in the organisation (a person only)",
+        role="admin",
+        status=204,
         errors=_WRITE,
     ),
     ApiRoute(
@@ -509,4 +596,5 @@ ROUTES: tuple[ApiRoute, ...] = (
         response="RevokedApiKey",
         errors=_WRITE,
     ),
+    *apicatalogue.ROUTES,
 )

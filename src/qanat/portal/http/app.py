@@ -17,9 +17,10 @@ import jinja2
 from aiohttp import web
 
 from qanat.errors import QanatError, Unauthorized
-from qanat.portal.http import api, problems
+from qanat.portal.http import api, problems, webadmin, webcatalogue
 from qanat.portal.http import web as pages
-from qanat.portal.http.context import DEPS, Deps, PortalHttpSettings
+from qanat.portal.http.context import DEPS, Deps, PortalHttpSettings, body_limit
+from qanat.portal.http.filters import FILTERS
 from qanat.portal.http.openapi import add_routes
 from qanat.portal.http.sessions import Signer
 from qanat.portal.localadmin import LocalAdmin
@@ -50,7 +51,7 @@ async def _errors(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
     api_request = _is_api(request)
-    limit = request.app[DEPS].settings.max_body_bytes
+    limit = body_limit(request)
     if request.content_length is not None and request.content_length > limit:
         detail = (
             f"request body of {request.content_length} bytes is over the limit of {limit}"
@@ -108,6 +109,7 @@ def _templates() -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
+    env.filters.update(FILTERS)
     return env
 
 
@@ -120,7 +122,10 @@ def build_app(
 ) -> web.Application:
     """The portal's aiohttp application (API, OpenAPI document, pages)."""
     settings = settings or PortalHttpSettings()
-    app = web.Application(middlewares=[_errors], client_max_size=settings.max_body_bytes)
+    app = web.Application(
+        middlewares=[_errors],
+        client_max_size=max(settings.max_body_bytes, settings.max_upload_bytes),
+    )
     app[DEPS] = Deps(
         portal=portal,
         signer=signer,
@@ -130,6 +135,9 @@ def build_app(
     )
     add_routes(app, api.ROUTES)
     app.router.add_route("*", api.PREFIX + "/{tail:.*}", api.not_found)
+    # Before pages.add_routes: its POST .../stages/{stage}/{action} would match.
+    webcatalogue.add_routes(app)
+    webadmin.add_routes(app)
     pages.add_routes(app)
     return app
 

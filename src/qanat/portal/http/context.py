@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import jinja2
 from aiohttp import web
 
-from qanat.errors import Forbidden, InvalidInput, Unauthorized
+from qanat.errors import Forbidden, InvalidInput, TooLarge, Unauthorized
 from qanat.portal.access import Actor, ActorKind
 from qanat.portal.http.problems import BadRequest
 from qanat.portal.http.sessions import CSRF_HEADER, SESSION_COOKIE, Session, Signer
@@ -35,15 +35,22 @@ class PortalHttpSettings:
 
     Attributes:
         max_body_bytes: largest request body accepted (JSON or form).
+        max_upload_bytes: largest body of an endpoint catalogue request (they
+            carry OpenAPI documents; the document itself is limited by
+            ``PortalConfig.openapi_max_bytes``).
         secure_cookies: mark cookies ``Secure`` (set when served over HTTPS).
         session_ttl_s: how long a browser sign-in lasts.
         refresh_s: how often the stage page re-reads its status.
+        connector_ca_file: the development certificate connectors must trust
+            (``--tls-ca`` in the page's connect command); "" for a real one.
     """
 
     max_body_bytes: int = 64 * 1024
+    max_upload_bytes: int = 2 * 1024 * 1024
     secure_cookies: bool = False
     session_ttl_s: float = 12 * 3600
     refresh_s: float = 3.0
+    connector_ca_file: str = ""
 
 
 @dataclass(slots=True)
@@ -138,6 +145,9 @@ async def json_body(request: web.Request) -> dict[str, Any]:
             " 'Content-Type: application/json'"
         )
     raw = await request.read()
+    limit = body_limit(request)
+    if len(raw) > limit:
+        raise TooLarge(f"request body of {len(raw)} bytes is over the limit of {limit} bytes")
     if not raw.strip():
         return {}
     try:
@@ -154,6 +164,16 @@ async def json_body(request: web.Request) -> dict[str, Any]:
             f'request body must be a JSON object, not {type(doc).__name__}; e.g. {{"name": "acme"}}'
         )
     return doc
+
+
+def is_upload(request: web.Request) -> bool:
+    """Whether the request may carry an OpenAPI document (catalogue routes)."""
+    return "/endpoints" in request.path and request.method in UNSAFE_METHODS
+
+
+def body_limit(request: web.Request) -> int:
+    settings = deps(request).settings
+    return settings.max_upload_bytes if is_upload(request) else settings.max_body_bytes
 
 
 def field_str(doc: dict[str, Any], name: str, *, required: bool = True) -> str | None:

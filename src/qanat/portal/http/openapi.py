@@ -44,6 +44,8 @@ class ApiRoute:
     status: int = 200
     errors: tuple[int, ...] = (401, 403, 404, 503)
     query: tuple[tuple[str, str, str], ...] = ()  # (name, type, description)
+    #: Media types of the body and of the success response.
+    media_types: tuple[str, ...] = ("application/json",)
 
 
 def add_routes(app: web.Application, routes: Sequence[ApiRoute]) -> None:
@@ -73,7 +75,7 @@ SCHEMAS: dict[str, Any] = {
             "name": _STR,
             "created_at": _TIME,
             "stages": {"type": "array", "items": _STR},
-            "role": {"enum": ["admin", "viewer"], "description": "the caller's role"},
+            "role": {"enum": ["admin", "operator", "viewer"], "description": "the caller's role"},
         },
     },
     "OrgList": {
@@ -119,7 +121,8 @@ SCHEMAS: dict[str, Any] = {
     "Connector": {
         "type": "object",
         "properties": {
-            "id": _STR,
+            "id": {"type": "string", "description": "the session (tunnel and node)"},
+            "name": {"type": "string", "description": "the connector's --id"},
             "version": _STR,
             "source_address": _STR,
             "connected_since": _TIME,
@@ -207,7 +210,11 @@ SCHEMAS: dict[str, Any] = {
     },
     "Member": {
         "type": "object",
-        "properties": {"username": _STR, "org": _STR, "role": {"enum": ["admin", "viewer"]}},
+        "properties": {
+            "username": _STR,
+            "org": _STR,
+            "role": {"enum": ["admin", "operator", "viewer"]},
+        },
     },
     "MemberList": {
         "type": "object",
@@ -221,7 +228,7 @@ SCHEMAS: dict[str, Any] = {
         "properties": {
             "username": _STR,
             "password": {"type": "string", "minLength": 10},
-            "role": {"enum": ["admin", "viewer"]},
+            "role": {"enum": ["admin", "operator", "viewer"]},
         },
     },
     "User": {
@@ -238,7 +245,7 @@ SCHEMAS: dict[str, Any] = {
             "id": {"type": "string", "examples": ["qk_0123abcd4567"]},
             "org": _STR,
             "name": _STR,
-            "role": {"enum": ["admin", "viewer"]},
+            "role": {"enum": ["admin", "operator", "viewer"]},
             "created_by": _STR,
             "created_at": _TIME,
             "expires_at": _TIME,
@@ -257,7 +264,7 @@ SCHEMAS: dict[str, Any] = {
         "required": ["name", "role"],
         "properties": {
             "name": _STR,
-            "role": {"enum": ["admin", "viewer"]},
+            "role": {"enum": ["admin", "operator", "viewer"]},
             "expires_at": {"type": "string", "format": "date-time"},
         },
     },
@@ -271,6 +278,101 @@ SCHEMAS: dict[str, Any] = {
     "RevokedApiKey": {
         "type": "object",
         "properties": {"api_key": {"$ref": "#/components/schemas/ApiKey"}},
+    },
+    "NewRole": {
+        "type": "object",
+        "required": ["role"],
+        "properties": {"role": {"enum": ["admin", "operator", "viewer"]}},
+    },
+    "CatalogueEntryInput": {
+        "type": "object",
+        "required": ["description"],
+        "description": "Plain text only: descriptions or owners with HTML are refused (422).",
+        "properties": {
+            "description": {"type": "string", "maxLength": 500, "examples": ["Orders API"]},
+            "owner": {"type": "string", "maxLength": 200, "examples": ["orders@example.com"]},
+            "protocol": {"enum": ["tcp", "udp"], "default": "tcp"},
+            "tls": {
+                "type": "boolean",
+                "default": False,
+                "description": "the private side speaks TLS: apps use https://",
+            },
+            "openapi_url": {"type": ["string", "null"], "format": "uri"},
+            "openapi_document": {
+                "type": ["string", "null"],
+                "description": "the OpenAPI document (JSON or YAML text); leave out to keep"
+                " the stored one, null to remove it; over the limit: 413",
+            },
+        },
+    },
+    "CatalogueEntry": {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string", "examples": ["secure-gateway:8081"]},
+            "port": {"type": "integer"},
+            "protocol": {"enum": ["tcp", "udp"]},
+            "tls": {"type": "boolean"},
+            "base_url": {"type": "string", "examples": ["https://secure-gateway:8081/"]},
+            "description": _STR,
+            "owner": _STR,
+            "openapi_url": {"type": ["string", "null"]},
+            "openapi_document": {
+                "type": ["object", "null"],
+                "properties": {
+                    "format": {"enum": ["json", "yaml"]},
+                    "title": _STR,
+                    "download": _STR,
+                },
+            },
+            "listed": {
+                "type": "boolean",
+                "description": "false: served by a connector but not described",
+            },
+            "served": {"type": "boolean"},
+            "served_by": {"type": "array", "items": _STR},
+            "connectors": {"type": "integer"},
+            "targets": {"type": "array", "items": _STR},
+            "updated_at": _TIME,
+            "updated_by": _STR,
+        },
+    },
+    "Catalogue": {
+        "type": "object",
+        "properties": {
+            "stage": {"$ref": "#/components/schemas/Stage"},
+            "endpoints": {
+                "type": "array",
+                "items": {"$ref": "#/components/schemas/CatalogueEntry"},
+            },
+        },
+    },
+    "OpenApiDocument": {
+        "type": "string",
+        "description": "an OpenAPI 3.x or Swagger 2.0 document, JSON or YAML (size-limited)",
+    },
+    "TrafficRow": {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string", "description": "endpoints: secure-gateway:<port>"},
+            "port": {"type": "integer"},
+            "connector": {"type": "string", "description": "connectors: their --id"},
+            "sessions": {"type": "string", "description": "connectors: tunnel and node"},
+            "protocol": {"enum": ["tcp", "udp"]},
+            "connections": {"type": "integer", "description": "TCP connections; UDP datagrams"},
+            "failures": {"type": "integer"},
+            "bytes": {"type": "integer"},
+            "per_minute": {"type": "array", "items": {"type": "integer"}},
+        },
+    },
+    "Traffic": {
+        "type": "object",
+        "properties": {
+            "stage": _STR,
+            "minutes": {"type": "integer"},
+            "since": _TIME,
+            "endpoints": {"type": "array", "items": {"$ref": "#/components/schemas/TrafficRow"}},
+            "connectors": {"type": "array", "items": {"$ref": "#/components/schemas/TrafficRow"}},
+        },
     },
     "SignIn": {
         "type": "object",
@@ -293,7 +395,7 @@ _ERROR_TEXT = {
     403: "your role does not allow it (e.g. a viewer), or a missing CSRF token",
     404: "no such organisation (or no role in it), stage, user or key",
     409: "conflicts with the current state (duplicate name, inactive gateway)",
-    413: "request body larger than the limit",
+    413: "request body or OpenAPI document larger than its limit",
     422: "a value is malformed (name, role, password)",
     503: "the database is locked or unreachable; nothing was written; retry",
 }
@@ -322,13 +424,17 @@ def _operation(route: ApiRoute) -> dict[str, Any]:
         op["requestBody"] = {
             "required": True,
             "content": {
-                "application/json": {"schema": {"$ref": f"#/components/schemas/{route.body}"}}
+                t: {"schema": {"$ref": f"#/components/schemas/{route.body}"}}
+                for t in route.media_types
             },
         }
-    success: dict[str, Any] = {"description": "OK" if route.status == 200 else "Created"}
+    success: dict[str, Any] = {
+        "description": {200: "OK", 201: "Created", 204: "Done"}.get(route.status, "OK")
+    }
     if route.response is not None:
+        types = route.media_types if route.response == "OpenApiDocument" else ("application/json",)
         success["content"] = {
-            "application/json": {"schema": {"$ref": f"#/components/schemas/{route.response}"}}
+            t: {"schema": {"$ref": f"#/components/schemas/{route.response}"}} for t in types
         }
     op["responses"][str(route.status)] = success
     errors = set(route.errors)

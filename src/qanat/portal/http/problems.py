@@ -23,6 +23,7 @@ from qanat.errors import (
     NotFound,
     QanatError,
     StoreError,
+    TooLarge,
     Unauthorized,
 )
 
@@ -40,6 +41,7 @@ _TABLE: tuple[tuple[type[QanatError], int, str, str], ...] = (
     (Conflict, 409, "conflict", "Conflict with the current state"),
     (Forbidden, 403, "forbidden", "Not allowed for your role"),
     (Unauthorized, 401, "unauthorized", "Not signed in or credentials not valid"),
+    (TooLarge, 413, "too-large", "Larger than the limit"),
     (InvalidInput, 422, "invalid-input", "Invalid input"),
     (DatabaseBusy, 503, "database-busy", "Database busy"),
     (DatabaseUnreachable, 503, "database-unreachable", "Database unreachable"),

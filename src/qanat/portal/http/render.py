@@ -12,10 +12,13 @@ from typing import Any
 
 from qanat.portal.views import (
     ApiKeyInfo,
+    CatalogueEntry,
     EndpointStatus,
     GatewayStatus,
     OrgInfo,
     StageInfo,
+    StageTraffic,
+    TrafficRow,
     UserInfo,
 )
 from qanat.store import AuditRecord, ConnectorRecord, MembershipRecord
@@ -56,6 +59,7 @@ def stage(info: StageInfo) -> dict[str, Any]:
 def connector(record: ConnectorRecord) -> dict[str, Any]:
     return {
         "id": record.connector_id,
+        "name": record.display_name,
         "version": record.version,
         "source_address": record.source_address,
         "connected_since": when(record.connected_since),
@@ -63,7 +67,12 @@ def connector(record: ConnectorRecord) -> dict[str, Any]:
         "keepalive_rtt_ms": record.last_rtt_ms,
         "node": record.node,
         "endpoints": [
-            {"name": f"secure-gateway:{e.port}", "port": e.port, "target": e.target}
+            {
+                "name": f"secure-gateway:{e.port}",
+                "port": e.port,
+                "target": e.target,
+                "protocol": e.protocol,
+            }
             for e in record.endpoints
         ],
     }
@@ -124,4 +133,52 @@ def api_key(info: ApiKeyInfo) -> dict[str, Any]:
         "expires_at": when(info.expires_at),
         "revoked_at": when(info.revoked_at),
         "state": info.state.value,
+    }
+
+
+def catalogue_entry(info: CatalogueEntry, document_url: str | None = None) -> dict[str, Any]:
+    return {
+        "name": info.name,
+        "port": info.port,
+        "protocol": info.protocol,
+        "tls": info.tls,
+        "base_url": info.base_url,
+        "description": info.description,
+        "owner": info.owner,
+        "openapi_url": info.openapi_url,
+        "openapi_document": None
+        if info.document is None
+        else {"format": info.document, "title": info.document_title, "download": document_url},
+        "listed": info.listed,
+        "served": bool(info.served_by),
+        "served_by": list(info.served_by),
+        "connectors": len(info.served_by),
+        "targets": list(info.targets),
+        "updated_at": when(info.updated_at),
+        "updated_by": info.updated_by,
+    }
+
+
+def traffic_row(row: TrafficRow) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "protocol": row.protocol,
+        "connections": row.connections,
+        "failures": row.failures,
+        "bytes": row.bytes,
+        "per_minute": list(row.series),
+    }
+    if row.kind == "endpoint":
+        doc = {"name": f"secure-gateway:{row.name}", "port": int(row.name)} | doc
+    else:
+        doc = {"connector": row.name, "sessions": row.detail} | doc
+    return doc
+
+
+def traffic(info: StageTraffic) -> dict[str, Any]:
+    return {
+        "stage": info.stage_key,
+        "minutes": info.minutes,
+        "since": when(info.since),
+        "endpoints": [traffic_row(r) for r in info.endpoints],
+        "connectors": [traffic_row(r) for r in info.connectors],
     }

@@ -19,6 +19,7 @@ the live refresh.
 
 from __future__ import annotations
 
+import shlex
 from importlib import resources
 from typing import Any
 from urllib.parse import quote
@@ -227,8 +228,11 @@ async def _stage_page(
     data = await d.run(load)
     gw = data["gw"]
     address = gw["address"] or "<address>"
+    ca_file = d.settings.connector_ca_file
+    tls_ca = f"--tls-ca {shlex.quote(ca_file)} " if ca_file else ""
     command = (
-        f'qanat connect --header "token: {token or "<token>"}" {address} R:<port>:<host>:<port>'
+        f'qanat connect {tls_ca}--header "token: {token or "<token>"}" {address}'
+        " R:<port>:<host>:<port>"
     )
     return _page(
         request,
@@ -243,6 +247,8 @@ async def _stage_page(
         status_url=f"/api/v1/orgs/{quote(org, safe='')}/stages/{quote(stage, safe='')}",
         refresh_ms=int(d.settings.refresh_s * 1000),
         stage_url=_stage_url(org, stage),
+        ca_file=ca_file,
+        section="gateway",
         **data,
     )
 

@@ -67,11 +67,63 @@ function fillRows(tbody, rows, columns, emptyText) {
   });
 }
 
+// One timestamp format everywhere: "2026-12-01 23:14:05 CET", in local time.
+function pad(n) { return String(n).padStart(2, "0"); }
+
+function localTime(iso) {
+  const d = new Date(iso);
+  if (Number.isNaN(d.getTime())) return iso;
+  let zone = "";
+  try {
+    const parts = new Intl.DateTimeFormat(undefined, { timeZoneName: "short" }).formatToParts(d);
+    zone = (parts.find((p) => p.type === "timeZoneName") || {}).value || "";
+  } catch (_) {
+    zone = "";
+  }
+  return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ` +
+    `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())} ${zone}`.trim();
+}
+
+function timeCell(iso) {
+  const td = document.createElement("td");
+  if (!iso) { td.textContent = "–"; return td; }
+  const t = document.createElement("time");
+  t.dateTime = iso;
+  t.textContent = localTime(iso);
+  td.appendChild(t);
+  return td;
+}
+
+function localTimes() {
+  document.querySelectorAll("time[datetime]").forEach((t) => {
+    t.title = t.textContent;
+    t.textContent = localTime(t.dateTime);
+  });
+}
+
+// The audit filter's datetime-local fields are local time: send the offset.
+function timezoneFields() {
+  document.querySelectorAll("input[data-tz-offset]").forEach((input) => {
+    input.value = String(new Date().getTimezoneOffset());
+  });
+}
+
+function connectorCell(c) {
+  const td = document.createElement("td");
+  const name = document.createElement("strong");
+  name.textContent = c.name || c.id;
+  const session = document.createElement("code");
+  session.className = "small muted";
+  session.textContent = c.id;
+  td.append(name, document.createElement("br"), session);
+  return td;
+}
+
 function render(status) {
   const connectors = document.getElementById("connectors");
   const endpoints = document.getElementById("endpoints");
   fillRows(connectors, status.connectors.map((c) => [
-    cell(c.id, true), cell(c.version), cell(c.source_address), cell(c.connected_since),
+    connectorCell(c), cell(c.version), cell(c.source_address), timeCell(c.connected_since),
     cell(c.keepalive_rtt_ms === null ? "–" : c.keepalive_rtt_ms.toFixed(1) + " ms"),
   ]), 5, "No connector is connected.");
   fillRows(endpoints, status.endpoints.map((e) => [
@@ -82,7 +134,7 @@ function render(status) {
   state.textContent = status.status.charAt(0).toUpperCase() + status.status.slice(1);
   state.className = "badge " + status.status;
   document.getElementById("refreshed").textContent =
-    "updated " + new Date().toLocaleTimeString();
+    "updated " + localTime(new Date().toISOString()).slice(11);
 }
 
 function liveStatus() {
@@ -110,13 +162,15 @@ function liveStatus() {
 // shows a token) instead of re-sending the form (which would renew again).
 function forgetPost() {
   const root = document.querySelector("[data-page-url]");
-  if (root && document.getElementById("token")) {
+  if (root && (document.getElementById("token") || document.getElementById("key"))) {
     history.replaceState(null, "", root.dataset.pageUrl);
   }
 }
 
 document.addEventListener("DOMContentLoaded", () => {
   forgetPost();
+  localTimes();
+  timezoneFields();
   copyButtons();
   confirmations();
   liveStatus();
