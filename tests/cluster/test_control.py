@@ -13,7 +13,7 @@ from qanat.errors import ConfigError
 from qanat.gateway.stages import StageEvent
 from qanat.portal import Actor, Portal
 from qanat.store import DatabaseStageSource, Store, StoreConfig
-from support.natsserver import NatsServer
+from support.natsserver import NatsServer, running_nats
 from support.timing import eventually, scaled
 
 SRC = "127.0.0.1"
@@ -157,3 +157,29 @@ async def test_a_node_started_while_nats_is_down_polls_and_joins_later(
         await node_bus.close()
         await source.close()
         node_store.close()
+
+
+async def test_nats_credentials_are_used_and_a_wrong_token_is_said_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="qanat.cluster")
+    with running_nats("--auth", "s3cret-nats-token") as server:
+        good = Bus(NatsSettings(url=server.url, token="s3cret-nats-token"), "good")
+        bad = Bus(NatsSettings(url=server.url, token="wrong", reconnect_wait_s=0.05), "bad")
+        await good.start()
+        await bad.start()
+        try:
+            await eventually(lambda: good.up, "the right token admitted")
+            await eventually(
+                lambda: any("not reachable" in r.getMessage() for r in caplog.records),
+                "the refusal said",
+            )
+            await asyncio.sleep(0.3)  # several more attempts; still said once
+            assert not bad.up
+            said = [r.getMessage() for r in caplog.records if "not reachable" in r.getMessage()]
+            assert len(said) == 1, said
+            assert "wrong" not in said[0]
+            assert "s3cret" not in " ".join(r.getMessage() for r in caplog.records)
+        finally:
+            await good.close()
+            await bad.close()

@@ -11,6 +11,7 @@ from qanat.connector.options import ConnectOptions
 from qanat.portal import Actor, Portal
 from qanat.store import Store
 from qanat.wire.remotes import decode_remotes
+from support.endpoints import CommandEndpoint
 from support.natsserver import NatsServer
 from support.servers import echo_server, free_port, roundtrip
 from support.timing import eventually
@@ -73,3 +74,82 @@ async def test_an_app_on_a_node_without_the_connector_is_carried_to_the_node_wit
             )
             for node in (a, b, c):
                 assert await refused(node.bind, port)
+
+
+async def test_a_slow_app_on_another_node_holds_the_endpoint_back(
+    tmp_path: Path,
+    nats_server: NatsServer,
+    store: Store,
+    db_url: str,
+    portal: Portal,
+    operator: Actor,
+    acme: str,
+) -> None:
+    """Back-pressure crosses the node link: nothing piles up in memory."""
+    port = free_port()
+    size = 1 << 30
+    with CommandEndpoint() as endpoint:
+        async with (
+            publishing(store, nats_server.url),
+            cluster(tmp_path, db_url, nats_server.url, 2) as (a, b),
+        ):
+            activation = await asyncio.to_thread(portal.activate, operator, SRC, acme, "Test")
+            assert activation.token is not None
+            await eventually(lambda: a.source.stages(), "the stage on a")
+            address_id = a.source.stages()[0].address_id
+            opts = options(a, address_id, activation.token, port, endpoint.port)
+            async with running_connector(opts):
+                await eventually(lambda: b.serves(port), "b serving through a")
+                reader, writer = await asyncio.open_connection(b.bind, port)
+                writer.write(f"source {size} 1\n".encode())
+                first = await reader.readexactly(65536)  # the stream flows...
+                assert first
+                # ...then the app stops reading: the endpoint must be held back.
+                readings: list[int] = []
+
+                def settled() -> bool:
+                    readings.append(endpoint.sent)
+                    return len(readings) > 20 and readings[-1] == readings[-20]
+
+                await eventually(settled, "the endpoint held back", 20)
+                assert endpoint.sent < 64 << 20, endpoint.sent
+                writer.close()
+
+
+async def test_a_draining_node_says_so_on_readyz_before_it_stops_listening(
+    tmp_path: Path,
+    nats_server: NatsServer,
+    store: Store,
+    db_url: str,
+    portal: Portal,
+    operator: Actor,
+    acme: str,
+) -> None:
+    port = free_port()
+    async with (
+        publishing(store, nats_server.url),
+        echo_server() as target,
+        cluster(tmp_path, db_url, nats_server.url, 2, drain_grace_s=1.0) as (a, b),
+    ):
+        activation = await asyncio.to_thread(portal.activate, operator, SRC, acme, "Test")
+        assert activation.token is not None
+        await eventually(lambda: a.source.stages(), "the stage on a")
+        address_id = a.source.stages()[0].address_id
+        async with running_connector(options(a, address_id, activation.token, port, target)):
+            await eventually(lambda: b.serves(port), "b serving through a")
+            assert (await a.gateway.health.readiness())[0]
+            drain = asyncio.get_running_loop().create_task(a.member.drain())
+            ready, checks = await a.gateway.health.readiness()
+            assert not ready
+            assert "draining" in checks["cluster"]
+            # Still accepting during the grace, then the listener closes.
+            assert a.serves(port)
+            payload = b"during the grace\n"
+            assert await roundtrip(port, payload, host=a.bind) == payload
+            # Other nodes put it last: its members there are marked draining.
+            await eventually(
+                lambda: all(t.draining for t in b.member._remote.values()), "b seeing a drain"
+            )
+            await asyncio.wait_for(drain, 10)
+            assert not a.serves(port)
+            assert a.gateway.tunnels == {}

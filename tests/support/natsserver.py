@@ -27,8 +27,9 @@ def nats_server_binary() -> str | None:
 
 
 class NatsServer:
-    def __init__(self, binary: str) -> None:
+    def __init__(self, binary: str, extra: tuple[str, ...] = ()) -> None:
         self.binary = binary
+        self.extra = extra
         self.root = Path(tempfile.mkdtemp(prefix="qanat-nats-"))
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
@@ -47,6 +48,7 @@ class NatsServer:
                 "-js",
                 "-sd", str(self.root / "js"),
                 "--no_advertise",
+                *self.extra,
             ],
             stdin=subprocess.DEVNULL,
             stdout=log,
@@ -87,13 +89,13 @@ class NatsServer:
 
 
 @contextlib.contextmanager
-def running_nats() -> Iterator[NatsServer]:
+def running_nats(*extra: str) -> Iterator[NatsServer]:
     import pytest
 
     binary = nats_server_binary()
     if binary is None:
         pytest.skip("nats-server is not installed (Debian package nats-server; make system-deps)")
-    server = NatsServer(binary)
+    server = NatsServer(binary, extra)
     try:
         server.start()
         yield server

@@ -149,6 +149,7 @@ class Bus:
         self._subs: list[tuple[str, Handler]] = []
         self._tasks = TaskOwner(f"nats {name}")
         self._closing = False
+        self._said_failure = False
         self.up_event = asyncio.Event()
 
     def add_listener(
@@ -175,7 +176,6 @@ class Bus:
 
     async def _connect_loop(self) -> None:
         s = self.settings
-        failures = 0
         while not self._closing:
             nc = Client()
             try:
@@ -183,15 +183,7 @@ class Bus:
             except (OSError, TimeoutError, nats.errors.Error) as exc:
                 with contextlib.suppress(Exception):
                     await nc.close()
-                self._set_up(False)
-                if failures == 0:
-                    log.warning(
-                        "NATS %s is not reachable (%s); retrying every %gs",
-                        s.display,
-                        _describe(exc),
-                        s.reconnect_wait_s,
-                    )
-                failures += 1
+                self._failed(exc)
                 await asyncio.sleep(s.reconnect_wait_s)
                 continue
             self._nc = nc
@@ -199,6 +191,18 @@ class Bus:
                 await nc.subscribe(subject, cb=_callback(handler))
             self._set_up(True)
             return
+
+    def _failed(self, exc: BaseException) -> None:
+        """Not connected: say why once per outage (nats-py retries by itself)."""
+        if not self._said_failure:
+            self._said_failure = True
+            log.warning(
+                "NATS %s is not reachable (%s); retrying every %gs",
+                self.settings.display,
+                _describe(exc),
+                self.settings.reconnect_wait_s,
+            )
+        self._set_up(False)
 
     def _options(self, nc: Client) -> dict[str, Any]:
         s = self.settings
@@ -210,7 +214,12 @@ class Bus:
             self._set_up(True)
 
         async def error(exc: Exception) -> None:
-            log.debug("NATS: %s", _describe(exc))
+            # While connecting, nats-py retries refused credentials forever
+            # inside connect(): this is where the refusal can be said.
+            if self._up is not True:
+                self._failed(exc)
+            else:
+                log.debug("NATS: %s", _describe(exc))
 
         options: dict[str, Any] = {
             "servers": s.servers,
@@ -241,6 +250,7 @@ class Bus:
             return
         self._up = up
         if up:
+            self._said_failure = False
             self.up_event.set()
         else:
             self.up_event.clear()
