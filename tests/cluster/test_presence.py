@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+
+import pytest
 
 from qanat.cluster.natsbus import Bus, NatsSettings
 from qanat.cluster.presence import Holding, Presence, holding_key
@@ -100,6 +103,28 @@ async def test_presence_comes_back_after_a_nats_restart(nats_server: NatsServer)
         await eventually(lambda: a.bound and b.bound, "both bound again", 10)
         a.set_local([holding("a"), holding("a", 8082)])
         await eventually(lambda: len(b.remote()) == 2, "b seeing a's new port after the restart")
+    finally:
+        await stop_node(a_bus, a)
+        await stop_node(b_bus, b)
+
+
+async def test_two_nodes_with_one_name_are_told_apart_from_a_restart(
+    nats_server: NatsServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="qanat.cluster")
+    a_bus, a = await start_node(nats_server, "same")
+    a.link = "127.0.0.1:7000"
+    b_bus, b = await start_node(nats_server, "same")
+    b.link = "127.0.0.1:7001"
+    try:
+        a.set_local([holding("same")])  # link 127.0.0.1:7000
+        await eventually(
+            lambda: any(
+                "another node uses the name same" in r.getMessage() for r in caplog.records
+            ),
+            "the twin named",
+            TTL_S * 3,
+        )
     finally:
         await stop_node(a_bus, a)
         await stop_node(b_bus, b)

@@ -30,7 +30,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, cast
 
 from qanat.cluster import linkwire
 from qanat.cluster.control import ControlFollower
@@ -146,6 +146,13 @@ class ClusterNode:
                 "routable one: add --node-link-advertise <this node's address>:<port>"
             )
         self.link_address = advertise
+        self.presence.link = advertise
+        if advertise.startswith(("127.", "[::1]", "::1", "localhost")):
+            log.warning(
+                "node link %s is a loopback address: only nodes on this host can reach it; "
+                "set --node-link (and --node-link-advertise) to this node's private address",
+                advertise,
+            )
         self.gateway.tunnel_listeners.append(self)
         self.gateway.health.add_check("cluster", self._ready)
         self.source.subscribe(self._stage_event)
@@ -396,15 +403,3 @@ class ClusterNode:
     def _served_elsewhere(self, stage: str, ports: list[int]) -> bool:
         live = {(h.stage, h.port) for h in self.presence.remote() if not h.draining}
         return all((stage, p) in live for p in ports)
-
-    def status(self) -> dict[str, Any]:
-        return {
-            "node": self.settings.node,
-            "nats": self.bus.up,
-            "link": self.link_address,
-            "draining": self.draining,
-            "remote_members": [
-                {"stage": k[0], "port": k[1], "node": k[2], "draining": t.draining}
-                for k, t in self._remote.items()
-            ],
-        }

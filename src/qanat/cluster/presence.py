@@ -123,6 +123,9 @@ class Presence:
         self._local: dict[str, Holding] = {}
         self._gone: set[str] = set()  # keys to delete at the next write
         self._closing = False
+        self.link = ""  # this node's link address, set by its owner
+        self._said_twin = False
+        self._withdrawn: set[str] = set()  # leftovers of an earlier run we deleted
         self._remote: dict[str, tuple[Holding, float]] = {}
         self._bucket: KvBucket | None = None
         self._stop_watch: Callable[[], Awaitable[None]] | None = None
@@ -240,8 +243,24 @@ class Presence:
     def _changed(self, change: KvChange) -> None:
         own = change.key.startswith(node_token(self.node) + ".")
         if own:
-            if change.value is not None and change.key not in self._local:
+            twin = Holding.decode(change.value) if change.value is not None else None
+            foreign = twin is not None and bool(self.link) and twin.link != self.link
+            if foreign and change.key in self._withdrawn:
+                # Written again after we withdrew it: a live twin, not a leftover.
+                assert twin is not None
+                if not self._said_twin:
+                    self._said_twin = True
+                    log.error(
+                        "another node uses the name %s (its node link is %s, ours %s): "
+                        "give each node its own --node; presence is unreliable until then",
+                        self.node,
+                        twin.link,
+                        self.link,
+                    )
+                return
+            if change.value is not None and (foreign or change.key not in self._local):
                 # Left by an earlier run of this node: withdraw it.
+                self._withdrawn.add(change.key)
                 self._gone.add(change.key)
                 self._dirty.set()
             return
