@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from nodes import Node, cluster, publishing
+import pytest
+from nodes import Node, cluster, publishing, running_node
 
 from qanat.connector.options import ConnectOptions
+from qanat.errors import ConfigError
 from qanat.portal import Actor, Portal
 from qanat.store import Store
 from qanat.wire.remotes import decode_remotes
@@ -153,3 +155,12 @@ async def test_a_draining_node_says_so_on_readyz_before_it_stops_listening(
             await asyncio.wait_for(drain, 10)
             assert not a.serves(port)
             assert a.gateway.tunnels == {}
+
+
+async def test_a_wildcard_node_link_without_an_advertised_address_is_refused(
+    tmp_path: Path, nats_server: NatsServer, store: Store, db_url: str
+) -> None:
+    with pytest.raises(ConfigError, match="--node-link-advertise"):
+        async with running_node(tmp_path, db_url, nats_server.url, "w", "127.0.1.9",
+                                link_host="0.0.0.0"):  # fmt: skip
+            pass

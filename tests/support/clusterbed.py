@@ -236,15 +236,19 @@ class ClusterBed:
         return process
 
     def holder(self, connector: str, since: dict[str, int] | None = None) -> NodeProc | None:
-        """The node where ``connector`` (a regex) connected last (after ``since`` marks)."""
-        best: tuple[int, NodeProc] | None = None
+        """The node where ``connector`` (a regex) connected last (after ``since`` marks).
+
+        "Last" by the time stamp that starts each log line; nodes that are not
+        running are skipped.
+        """
+        best: tuple[str, NodeProc] | None = None
         for node in self.nodes:
             if node.process is None or node.process.proc.poll() is not None:
                 continue
             start = (since or {}).get(node.name, 0)
-            hits = node.process.find(rf"connector {connector} connected", start)
-            if hits:
-                best = (len(hits), node)
+            hits = node.process.find(rf"^(\S+) .*connector {connector} connected", start)
+            if hits and (best is None or hits[-1].group(1) > best[0]):
+                best = (hits[-1].group(1), node)
         return best[1] if best else None
 
     def marks(self) -> dict[str, int]:

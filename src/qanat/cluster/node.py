@@ -37,6 +37,7 @@ from qanat.cluster.control import ControlFollower
 from qanat.cluster.link import LinkDialer, LinkServer, RemoteTunnel
 from qanat.cluster.natsbus import Bus, NatsSettings
 from qanat.cluster.presence import DEFAULT_TTL_S, Holding, Presence
+from qanat.errors import ConfigError
 from qanat.gateway.ports import AppConnection, is_remote
 from qanat.gateway.stages import StageConfig, StageEvent
 from qanat.runtime import TaskOwner
@@ -133,14 +134,13 @@ class ClusterNode:
 
         Raises:
             OSError: the node link address cannot be bound.
+            ConfigError: it is a wildcard address and nothing else is advertised.
         """
         s = self.settings
         host, port = await self.link.listen(s.link_host, s.link_port)
         advertise = s.link_advertise or f"{host}:{port}"
         if advertise.rpartition(":")[0] in ("0.0.0.0", "::", "[::]", ""):
             self.link.close()
-            from qanat.errors import ConfigError
-
             raise ConfigError(
                 f"--node-link {host}:{port} is a wildcard address; other nodes need a "
                 "routable one: add --node-link-advertise <this node's address>:<port>"
