@@ -393,11 +393,13 @@ async def run_db_gateway(
     reporter = GatewayReporter(ConnectorRegistry(store, node), node)
     reporter.attach(gateway)
     member: ClusterNode | None = None
+    if cluster is not None:
+        member = ClusterNode(source, cluster)
+        member.attach(gateway)
     try:
         await gateway.start()
         await reporter.start()
-        if cluster is not None:
-            member = ClusterNode(gateway, source, cluster)
+        if member is not None:
             await member.start()
         host, port = gateway.address
         log.info("qanat gateway %s listening on http://%s:%d", __version__, host, port)
@@ -405,7 +407,7 @@ async def run_db_gateway(
         await _until_signal()
         log.info("shutting down")
         if member is not None:
-            await member.drain()
+            await member.stop_accepting()
     finally:
         if member is not None:
             await member.close()

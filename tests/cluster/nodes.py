@@ -57,7 +57,8 @@ async def running_node(
         presence_ttl_s=2.0,
         **cluster,  # type: ignore[arg-type]
     )
-    member = ClusterNode(gateway, source, settings)
+    member = ClusterNode(source, settings)
+    member.attach(gateway)
     await gateway.start()
     try:
         await member.start()

@@ -35,9 +35,11 @@ def test_holdings_round_trip_and_junk_is_ignored() -> None:
     assert holding_key("pod a/b", "acme/Dev", 8081).startswith("pod_a_b.")
 
 
-async def start_node(server: NatsServer, name: str) -> tuple[Bus, Presence]:
+async def start_node(
+    server: NatsServer, name: str, ttl_s: float = TTL_S
+) -> tuple[Bus, Presence]:
     bus = Bus(NatsSettings(url=server.url, reconnect_wait_s=0.1), name)
-    presence = Presence(bus, name, ttl_s=TTL_S, sweep_s=0.1)
+    presence = Presence(bus, name, ttl_s=ttl_s, sweep_s=0.1)
     await presence.start()
     await bus.start()
     await eventually(lambda: presence.bound, f"{name} bound to the bucket")
@@ -50,8 +52,11 @@ async def stop_node(bus: Bus, presence: Presence, *, withdraw: bool = True) -> N
 
 
 async def test_entries_appear_change_and_go_with_a_clean_stop(nats_server: NatsServer) -> None:
-    a_bus, a = await start_node(nats_server, "a")
-    b_bus, b = await start_node(nats_server, "b")
+    # A longer TTL here: a withdrawal seen well within it cannot be an expiry,
+    # and one heartbeat (every TTL/3) may be late on a busy machine.
+    ttl_s = 3.0
+    a_bus, a = await start_node(nats_server, "a", ttl_s)
+    b_bus, b = await start_node(nats_server, "b", ttl_s)
     try:
         a.set_local([holding("a"), holding("a", 8082)])
         await eventually(lambda: len(b.remote()) == 2, "b seeing a's two ports")
@@ -61,10 +66,10 @@ async def test_entries_appear_change_and_go_with_a_clean_stop(nats_server: NatsS
             lambda: [h.draining for h in b.remote()] == [True], "b seeing a drop 8082 and drain"
         )
         # Kept alive by the heartbeat beyond the TTL.
-        await asyncio.sleep(TTL_S * 2)  # not synchronisation: the entry must survive this long
+        await asyncio.sleep(ttl_s * 1.5)  # not synchronisation: the entry must survive this long
         assert len(b.remote()) == 1
         await stop_node(a_bus, a)
-        await eventually(lambda: b.remote() == [], "a's entries withdrawn", 1.0)
+        await eventually(lambda: b.remote() == [], "a's entries withdrawn", ttl_s / 2)
     finally:
         await stop_node(b_bus, b)
 

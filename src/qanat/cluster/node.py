@@ -104,12 +104,15 @@ class _Relay:
 
 
 class ClusterNode:
-    """See the module docstring."""
+    """See the module docstring.
 
-    def __init__(
-        self, gateway: Gateway, source: DatabaseStageSource, settings: ClusterSettings
-    ) -> None:
-        self.gateway = gateway
+    Lives with a gateway like its other parts: :meth:`attach` before the
+    gateway starts, :meth:`start` after it listens, :meth:`stop_accepting`
+    (the drain) first on shutdown, :meth:`close` last.
+    """
+
+    def __init__(self, source: DatabaseStageSource, settings: ClusterSettings) -> None:
+        self._gateway: Gateway | None = None
         self.source = source
         self.settings = settings
         self.bus = Bus(settings.nats, f"qanat-gateway {settings.node}")
@@ -129,13 +132,30 @@ class ClusterNode:
         self._sync_wanted = asyncio.Event()
         self._tasks = TaskOwner("cluster node")
 
-    async def start(self) -> None:
+    @property
+    def gateway(self) -> Gateway:
+        assert self._gateway is not None, "ClusterNode.attach(gateway) first"
+        return self._gateway
+
+    def attach(self, gateway: Gateway) -> None:
+        """Before the gateway starts: hear its tunnels, add the readiness check."""
+        self._gateway = gateway
+        gateway.tunnel_listeners.append(self)
+        gateway.health.add_check("cluster", self._ready)
+
+    async def stop_accepting(self) -> None:
+        """First step of the shutdown: drain (see :meth:`drain`)."""
+        await self.drain()
+
+    async def start(self, gateway: Gateway | None = None) -> None:
         """Listen on the node link, join NATS (in the background), follow everything.
 
         Raises:
             OSError: the node link address cannot be bound.
             ConfigError: it is a wildcard address and nothing else is advertised.
         """
+        if gateway is not None and self._gateway is None:
+            self.attach(gateway)
         s = self.settings
         host, port = await self.link.listen(s.link_host, s.link_port)
         advertise = s.link_advertise or f"{host}:{port}"
@@ -153,8 +173,6 @@ class ClusterNode:
                 "set --node-link (and --node-link-advertise) to this node's private address",
                 advertise,
             )
-        self.gateway.tunnel_listeners.append(self)
-        self.gateway.health.add_check("cluster", self._ready)
         self.source.subscribe(self._stage_event)
         await self.follower.start()
         await self.presence.start()
@@ -171,8 +189,8 @@ class ClusterNode:
 
     async def close(self) -> None:
         """Leave the cluster now (withdrawing presence), without draining."""
-        if self in self.gateway.tunnel_listeners:
-            self.gateway.tunnel_listeners.remove(self)
+        if self._gateway is not None and self in self._gateway.tunnel_listeners:
+            self._gateway.tunnel_listeners.remove(self)
         self.link.close()
         await self.presence.close(withdraw=True)
         await self._tasks.close(timeout_s=2.0)
