@@ -1,4 +1,4 @@
-"""The three paths under test, each set up from scratch and torn down after.
+"""The paths under test, each set up from scratch and torn down after.
 
 A :class:`Path` tells the load generator where to connect (the app-side
 ports for the echo and the sink) and which processes are the server side
@@ -18,7 +18,14 @@ figures.
   ``ssh -tt -R ... 'exec sleep 900'``: the same forwarding, with OpenSSH at
   its best for latency (``pty=False`` gives the stock ``-N`` behaviour).
 - ``qanat``: ``qanat gateway`` and ``qanat connect`` as separate processes,
-  the connector declaring the same two remotes over one tunnel.
+  the connector declaring the same two remotes over one tunnel, over TLS
+  (``wss://``) with the run's certificate.
+- ``go``: the Go interop peer of tests/interop (``gopeer server``, like
+  ``chisel server --reverse``, and ``gopeer client``, like ``chisel
+  client``): the same protocol on Go's x/crypto/ssh and gorilla/websocket,
+  the stack of chisel and outsystemscc, as a stand-in for them. Same TLS
+  certificate (trusted by the client through ``SSL_CERT_FILE``). Built here
+  offline from Debian's packages; unavailable without them.
 
 Setup raises :class:`Unavailable` when a path cannot be tried on this machine
 (a program is missing), and ``RuntimeError`` when it was tried and failed.
@@ -37,6 +44,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path as FsPath
+from typing import Any
 
 from loadgen import wait_ready
 from procs import Child, ProcessSet, free_port
@@ -53,6 +61,21 @@ class Unavailable(Exception):
 class Endpoints:
     echo_port: int
     sink_port: int
+
+
+@dataclass(frozen=True)
+class BenchTls:
+    """The one certificate every TLS path serves (self-signed, for 127.0.0.1)."""
+
+    cert: FsPath
+    key: FsPath
+
+    @classmethod
+    def make(cls, workdir: FsPath) -> BenchTls:
+        from qanat.tls import ensure_dev_certificate
+
+        cert, key = ensure_dev_certificate(workdir, (HOST, "localhost"))
+        return cls(cert, key)
 
 
 @dataclass(frozen=True)
@@ -229,9 +252,13 @@ def _check_subcommand(exe: str, sub: str) -> None:
 
 @contextmanager
 def qanat(
-    procs: ProcessSet, endpoints: Endpoints, workdir: FsPath, exe: str | None = None
+    procs: ProcessSet,
+    endpoints: Endpoints,
+    workdir: FsPath,
+    tls: BenchTls,
+    exe: str | None = None,
 ) -> Iterator[Path]:
-    """``qanat gateway`` + ``qanat connect``; ``exe`` defaults to the venv's."""
+    """``qanat gateway`` + ``qanat connect`` over TLS; ``exe`` defaults to the venv's."""
     exe = exe or qanat_executable()
     for sub in ("gateway", "connect"):
         _check_subcommand(exe, sub)
@@ -256,7 +283,7 @@ def qanat(
     gateway = procs.start(
         "qanat gateway",
         [exe, "gateway", "--listen", f"{HOST}:{port}", "--data-dir", d / "data",
-         "--stage-file", stage_file],
+         "--stage-file", stage_file, "--tls-cert", tls.cert, "--tls-key", tls.key],
     )  # fmt: skip
     connector = None
     try:
@@ -264,14 +291,77 @@ def qanat(
         echo_app, sink_app = free_port(HOST), free_port(HOST)
         connector = procs.start(
             "qanat connect",
-            [exe, "connect", "--header", f"token: {token}",
-             f"http://{HOST}:{port}/{address_id}",
+            [exe, "connect", "--header", f"token: {token}", "--tls-ca", tls.cert,
+             f"https://{HOST}:{port}/{address_id}",
              f"R:{echo_app}:{HOST}:{endpoints.echo_port}",
              f"R:{sink_app}:{HOST}:{endpoints.sink_port}"],
         )  # fmt: skip
         _wait_path(connector, echo_app, sink_app)
-        yield Path("qanat", "qanat gateway + connect", HOST, echo_app, sink_app, gateway, connector)
+        label = "qanat gateway + connect (wss://)"
+        yield Path("qanat", label, HOST, echo_app, sink_app, gateway, connector)
     finally:
         if connector is not None:
             procs.stop(connector)
         procs.stop(gateway)
+
+
+# ---------------------------------------------------------------- the Go peer
+
+TESTS = FsPath(__file__).resolve().parent.parent / "tests"
+
+
+def _gopeer_support() -> object:
+    if str(TESTS) not in sys.path:
+        sys.path.insert(0, str(TESTS))
+    from support import gopeer as support
+
+    return support
+
+
+@contextmanager
+def gopeer(
+    procs: ProcessSet, endpoints: Endpoints, workdir: FsPath, tls: BenchTls
+) -> Iterator[Path]:
+    """``gopeer server`` + ``gopeer client`` (Go's SSH and WebSocket stacks) over TLS."""
+    support: Any = _gopeer_support()
+    reason = support.missing()
+    if reason is not None:
+        raise Unavailable(reason)
+    d = workdir / "go"
+    d.mkdir()
+    binary = support.build(d)
+    port = free_port(HOST)
+    server = procs.start(
+        "gopeer server",
+        [binary, "server", "-listen", f"{HOST}:{port}",
+         "-tls-cert", tls.cert, "-tls-key", tls.key],
+    )  # fmt: skip
+    client = None
+    try:
+        server.wait_for_line("server: Listening on", READY_TIMEOUT_S)
+        echo_app, sink_app = free_port(HOST), free_port(HOST)
+        client = procs.start(
+            "gopeer client",
+            [binary, "client", "-header", "token: bench",
+             f"https://{HOST}:{port}/sg_00000000-0000-4000-8000-000000000000",
+             f"R:{echo_app}:{HOST}:{endpoints.echo_port}",
+             f"R:{sink_app}:{HOST}:{endpoints.sink_port}"],
+            env=support.peer_env(tls.cert),
+        )  # fmt: skip
+        _wait_path(client, echo_app, sink_app)
+        label = (
+            f"Go peer server + client ({_go_version()}, x/crypto/ssh, gorilla/websocket, wss://)"
+        )
+        yield Path("go", label, HOST, echo_app, sink_app, server, client)
+    finally:
+        if client is not None:
+            procs.stop(client)
+        procs.stop(server)
+
+
+def _go_version() -> str:
+    go = shutil.which("go")
+    if go is None:
+        return "go ?"
+    words = _run([go, "version"]).stdout.split()
+    return words[2] if len(words) > 2 else "go ?"

@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-PATH_ORDER = ("direct", "ssh", "qanat")
+PATH_ORDER = ("direct", "ssh", "qanat", "go")
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,10 @@
-"""qanat benchmark: direct vs OpenSSH ``ssh -R`` vs qanat, plus WebSocket libraries.
+"""qanat benchmark: direct vs OpenSSH ``ssh -R`` vs qanat vs the Go peer, plus WebSocket libraries.
 
 ``make bench`` runs this. Everything happens on 127.0.0.1 and is started and
 stopped by this script:
 
 1. an endpoints process (``endpoints.py``: echo and sink);
-2. for each path in turn (direct, ssh, qanat), its processes are started,
+2. for each path in turn (direct, ssh, qanat, go), its processes are started,
    measured by the load generator in this process (``loadgen.py``) and
    stopped before the next path starts, so paths never compete for the CPU;
 3. the WebSocket library comparison (``wslib.py``).
@@ -52,7 +52,7 @@ from procs import ProcessSet
 
 REPO = FsPath(__file__).resolve().parent.parent
 BENCH_DIR = REPO / "bench"
-SECTIONS = ("direct", "ssh", "qanat", "wslib")
+SECTIONS = ("direct", "ssh", "qanat", "go", "wslib")
 #: Pause before reading RSS, so closed connections are reaped and counts settle.
 SETTLE_S = 0.5
 MiB = 1 << 20
@@ -334,16 +334,18 @@ def main(argv: list[str] | None = None) -> int:
         results["qanat_bin"] = args.qanat_bin or "the venv's qanat"
     procs = ProcessSet()
     workdir = FsPath(tempfile.mkdtemp(prefix="qanat-bench-"))
-    wanted = [s for s in ("direct", "ssh", "qanat") if s in args.only]
+    wanted = [s for s in ("direct", "ssh", "qanat", "go") if s in args.only]
     signal.alarm(plan.watchdog_s)
     with HostLoad() as load:
         try:
             if wanted:
                 endpoints = start_endpoints(procs)
+                tls = paths.BenchTls.make(workdir)
                 setups: dict[str, Callable[[], AbstractContextManager[paths.Path]]] = {
                     "direct": lambda: paths.direct(endpoints),
                     "ssh": lambda: paths.openssh(procs, endpoints, workdir),
-                    "qanat": lambda: paths.qanat(procs, endpoints, workdir, args.qanat_bin),
+                    "qanat": lambda: paths.qanat(procs, endpoints, workdir, tls, args.qanat_bin),
+                    "go": lambda: paths.gopeer(procs, endpoints, workdir, tls),
                 }
                 for name in wanted:
                     results["paths"][name] = run_path(name, setups[name], plan)

@@ -65,10 +65,18 @@ def test_tunnel_through_http_connect_proxy_with_auth(
     assert len([line for line in connects if "CONNECT 127.0.0.1:" in line]) == 2, connects
 
 
+@pytest.mark.parametrize("scheme", ["socks5", "socks", "socks5h"])
 def test_tunnel_through_socks5_proxy_with_auth(
-    tmp_path: Path, certs: Certs, microsocks: ProxyServer
+    tmp_path: Path, certs: Certs, microsocks: ProxyServer, scheme: str
 ) -> None:
-    _tunnel_through(tmp_path, certs, microsocks.url)
+    """``socks://user:pass@host:port`` is the form outsystemscc documents; chisel's
+    client takes every ``socks*`` scheme as SOCKS5, and so do we."""
+    url = microsocks.url.replace("socks5://", f"{scheme}://", 1)
+    assert url.startswith(f"{scheme}://alice:")
+    _tunnel_through(tmp_path, certs, url)
+    # Both connections (the address GET and the tunnel) went through microsocks.
+    relayed = [line for line in microsocks.log_text().splitlines() if "connected to" in line]
+    assert len(relayed) == 2, microsocks.log_text()
 
 
 def _fails_twice(tmp_path: Path, proxy_url: str, *flags: str) -> None:

@@ -320,8 +320,24 @@ def _remotes_json(count: int, item: str) -> bytes:
             encode_config("x", decode_remotes(["R:socks"])),
             "remote R:127.0.0.1:1080=>socks: socks and stdio remotes are not served",
         ),
+        # Ports Go's strconv.Atoi refuses (Python's int() would take them).
+        (
+            _remotes_json(1, '{"LocalPort":" 8081\\n","RemoteHost":"h","RemotePort":"80"}'),
+            "config: remote #0 LocalPort ' 8081\\n' has spaces or line breaks "
+            "(Go's strconv.Atoi refuses them)",
+        ),
+        (
+            _remotes_json(1, '{"LocalPort":"\\uff18\\uff10\\uff18\\uff11","RemotePort":"80"}'),
+            "config: remote #0 LocalPort '\uff18\uff10\uff18\uff11' has non-ASCII digits "
+            "(Go's strconv.Atoi reads only 0-9)",
+        ),
+        (
+            _remotes_json(1, '{"LocalPort":"8_081","RemoteHost":"h","RemotePort":"80"}'),
+            "config: remote #0 LocalPort '8_081' has an underscore "
+            "(Go's strconv.Atoi takes no digit separators)",
+        ),
     ],
-    ids=["not-json", "not-object", "10000-remotes", "forward", "socks"],
+    ids=["not-json", "not-object", "10000-remotes", "forward", "socks", "space", "fullwidth", "_"],
 )
 async def test_bad_config_is_refused_with_a_clear_text(tmp_path, caplog, payload, text):
     async with witnessed(tmp_path) as witness:

@@ -9,6 +9,7 @@ again on the same address, as an operator would.
 
 from __future__ import annotations
 
+import http.client
 import json
 import signal
 import ssl
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from qanat.wire.handshake import IDENTITY_HEADER
 from support.processes import ProcessGroup, QanatProcess
 from support.timing import scaled, wait_until
 
@@ -118,6 +120,32 @@ class UpProcess:
     def connectors(self, stage: Stage) -> list[Any]:
         doc = self.ok("GET", f"/orgs/{stage.org}/stages/{stage.name}")
         return list(doc["connectors"])
+
+    def token_status(self, stage: Stage, token: str) -> int:
+        """How the gateway now answers a tunnel upgrade with ``token``, without
+        opening a tunnel: the request carries a malformed connector id, which
+        is checked only after the token, so 400 means "token accepted" and
+        401 / 403 are the token's refusals. For waiting until the gateway
+        applied a renewal or (de)activation; no flap or token-failure count."""
+        host, _, port = self.listen.rpartition(":")
+        conn = http.client.HTTPSConnection(host, int(port), timeout=scaled(5), context=self._tls)
+        try:
+            conn.request(
+                "GET",
+                f"/{stage.address_id}",
+                headers={
+                    "Upgrade": "websocket",
+                    "Connection": "Upgrade",
+                    "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+                    "Sec-WebSocket-Version": "13",
+                    "Sec-WebSocket-Protocol": "chisel-v3",
+                    "Token": token,
+                    IDENTITY_HEADER: "not a valid id!",
+                },
+            )
+            return conn.getresponse().status
+        finally:
+            conn.close()
 
     def wait_serving(self, port: int, timeout_s: float = 10.0) -> None:
         """Wait until the gateway logs that it serves ``port``."""

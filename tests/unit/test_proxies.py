@@ -29,6 +29,9 @@ from qanat.net.proxy import ProxySpec
         ("proxy.corp:8080", "http", "proxy.corp", 8080, "", ""),
         ("socks5://u:p@10.1.2.3:1080", "socks5", "10.1.2.3", 1080, "u", "p"),
         ("socks5h://gw-socks", "socks5", "gw-socks", 1080, "", ""),
+        # outsystemscc's help text: socks://user:password@host:port is SOCKS5
+        ("socks://user:password@proxy.corp:1080", "socks5", "proxy.corp", 1080, "user", "password"),
+        ("Socks://proxy.corp", "socks5", "proxy.corp", 1080, "", ""),
         ("SOCKS5://[::1]:9050", "socks5", "::1", 9050, "", ""),
         (
             "http://d%C3%B6m%5Cuser:p%40ss%3Aw0rd@proxy:3128/",
@@ -57,7 +60,9 @@ def test_parse_proxy_url(
     ("text", "message"),
     [
         ("https://proxy:3128", "TLS to the proxy itself is not supported"),
-        ("socks4://proxy:1080", "unsupported proxy scheme 'socks4'"),
+        ("socks4://proxy:1080", "unsupported proxy scheme 'socks4' \\(SOCKS4 is not supported"),
+        ("socks4a://proxy:1080", "SOCKS4 is not supported; socks:// and socks5:// are SOCKS5"),
+        ("sock://proxy:1080", "use http://user:pass@host:port or socks://user:pass@host:port"),
         ("http://:3128", "missing proxy host"),
         ("http://proxy:99999", "not a valid proxy URL"),
         ("http://[proxy:3128", "not a valid proxy URL"),

@@ -213,7 +213,8 @@ def add_connect_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--proxy",
         default=None,
-        help="http://user:pass@host:port (HTTP CONNECT) or socks5://user:pass@host:port; "
+        help="http://user:pass@host:port (HTTP CONNECT) or socks://user:pass@host:port "
+        "(SOCKS5; also socks5://, socks5h://); "
         "default: HTTPS_PROXY / HTTP_PROXY / NO_PROXY from the environment",
     )
     parser.add_argument(

@@ -15,9 +15,11 @@ chisel's ``--proxy``. Without it, the usual variables are read once at start:
   ``localhost`` and loopback addresses never go through an environment proxy.
 
 Proxy URLs: ``http://[user:pass@]host[:port]`` (HTTP CONNECT; a URL
-without a scheme is HTTP) and ``socks5://`` or ``socks5h://`` (SOCKS5; the
-gateway's name is always resolved by the proxy). Without a port, Go's
-defaults apply: 80 for http, 1080 for socks5. Credentials may be
+without a scheme is HTTP) and ``socks://``, ``socks5://`` or ``socks5h://``
+(all SOCKS5, as chisel's client treats them; ``socks://user:pass@host:port``
+is the form the outsystemscc help text shows; the gateway's name is always
+resolved by the proxy). SOCKS4 is refused by name. Without a port, Go's
+defaults apply: 80 for http, 1080 for SOCKS. Credentials may be
 percent-encoded.
 """
 
@@ -32,7 +34,7 @@ from qanat.errors import ConfigError
 from qanat.net.proxy import ProxySpec
 
 _DEFAULT_PORTS = {"http": 80, "socks5": 1080}
-_SCHEMES = {"http": "http", "socks5": "socks5", "socks5h": "socks5"}
+_SCHEMES = {"http": "http", "socks": "socks5", "socks5": "socks5", "socks5h": "socks5"}
 _HTTPS_VARS = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
 _HTTP_VARS = ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
 
@@ -54,14 +56,14 @@ def parse_proxy_url(text: str, source: str = "--proxy") -> ProxySpec:
         raise ConfigError(f"{source} {shown!r}: not a valid proxy URL ({exc})") from None
     scheme = _SCHEMES.get(parts.scheme.lower())
     if scheme is None:
-        hint = (
-            " (TLS to the proxy itself is not supported; use http://)"
-            if parts.scheme.lower() == "https"
-            else ""
-        )
+        hint = {
+            "https": " (TLS to the proxy itself is not supported; use http://)",
+            "socks4": " (SOCKS4 is not supported; socks:// and socks5:// are SOCKS5)",
+            "socks4a": " (SOCKS4 is not supported; socks:// and socks5:// are SOCKS5)",
+        }.get(parts.scheme.lower(), "")
         raise ConfigError(
             f"{source} {shown!r}: unsupported proxy scheme {parts.scheme!r}{hint}; "
-            "use http://user:pass@host:port or socks5://user:pass@host:port"
+            "use http://user:pass@host:port or socks://user:pass@host:port (SOCKS5)"
         )
     if not parts.hostname:
         raise ConfigError(f"{source} {shown!r}: missing proxy host")

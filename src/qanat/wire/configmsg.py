@@ -7,7 +7,9 @@ On the wire (field order as Go's encoder writes it)::
      "RemoteProto":"tcp","Socks":false,"Reverse":true,"Stdio":false}]}
 
 Decoding is defensive: size and count limits first, then types, then each
-remote's fields; every failure is a :class:`~qanat.errors.RemoteProtocolError`
+remote's fields; ports must be what Go's ``strconv.Atoi`` reads (see
+:func:`~qanat.wire.remotes.port_problem`) and come out canonical (``+08081``
+is ``8081``). Every failure is a :class:`~qanat.errors.RemoteProtocolError`
 whose text can go straight back to the client in the request-failure payload.
 """
 
@@ -19,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from qanat.errors import RemoteProtocolError
-from qanat.wire.remotes import Remote
+from qanat.wire.remotes import Remote, canonical_port, port_problem
 
 #: Largest payload read (a remote is ~200 bytes; 1 MiB leaves ample room).
 MAX_CONFIG_BYTES = 1 << 20
@@ -28,6 +30,7 @@ MAX_REMOTES = 1000
 
 _STR_FIELDS = ("LocalHost", "LocalPort", "LocalProto", "RemoteHost", "RemotePort", "RemoteProto")
 _BOOL_FIELDS = ("Socks", "Reverse", "Stdio")
+_PORT_FIELDS = ("LocalPort", "RemotePort")
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +77,16 @@ def _remote_from(index: int, item: Any) -> Remote:
         if not isinstance(value, bool):
             raise RemoteProtocolError(f"config: remote #{index} field {name} is not a boolean")
         values[name] = value
+    for name in _PORT_FIELDS:
+        # Empty is left to the gateway's checks (socks and stdio remotes have
+        # empty ports, and are refused there with their own reason).
+        if values[name]:
+            problem = port_problem(values[name])
+            if problem is not None:
+                raise RemoteProtocolError(
+                    f"config: remote #{index} {name} {values[name]!r} {problem}"
+                )
+            values[name] = canonical_port(values[name])
     return Remote(
         local_host=values["LocalHost"],
         local_port=values["LocalPort"],

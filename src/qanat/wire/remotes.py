@@ -81,11 +81,42 @@ class Remote:
         return f"{arrow}{self.local_port}=>{self.target}{proto}"
 
 
+_ATOI = re.compile(r"[+-]?[0-9]+")
+
+
+def port_problem(text: str) -> str | None:
+    """Why ``text`` is not a port as chisel reads one, or None when it is one.
+
+    chisel's peers read ports with Go's ``strconv.Atoi`` (an optional ``+``
+    or ``-``, then ASCII digits only: no spaces, no line breaks, no ``_``, no
+    other scripts' digits), then need 1-65535. Python's ``int()`` is far more
+    lenient (``int(" 8_081\n")`` is 8081, fullwidth digits too), so every
+    port crossing the wire goes through here first. Pure; the reason reads
+    after the value (``'8_081' has an underscore ...``).
+    """
+    if not text:
+        return "is empty"
+    if _ATOI.fullmatch(text) is None:
+        if any(c.isspace() for c in text):
+            return "has spaces or line breaks (Go's strconv.Atoi refuses them)"
+        if any(c.isdigit() and not c.isascii() for c in text):
+            return "has non-ASCII digits (Go's strconv.Atoi reads only 0-9)"
+        if "_" in text:
+            return "has an underscore (Go's strconv.Atoi takes no digit separators)"
+        return "is not a decimal number (Go's strconv.Atoi refuses it)"
+    significant = text.lstrip("+-").lstrip("0")  # Atoi takes any number of leading zeros
+    if len(significant) > 5 or not 0 < int(text) <= 65535:
+        return "is outside 1-65535"
+    return None
+
+
+def canonical_port(text: str) -> str:
+    """A port :func:`port_problem` accepts, as chisel prints it (``+08081`` -> ``8081``)."""
+    return str(int(text))
+
+
 def _is_port(text: str) -> bool:
-    # Go's strconv.Atoi accepts an optional sign; chisel then needs 1..65535.
-    if not re.fullmatch(r"[+-]?[0-9]{1,10}", text):
-        return False
-    return 0 < int(text) <= 65535
+    return port_problem(text) is None
 
 
 def _is_host(text: str) -> bool:
@@ -185,10 +216,10 @@ def decode_remote(text: str) -> Remote:
         raise RemoteSyntaxError(f"invalid remote {original!r}: stdio cannot be reversed")
     return Remote(
         local_host=local_host,
-        local_port=str(int(local_port)) if local_port else local_port,
+        local_port=canonical_port(local_port) if local_port else local_port,
         local_proto=local_proto,
         remote_host=remote_host,
-        remote_port=str(int(remote_port)) if remote_port else remote_port,
+        remote_port=canonical_port(remote_port) if remote_port else remote_port,
         remote_proto=remote_proto,
         socks=socks,
         reverse=reverse,

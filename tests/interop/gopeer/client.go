@@ -70,6 +70,7 @@ func clientMain(args []string) error {
 	fs.StringVar(&c.version, "version", "1.11.5-gopeer", "Version in the config request")
 	fs.BoolVar(&c.outsystemscc, "outsystemscc", false, "behave as outsystemscc: address GET, ?id=&ports= query, its User-Agent and Version")
 	fs.BoolVar(&c.dialFirst, "dial-first", false, "dial before accepting a channel; refuse it with the dial error")
+	fs.BoolVar(&logPongs, "v", false, "log every answered ping")
 	fs.Parse(args)
 	if fs.NArg() < 2 {
 		return fmt.Errorf("usage: gopeer client [flags] SERVER-URL REMOTE...")
@@ -356,6 +357,9 @@ func serveGlobalRequests(side string, reqs <-chan *ssh.Request) {
 
 // keepalive pings every interval; a failed or (with timeout) late answer
 // closes the connection.
+// logPongs makes keepalive log every answered ping (-v), for tests.
+var logPongs bool
+
 func keepalive(side string, conn ssh.Conn, every, timeout time.Duration, done <-chan struct{}) {
 	ticker := time.NewTicker(every)
 	defer ticker.Stop()
@@ -367,7 +371,10 @@ func keepalive(side string, conn ssh.Conn, every, timeout time.Duration, done <-
 		}
 		answered := make(chan error, 1)
 		go func() {
-			_, _, err := conn.SendRequest("ping", true, nil)
+			ok, reply, err := conn.SendRequest("ping", true, nil)
+			if err == nil && logPongs {
+				log.Printf("%s: ping answered ok=%t %q", side, ok, reply)
+			}
 			answered <- err
 		}()
 		var late <-chan time.Time

@@ -53,6 +53,7 @@ func serverMain(args []string) error {
 	fs.StringVar(&s.token, "token", "", "require this token header (a stock server checks none)")
 	fs.StringVar(&s.bindHost, "bind-host", "127.0.0.1", "where reverse remotes listen, whatever their LocalHost")
 	fs.DurationVar(&s.keepalive, "keepalive", 25*time.Second, "ping interval (0s: none)")
+	fs.BoolVar(&logPongs, "v", false, "log every answered ping, and every ping received")
 	fs.Parse(args)
 
 	signer, err := hostKey(s.keyFile)
@@ -186,6 +187,9 @@ func (t *tunnel) serveRequests(reqs <-chan *ssh.Request) {
 	for r := range reqs {
 		switch {
 		case r.Type == "ping":
+			if logPongs {
+				log.Printf("server: session#%d: ping received", t.id)
+			}
 			r.Reply(true, []byte("pong"))
 		case r.Type == "config" && !configured:
 			configured = true
