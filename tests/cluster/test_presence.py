@@ -35,9 +35,7 @@ def test_holdings_round_trip_and_junk_is_ignored() -> None:
     assert holding_key("pod a/b", "acme/Dev", 8081).startswith("pod_a_b.")
 
 
-async def start_node(
-    server: NatsServer, name: str, ttl_s: float = TTL_S
-) -> tuple[Bus, Presence]:
+async def start_node(server: NatsServer, name: str, ttl_s: float = TTL_S) -> tuple[Bus, Presence]:
     bus = Bus(NatsSettings(url=server.url, reconnect_wait_s=0.1), name)
     presence = Presence(bus, name, ttl_s=ttl_s, sweep_s=0.1)
     await presence.start()
