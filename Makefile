@@ -49,6 +49,7 @@ $(BENCH_STAMP): $(STAMP)
 bench: $(BENCH_STAMP) system-deps
 	$(PY) bench/run.py $(BENCH_ARGS)
 	$(PY) bench/failover.py
+	$(PY) bench/bindstall.py
 	$(PY) bench/cluster.py $(filter --quick,$(BENCH_ARGS))
 
 clean:

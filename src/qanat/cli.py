@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
 import logging
 import os
-import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from qanat import __version__
 from qanat.errors import ConfigError, QanatError
 from qanat.logs import setup_logging
+
+if TYPE_CHECKING:
+    from qanat.gateway.settings import GatewaySettings
+    from qanat.gateway.stages import StageConfig
 
 log = logging.getLogger("qanat")
 
@@ -49,8 +51,58 @@ def _cmd_connect(args: argparse.Namespace) -> int:
 # -- qanat gateway --------------------------------------------------------------
 
 
-def _cmd_gateway(args: argparse.Namespace) -> int:
+def _gateway_settings(
+    args: argparse.Namespace, data_dir: Path, host: str, port: int, **more: object
+) -> GatewaySettings:
+    """The gateway's tuning flags (shared by ``qanat gateway`` and ``qanat up``), validated."""
+    from qanat.connector.options import parse_duration
+    from qanat.gateway.hedge import HedgePolicy
     from qanat.gateway.settings import GatewaySettings
+    from qanat.ops.commands import metrics_allow_from_args
+
+    keepalive_s = parse_duration(args.keepalive, "--keepalive")
+    # Unless given, a ping may take as long as the interval, up to 5 s.
+    keepalive_timeout_s = (
+        parse_duration(args.keepalive_timeout, "--keepalive-timeout")
+        if args.keepalive_timeout is not None
+        else min(5.0, keepalive_s)
+        if keepalive_s > 0
+        else 5.0
+    )
+    if keepalive_s and keepalive_timeout_s > keepalive_s:
+        raise ConfigError("--keepalive-timeout must not be longer than --keepalive")
+    hedge_max_s = parse_duration(args.hedge_after_max, "--hedge-after-max")
+    hedge = (
+        HedgePolicy(min_s=min(HedgePolicy().min_s, hedge_max_s), max_s=hedge_max_s)
+        if hedge_max_s > 0
+        else HedgePolicy(enabled=False)
+    )
+    return GatewaySettings(
+        data_dir=data_dir,
+        listen_host=host,
+        listen_port=port,
+        keepalive_s=keepalive_s,
+        keepalive_timeout_s=keepalive_timeout_s,
+        keepalive_misses=args.keepalive_misses,
+        channel_open_timeout_s=parse_duration(args.channel_open_timeout, "--channel-open-timeout"),
+        channel_stall_s=parse_duration(args.channel_stall, "--channel-stall"),
+        balance=args.balance.replace("-", "_"),
+        allow_target_mismatch=args.allow_target_mismatch,
+        failure_threshold=args.failure_threshold,
+        cooldown_s=parse_duration(args.cooldown, "--cooldown"),
+        flap_connects=args.flap_connects,
+        flap_window_s=parse_duration(args.flap_window, "--flap-window"),
+        flap_backoff_s=parse_duration(args.flap_backoff, "--flap-backoff"),
+        flap_backoff_max_s=parse_duration(args.flap_backoff_max, "--flap-backoff-max"),
+        udp_idle_timeout_s=parse_duration(args.udp_idle_timeout, "--udp-idle-timeout"),
+        udp_max_flows=args.udp_max_flows,
+        metrics_allow_cidrs=metrics_allow_from_args(args),
+        hedge=hedge,
+        **more,  # type: ignore[arg-type]
+    )
+
+
+def _cmd_gateway(args: argparse.Namespace) -> int:
     from qanat.net.ssh import HostKey
 
     data_dir = Path(args.data_dir).expanduser()
@@ -59,68 +111,23 @@ def _cmd_gateway(args: argparse.Namespace) -> int:
         return 0
     if args.action == "add-stage":
         return _add_stage(args, data_dir)
-    from qanat.connector.options import parse_duration
-    from qanat.gateway.server import Gateway
+    from qanat.gateway.serve import GatewayService, serve_gateway
     from qanat.gateway.stages import FileStageSource
-    from qanat.ops.commands import metrics_allow_from_args
     from qanat.runtime import run
 
     host, port = _host_port(args.listen, "--listen")
     stage_file = Path(args.stage_file) if args.stage_file else data_dir / "stages.toml"
     tls_cert, tls_key = _gateway_tls_files(args, data_dir)
-    udp_idle = parse_duration(args.udp_idle_timeout, "--udp-idle-timeout")
-    if udp_idle <= 0:
-        raise ConfigError("--udp-idle-timeout must be positive")
-    if args.udp_max_flows < 1:
-        raise ConfigError("--udp-max-flows must be at least 1")
-
-    def positive(text: str, flag: str) -> float:
-        value = parse_duration(text, flag)
-        if value <= 0:
-            raise ConfigError(f"{flag} must be more than 0s")
-        return value
-
-    def count(value: int, flag: str) -> int:
-        if value < 1:
-            raise ConfigError(f"{flag} must be at least 1")
-        return value
-
-    keepalive_s = parse_duration(args.keepalive, "--keepalive")
-    # Unless given, a ping may take as long as the interval, up to 5 s.
-    keepalive_timeout_s = (
-        positive(args.keepalive_timeout, "--keepalive-timeout")
-        if args.keepalive_timeout is not None
-        else min(5.0, keepalive_s)
-        if keepalive_s > 0
-        else 5.0
-    )
-    settings = GatewaySettings(
-        data_dir=data_dir,
-        listen_host=host,
-        listen_port=port,
-        keepalive_s=keepalive_s,
-        keepalive_timeout_s=keepalive_timeout_s,
-        keepalive_misses=count(args.keepalive_misses, "--keepalive-misses"),
-        channel_open_timeout_s=positive(args.channel_open_timeout, "--channel-open-timeout"),
-        channel_stall_s=positive(args.channel_stall, "--channel-stall"),
-        balance=args.balance.replace("-", "_"),
-        allow_target_mismatch=args.allow_target_mismatch,
-        failure_threshold=count(args.failure_threshold, "--failure-threshold"),
-        cooldown_s=positive(args.cooldown, "--cooldown"),
-        flap_connects=count(args.flap_connects, "--flap-connects"),
-        flap_window_s=positive(args.flap_window, "--flap-window"),
-        flap_backoff_s=positive(args.flap_backoff, "--flap-backoff"),
-        flap_backoff_max_s=positive(args.flap_backoff_max, "--flap-backoff-max"),
+    settings = _gateway_settings(
+        args,
+        data_dir,
+        host,
+        port,
         redirect_url=args.redirect,
         tls_cert_path=tls_cert,
         tls_key_path=tls_key,
         tls_client_ca_path=Path(args.tls_client_ca) if args.tls_client_ca else None,
-        udp_idle_timeout_s=udp_idle,
-        udp_max_flows=args.udp_max_flows,
-        metrics_allow_cidrs=metrics_allow_from_args(args),
     )
-    if settings.keepalive_s and settings.keepalive_timeout_s > settings.keepalive_s:
-        raise ConfigError("--keepalive-timeout must not be longer than --keepalive")
     if args.database_url:
         from qanat.cluster import options as cluster_options
         from qanat.store import normalize_url
@@ -142,64 +149,16 @@ def _cmd_gateway(args: argparse.Namespace) -> int:
         raise ConfigError("--nats needs --database-url: cluster nodes share the portal's database")
     source = FileStageSource(stage_file)
 
+    async def reload_stages() -> None:
+        source.reload()
+
     async def main() -> int:
-        gateway = Gateway(settings, source)
-        await gateway.start()
-        bound_host, bound_port = gateway.address
-        log.info(
-            "qanat gateway %s listening on %s://%s:%d",
-            __version__,
-            gateway.scheme,
-            bound_host,
-            bound_port,
+        service = GatewayService(
+            settings, source, stages_label=str(stage_file), reload_stages=reload_stages
         )
         if args.tls_self_signed:
             _warn_dev_certificate(tls_cert)
-        elif tls_cert is not None:
-            log.info("TLS certificate %s (reloaded on SIGHUP)", tls_cert)
-        if settings.tls_client_ca_path is not None:
-            log.info("mutual TLS: connectors need a certificate from %s", args.tls_client_ca)
-        log.info("host key fingerprint %s", gateway.host_key.fingerprint)
-        log.info("%d stage(s) from %s", len(source.stages()), stage_file)
-        if settings.keepalive_s > 0:
-            log.info(
-                "keepalive every %gs, %gs timeout, %d misses: silent connectors leave their "
-                "pools within %gs; balance %s",
-                settings.keepalive_s,
-                settings.ping_timeout_s,
-                settings.keepalive_misses,
-                settings.dead_peer_bound_s,
-                settings.balance,
-            )
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-
-        def reload() -> None:
-            try:
-                source.reload()
-                log.info("reloaded %s: %d stage(s)", stage_file, len(source.stages()))
-            except ConfigError as exc:
-                log.error("reload failed, keeping the current stages: %s", exc)
-            try:
-                if gateway.reload_tls():
-                    log.info(
-                        "reloaded the TLS certificate %s: new connections get it, "
-                        "established tunnels are kept",
-                        tls_cert,
-                    )
-            except ConfigError as exc:
-                log.error("TLS reload failed, keeping the current certificate: %s", exc)
-
-        loop.add_signal_handler(signal.SIGHUP, reload)
-        loop.add_signal_handler(
-            signal.SIGUSR2, lambda: log.info("status %s", json.dumps(gateway.status()))
-        )
-        await stop.wait()
-        log.info("shutting down")
-        await gateway.close()
-        return 0
+        return await serve_gateway(service)
 
     return run(main())
 
@@ -232,7 +191,7 @@ def _warn_dev_certificate(cert: Path | None) -> None:
 
 
 def _add_stage(args: argparse.Namespace, data_dir: Path) -> int:
-    from qanat.gateway.stages import stage_allowlist
+    from qanat.gateway.stages import stage_allowlist, stage_entry
     from qanat.wire.tokens import hash_token, new_address_id, new_token
 
     if not args.name:
@@ -242,14 +201,15 @@ def _add_stage(args: argparse.Namespace, data_dir: Path) -> int:
     stage_file.parent.mkdir(parents=True, exist_ok=True)
     token = new_token()
     address_id = new_address_id()
-    entry = (
-        "\n[[stage]]\n"
-        f'name = "{args.name}"\n'
-        f'address_id = "{address_id}"\n'
-        f'token_sha256 = ["{hash_token(token)}"]\n'
-        f'bind = "{args.bind}"\n'
-        f'ports = "{args.ports}"\n'
-        f"allow = {json.dumps(list(allow))}\n"
+    entry = stage_entry(
+        {
+            "name": args.name,
+            "address_id": address_id,
+            "token_sha256": [hash_token(token)],
+            "bind": args.bind,
+            "ports": args.ports,
+            "allow": list(allow),
+        }
     )
     with stage_file.open("a") as handle:
         handle.write(entry)
@@ -268,7 +228,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
     from qanat.portal import names
     from qanat.runtime import run
     from qanat.store import normalize_url
-    from qanat.up import UpConfig, default_node, run_up, tls_context
+    from qanat.up import UpConfig, default_node, run_up, tls_setup
 
     data_dir = Path(args.data_dir).expanduser()
     host, port = _host_port(args.listen, "--listen")
@@ -276,7 +236,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
         raise ConfigError("--tls-cert and --tls-key go together")
     if args.plain_http and args.tls_cert:
         raise ConfigError("--plain-http and --tls-cert exclude each other")
-    ssl_context, ca_file = tls_context(
+    ssl_context, ca_file, tls_files = tls_setup(
         data_dir,
         Path(args.tls_cert) if args.tls_cert else None,
         Path(args.tls_key) if args.tls_key else None,
@@ -291,7 +251,9 @@ def _cmd_up(args: argparse.Namespace) -> int:
         node=default_node(),
         endpoint_host=names.bind_host(args.endpoint_bind),
         ssl_context=ssl_context,
+        tls_files=tls_files,
         ca_file=ca_file,
+        gateway=_gateway_settings(args, data_dir, host, port),
     )
     return run(run_up(config))
 
@@ -318,8 +280,90 @@ def _public_url(text: str | None) -> str | None:
     return PortalConfig(text).public_base_url  # validates; raises ConfigError
 
 
+def _add_gateway_tuning(parser: argparse.ArgumentParser) -> None:
+    """Keepalive, channel opens, balance, flapping, UDP: for ``qanat gateway`` and ``qanat up``."""
+    parser.add_argument(
+        "--keepalive", default="25s", help="ping interval to connectors (default 25s, 0s disables)"
+    )
+    parser.add_argument(
+        "--keepalive-timeout",
+        default=None,
+        help="how long a ping may take (default: the keepalive interval, at most 5s)",
+    )
+    parser.add_argument(
+        "--keepalive-misses",
+        type=int,
+        default=3,
+        help="missed pings in a row that close a tunnel (default 3)",
+    )
+    parser.add_argument(
+        "--channel-open-timeout",
+        default="5s",
+        help="how long one connector may take to open a channel before the next is "
+        "tried (default 5s)",
+    )
+    parser.add_argument(
+        "--channel-stall",
+        default="1s",
+        help="longest a channel open may be pending before other connectors get the new "
+        "connections (adaptive below it: 10x the connector's usual open time, at least "
+        "0.1s; default 1s)",
+    )
+    parser.add_argument(
+        "--balance",
+        choices=["round-robin", "least-connections", "round_robin", "least_connections"],
+        default="round-robin",
+        help="how app connections are spread over the connectors of a port",
+    )
+    parser.add_argument(
+        "--allow-target-mismatch",
+        action="store_true",
+        help="let connectors serve one port with different targets (refused by default)",
+    )
+    parser.add_argument(
+        "--failure-threshold",
+        type=int,
+        default=3,
+        help="failed channel opens in a row that take a connector out of a port's "
+        "rotation (default 3)",
+    )
+    parser.add_argument(
+        "--cooldown",
+        default="5s",
+        help="how long it stays out before one connection tries it again (default 5s)",
+    )
+    parser.add_argument(
+        "--flap-connects",
+        type=int,
+        default=10,
+        help="tunnels one connector may open within --flap-window before it is backed "
+        "off with 429 (default 10)",
+    )
+    parser.add_argument(
+        "--flap-window", default="60s", help="window counted for --flap-connects (default 60s)"
+    )
+    parser.add_argument(
+        "--flap-backoff", default="10s", help="first back-off, doubled on repeats (default 10s)"
+    )
+    parser.add_argument("--flap-backoff-max", default="5m", help="longest back-off (default 5m)")
+    parser.add_argument(
+        "--udp-idle-timeout",
+        default="60s",
+        help="forget a UDP flow (one app source) after this long without traffic",
+    )
+    parser.add_argument(
+        "--udp-max-flows", type=int, default=100, help="most UDP flows per UDP endpoint"
+    )
+    parser.add_argument(
+        "--hedge-after-max",
+        default="1s",
+        help="when a connector has not opened an app connection's channel within this "
+        "(or sooner: 4x the usual open time), ask the next connector too (default 1s; "
+        "0s disables)",
+    )
+
+
 def _add_portal_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    import os
 
     from qanat.cluster import options as cluster_options
 
@@ -349,6 +393,10 @@ def _add_portal_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignor
         help="serve plain HTTP (default without --tls-cert: HTTPS with a generated "
         "self-signed development certificate)",
     )
+    _add_gateway_tuning(up)
+    from qanat.ops import commands as ops_commands
+
+    ops_commands.add_gateway_metrics_argument(up)
     up.add_argument("-v", "--verbose", action="count", default=0)
     up.set_defaults(func=_cmd_up)
 
@@ -375,17 +423,44 @@ def _add_portal_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignor
 
 def _cmd_hosts(args: argparse.Namespace) -> int:
     from qanat.gateway.reach import hosts_line, kubernetes_manifest
-    from qanat.gateway.stages import find_stage, load_stage_file
+    from qanat.gateway.stages import find_stage
 
     data_dir = Path(args.data_dir).expanduser()
     stage_file = Path(args.stage_file) if args.stage_file else data_dir / "stages.toml"
-    stage = find_stage(load_stage_file(stage_file), args.stage)
+    stage = find_stage(_hosts_stages(args, data_dir, stage_file), args.stage)
     if args.format == "kubernetes":
         namespace = args.namespace or stage.key.rsplit("/", 1)[-1].lower()
         print(kubernetes_manifest(stage, namespace, args.port), end="")
     else:
         print(hosts_line(stage))
     return 0
+
+
+def _hosts_stages(
+    args: argparse.Namespace, data_dir: Path, stage_file: Path
+) -> dict[str, StageConfig]:
+    """The stages of the stage file, or of the database (``qanat up``, the portal)."""
+    from qanat.gateway.stages import load_stage_file
+    from qanat.store import StoreConfig, normalize_url, open_store, sqlite_url
+    from qanat.store.engine import SQLITE_FILE_NAME
+    from qanat.store.stagesource import stage_configs
+
+    url = normalize_url(args.database_url) if args.database_url else None
+    if url is None and not args.stage_file and not stage_file.exists():
+        if (data_dir / SQLITE_FILE_NAME).exists():
+            url = sqlite_url(data_dir)  # qanat up's embedded database
+        else:
+            raise ConfigError(
+                f"no stage file {stage_file} and no database in {data_dir}: give --data-dir "
+                "of the gateway (or qanat up), --stage-file, or --database-url"
+            )
+    if url is None:
+        return load_stage_file(stage_file)
+    store = open_store(StoreConfig(url=url), migrate=False)
+    try:
+        return stage_configs(store)
+    finally:
+        store.close()
 
 
 # -- parser -----------------------------------------------------------------------
@@ -425,70 +500,7 @@ def build_parser() -> argparse.ArgumentParser:
     gateway.add_argument(
         "--stage-file", default=None, help="TOML stage file (default DATA_DIR/stages.toml)"
     )
-    gateway.add_argument(
-        "--keepalive", default="25s", help="ping interval to connectors (default 25s, 0s disables)"
-    )
-    gateway.add_argument(
-        "--keepalive-timeout",
-        default=None,
-        help="how long a ping may take (default: the keepalive interval, at most 5s)",
-    )
-    gateway.add_argument(
-        "--keepalive-misses",
-        type=int,
-        default=3,
-        help="missed pings in a row that close a tunnel (default 3)",
-    )
-    gateway.add_argument(
-        "--channel-open-timeout",
-        default="5s",
-        help="how long one connector may take to open a channel before the next is "
-        "tried (default 5s)",
-    )
-    gateway.add_argument(
-        "--channel-stall",
-        default="1s",
-        help="longest a channel open may be pending before other connectors get the new "
-        "connections (adaptive below it: 10x the connector's usual open time, at least "
-        "0.1s; default 1s)",
-    )
-    gateway.add_argument(
-        "--balance",
-        choices=["round-robin", "least-connections", "round_robin", "least_connections"],
-        default="round-robin",
-        help="how app connections are spread over the connectors of a port",
-    )
-    gateway.add_argument(
-        "--allow-target-mismatch",
-        action="store_true",
-        help="let connectors serve one port with different targets (refused by default)",
-    )
-    gateway.add_argument(
-        "--failure-threshold",
-        type=int,
-        default=3,
-        help="failed channel opens in a row that take a connector out of a port's "
-        "rotation (default 3)",
-    )
-    gateway.add_argument(
-        "--cooldown",
-        default="5s",
-        help="how long it stays out before one connection tries it again (default 5s)",
-    )
-    gateway.add_argument(
-        "--flap-connects",
-        type=int,
-        default=10,
-        help="tunnels one connector may open within --flap-window before it is backed "
-        "off with 429 (default 10)",
-    )
-    gateway.add_argument(
-        "--flap-window", default="60s", help="window counted for --flap-connects (default 60s)"
-    )
-    gateway.add_argument(
-        "--flap-backoff", default="10s", help="first back-off, doubled on repeats (default 10s)"
-    )
-    gateway.add_argument("--flap-backoff-max", default="5m", help="longest back-off (default 5m)")
+    _add_gateway_tuning(gateway)
     gateway.add_argument(
         "--redirect", default=None, help="answer address GETs with 302 to this base URL"
     )
@@ -507,14 +519,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--tls-self-signed",
         action="store_true",
         help="serve HTTPS with a self-signed development certificate (DATA_DIR/tls)",
-    )
-    gateway.add_argument(
-        "--udp-idle-timeout",
-        default="60s",
-        help="forget a UDP flow (one app source) after this long without traffic",
-    )
-    gateway.add_argument(
-        "--udp-max-flows", type=int, default=100, help="most UDP flows per UDP endpoint"
     )
     gateway.add_argument("--name", default=None, help="add-stage: stage name")
     gateway.add_argument(
@@ -552,7 +556,17 @@ def build_parser() -> argparse.ArgumentParser:
     hosts.add_argument(
         "--stage-file", default=None, help="TOML stage file (default DATA_DIR/stages.toml)"
     )
-    hosts.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR), help="gateway data directory")
+    hosts.add_argument(
+        "--data-dir",
+        default=str(DEFAULT_DATA_DIR),
+        help="gateway (or qanat up) data directory: its stages.toml or its database",
+    )
+
+    hosts.add_argument(
+        "--database-url",
+        default=os.environ.get("QANAT_DATABASE_URL") or None,
+        help="read the stages from the portal's database",
+    )
     hosts.add_argument("--format", choices=["hosts", "kubernetes"], default="hosts")
     hosts.add_argument(
         "--namespace", default=None, help="kubernetes: the stage's namespace (default: stage name)"
@@ -567,7 +581,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    setup_logging(getattr(args, "verbose", 0), args.log_format)
+    verbose = getattr(args, "verbose", 0)
+    setup_logging(verbose, args.log_format)
+    if verbose >= 3:
+        from qanat.net.ssh import debug_packets
+
+        debug_packets()
     try:
         code: int = args.func(args)
     except ConfigError as exc:

@@ -73,9 +73,7 @@ def setup_logging(verbose: int = 0, fmt: str = "human") -> None:
     logging.getLogger("qanat").setLevel(logging.DEBUG if verbose >= 1 else logging.INFO)
     # asyncssh and websockets are chatty at INFO; their news reaches the
     # operator through our own messages.
+    # (-vvv turns on asyncssh's packet debugging: qanat.net.ssh.debug_packets,
+    # called by the CLI, so that this module imports no foreign library.)
     logging.getLogger("asyncssh").setLevel(logging.DEBUG if verbose >= 3 else logging.WARNING)
-    if verbose >= 3:
-        import asyncssh
-
-        asyncssh.set_debug_level(3)
     logging.getLogger("websockets").setLevel(logging.WARNING)

@@ -38,6 +38,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from qanat import explain
 from qanat.errors import ConfigError
 
 log = logging.getLogger("qanat.tls")
@@ -48,34 +49,6 @@ DEV_CERT_VALID_DAYS = 365
 DEV_CERT_RENEW_BEFORE_DAYS = 14
 DEV_CERT_FILE = "dev-cert.pem"
 DEV_KEY_FILE = "dev-key.pem"
-
-# OpenSSL X509_V_ERR_* codes we explain (ssl.SSLCertVerificationError.verify_code).
-_NOT_YET_VALID = 9
-_EXPIRED = 10
-_UNKNOWN_ISSUER = frozenset(
-    {
-        2,  # unable to get issuer certificate
-        18,  # self-signed certificate
-        19,  # self-signed certificate in chain
-        20,  # unable to get local issuer certificate
-        21,  # unable to verify the first certificate
-    }
-)
-_WRONG_NAME = frozenset({62, 64})  # hostname mismatch, IP address mismatch
-
-# Alerts the gateway sends when it wants a (different) client certificate.
-_CLIENT_CERT_MISSING = frozenset({"TLSV13_ALERT_CERTIFICATE_REQUIRED"})
-_CLIENT_CERT_REFUSED = frozenset(
-    {
-        "TLSV1_ALERT_UNKNOWN_CA",
-        "SSLV3_ALERT_BAD_CERTIFICATE",
-        "SSLV3_ALERT_CERTIFICATE_EXPIRED",
-        "SSLV3_ALERT_CERTIFICATE_UNKNOWN",
-        "SSLV3_ALERT_UNSUPPORTED_CERTIFICATE",
-        "TLSV1_ALERT_DECRYPT_ERROR",
-    }
-)
-_NOT_TLS = frozenset({"WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG"})
 
 
 # -- connector --------------------------------------------------------------------
@@ -198,76 +171,16 @@ def _reason(exc: BaseException) -> str:
 
 
 def describe_tls_failure(exc: ssl.SSLError, host: str, port: int) -> str:
-    """One sentence for the operator: what is wrong with TLS to ``host`` and the fix."""
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        code = exc.verify_code
-        detail = exc.verify_message or _reason(exc)
-        if code == _EXPIRED:
-            return (
-                f"TLS certificate of {host} has expired ({detail}): the gateway's operator "
-                "must renew it (qanat gateway reloads --tls-cert/--tls-key on SIGHUP); "
-                "if it should still be valid, check this machine's clock"
-            )
-        if code == _NOT_YET_VALID:
-            return (
-                f"TLS certificate of {host} is not valid yet ({detail}): "
-                "check the clock of this machine and of the gateway"
-            )
-        if code in _WRONG_NAME:
-            return (
-                f"TLS certificate of {host} is for another name ({detail}): connect with "
-                "the address exactly as shown in the portal, or have the gateway's "
-                f"certificate list {host} in its subjectAltName; a TLS-inspecting proxy "
-                "that forges certificates can cause this too"
-            )
-        if code in _UNKNOWN_ISSUER:
-            return (
-                f"TLS certificate of {host} was issued by an authority this connector does "
-                f"not trust ({detail}): if a TLS-inspecting firewall or a private CA signs "
-                "it, pass that CA's certificate with --tls-ca FILE (PEM) or add it to the "
-                "system trust store; for a gateway's development certificate pass that "
-                "certificate itself with --tls-ca"
-            )
-        return f"TLS certificate of {host} rejected ({detail}): check the gateway's certificate"
-    reason = _reason(exc)
-    if reason in _CLIENT_CERT_MISSING:
-        return (
-            f"gateway {host} requires a client certificate (mutual TLS, {reason}): "
-            "pass --tls-cert FILE and --tls-key FILE"
-        )
-    if reason in _CLIENT_CERT_REFUSED:
-        return (
-            f"gateway {host} refused this connector's client certificate ({reason}): use a "
-            "certificate issued by the authority the gateway trusts (--tls-cert/--tls-key), "
-            "and check that it has not expired"
-        )
-    if reason in _NOT_TLS:
-        return (
-            f"{host}:{port} does not speak TLS ({reason}): use an http:// address if the "
-            "gateway serves plain HTTP, or check the port"
-        )
-    return f"TLS handshake with {host}:{port} failed: {reason}"
+    """One sentence for the operator: what is wrong with TLS to ``host`` and the fix.
+
+    The wording lives in :mod:`qanat.explain` (shared with ``qanat diagnose``).
+    """
+    return str(explain.tls_failure(exc, host, port))
 
 
 def describe_silent_close(host: str, has_client_cert: bool) -> str:
-    """Why a gateway may close a TLS connection without a word, and the fix.
-
-    A TLS 1.3 server checks the client certificate after the client thinks
-    the handshake is done; many servers then just close the connection, so
-    this is what a mutual-TLS refusal usually looks like from the connector.
-    """
-    if has_client_cert:
-        return (
-            f"gateway {host} closed the connection right after the TLS handshake without "
-            "answering: it probably refused this connector's client certificate; use a "
-            "certificate issued by the authority the gateway trusts (--tls-cert/--tls-key) "
-            "and check that it has not expired"
-        )
-    return (
-        f"gateway {host} closed the connection right after the TLS handshake without "
-        "answering: it probably requires a client certificate (mutual TLS); "
-        "pass --tls-cert FILE and --tls-key FILE"
-    )
+    """See :func:`qanat.explain.silent_close`."""
+    return str(explain.silent_close(host, has_client_cert))
 
 
 # -- the development certificate -----------------------------------------------------

@@ -40,6 +40,7 @@ from qanat.cluster.control import ControlPublisher
 from qanat.cluster.natsbus import Bus, NatsSettings
 from qanat.cluster.node import ClusterNode, ClusterSettings
 from qanat.errors import ConfigError
+from qanat.gateway.serve import GatewayPart, GatewayService, serve_gateway
 from qanat.gateway.server import Gateway
 from qanat.gateway.settings import GatewaySettings
 from qanat.gateway.stages import StageConfig
@@ -48,19 +49,16 @@ from qanat.portal.declared import catalogue_sink
 from qanat.portal.http import PortalHttp, PortalHttpSettings, build_app, set_local_admin
 from qanat.portal.http.sessions import Signer, load_secret
 from qanat.store import (
-    ConnectorRegistry,
     DatabaseStageSource,
+    PrivateGatewaySettings,
     Store,
     StoreConfig,
     open_store,
     redact_url,
     sqlite_url,
 )
-from qanat.store import (
-    GatewaySettings as StoreGatewaySettings,
-)
-from qanat.store.reporter import GatewayReporter
-from qanat.tls import ensure_dev_certificate, server_context
+from qanat.store.reporter import DatabasePart
+from qanat.tls import ensure_dev_certificate, reload_certificate, server_context
 
 log = logging.getLogger("qanat.up")
 
@@ -87,6 +85,9 @@ class UpConfig:
             when it is a development certificate, else "".
         hasher: password KDF (tests pass a cheap one).
         http: the portal's HTTP limits.
+        gateway: the gateway's tuning (keepalive, channel-open timeout,
+            hedging, ...), as for ``qanat gateway``; listen address and data
+            directory are taken from above.
     """
 
     data_dir: Path
@@ -101,9 +102,23 @@ class UpConfig:
     endpoint_host: str = "127.0.0.1"
     node: str = field(default_factory=socket.gethostname)
     ssl_context: ssl.SSLContext | None = None
+    #: The (certificate, key) files behind ``ssl_context``, reloaded on SIGHUP.
+    tls_files: tuple[Path, Path | None] | None = None
     ca_file: str = ""
     hasher: PasswordHasher | None = None
     http: PortalHttpSettings = field(default_factory=PortalHttpSettings)
+    gateway: GatewaySettings | None = None
+
+    @property
+    def gateway_settings(self) -> GatewaySettings:
+        base = self.gateway or GatewaySettings(data_dir=self.data_dir, keepalive_s=self.keepalive_s)
+        return dataclasses.replace(
+            base,
+            data_dir=self.data_dir,
+            listen_host=self.listen_host,
+            listen_port=self.listen_port,
+            tls_cert_path=None,  # qanat up serves ssl_context (it reloads it itself)
+        )
 
     @property
     def store_url(self) -> str:
@@ -160,23 +175,36 @@ def tls_context(
     *,
     plain_http: bool = False,
 ) -> tuple[ssl.SSLContext | None, str]:
+    """See :func:`tls_setup` (this is its first two values)."""
+    context, ca_file, _files = tls_setup(data_dir, cert, key, plain_http=plain_http)
+    return context, ca_file
+
+
+def tls_setup(
+    data_dir: Path,
+    cert: Path | None = None,
+    key: Path | None = None,
+    *,
+    plain_http: bool = False,
+) -> tuple[ssl.SSLContext | None, str, tuple[Path, Path | None] | None]:
     """TLS for ``qanat up``'s listen address.
 
     With ``cert``/``key`` those are served; with ``plain_http`` nothing is
     (for a TLS-terminating proxy in front, or a throwaway local run);
     otherwise a self-signed development certificate is made once in the data
-    directory and served. Returns the context and, for the development
-    certificate, its path (connectors pass it as ``--tls-ca``).
+    directory and served. Returns the context, for the development
+    certificate its path (connectors pass it as ``--tls-ca``), and the
+    files to reload on SIGHUP.
 
     Raises:
         ConfigError: the certificate files are missing or do not match.
     """
     if plain_http:
-        return None, ""
+        return None, "", None
     if cert is not None:
-        return server_context(cert, key), ""
+        return server_context(cert, key), "", (cert, key)
     dev_cert, dev_key = ensure_dev_certificate(data_dir)
-    return server_context(dev_cert, dev_key), str(dev_cert)
+    return server_context(dev_cert, dev_key), str(dev_cert), (dev_cert, dev_key)
 
 
 def base_url(host: str, port: int, *, tls: bool) -> str:
@@ -188,6 +216,51 @@ def base_url(host: str, port: int, *, tls: bool) -> str:
     return f"{'https' if tls else 'http'}://{host}:{port}"
 
 
+class PortalPart:
+    """The portal on the gateway's listen address (a ``GatewayPart``)."""
+
+    def __init__(self, up: Up) -> None:
+        self.up = up
+
+    def attach(self, gateway: Gateway) -> None:
+        return None
+
+    async def start(self, gateway: Gateway) -> None:
+        up, cfg = self.up, self.up.config
+        assert up.store is not None
+        host, port = gateway.address
+        up.url = cfg.public_url or base_url(
+            cfg.listen_host if cfg.listen_host else host, port, tls=cfg.ssl_context is not None
+        )
+        defaults = PrivateGatewaySettings(bind_host=cfg.endpoint_host)
+        portal_config = PortalConfig(up.url, stage_defaults=defaults)
+        up.portal = Portal(up.store, portal_config, hasher=cfg.hasher)
+        gateway.describe_sink = catalogue_sink(up.portal)
+        http_settings = cfg.http
+        if up.url.startswith("https:") and not http_settings.secure_cookies:
+            http_settings = dataclasses.replace(http_settings, secure_cookies=True)
+        if cfg.ca_file and not http_settings.connector_ca_file:
+            http_settings = dataclasses.replace(http_settings, connector_ca_file=cfg.ca_file)
+        app = build_app(
+            up.portal,
+            Signer(load_secret(cfg.data_dir), session_ttl_s=http_settings.session_ttl_s),
+            settings=http_settings,
+        )
+        up.http = PortalHttp(app)
+        await up.http.start()
+        gateway.http_fallback = up.http.protocol_factory()  # type: ignore[assignment]
+        # Last: the local admin file tells `qanat admin` (and scripts) that the
+        # portal is ready to answer.
+        set_local_admin(app, await asyncio.to_thread(up._first_start))
+
+    async def stop_accepting(self) -> None:
+        if self.up.http is not None:
+            await self.up.http.close()
+
+    async def close(self) -> None:
+        return None
+
+
 class Up:
     """Portal and gateway in one process (see the module docstring)."""
 
@@ -195,11 +268,14 @@ class Up:
         self.config = config
         self.store: Store | None = None
         self.portal: Portal | None = None
-        self.gateway: Gateway | None = None
+        self.service: GatewayService | None = None
         self.http: PortalHttp | None = None
-        self.reporter: GatewayReporter | None = None
         self.url = ""
         self.first_admin: FirstAdmin | None = None
+
+    @property
+    def gateway(self) -> Gateway | None:
+        return self.service.gateway if self.service is not None else None
 
     @property
     def local_admin_path(self) -> Path:
@@ -218,43 +294,23 @@ class Up:
         store_config = StoreConfig(url=cfg.store_url, busy_timeout_s=cfg.busy_timeout_s)
         self.store = await asyncio.to_thread(open_store, store_config)
         source = DatabaseStageSource(self.store, poll_interval_s=cfg.poll_interval_s)
-        settings = GatewaySettings(
-            data_dir=cfg.data_dir,
-            listen_host=cfg.listen_host,
-            listen_port=cfg.listen_port,
-            keepalive_s=cfg.keepalive_s,
+        self.service = GatewayService(
+            cfg.gateway_settings,
+            source,
+            stages_label=f"database {redact_url(cfg.store_url)}",
+            ssl_context=cfg.ssl_context,
+            parts=[
+                DatabasePart(self.store, cfg.node, refresh_s=cfg.report_refresh_s),
+                PortalPart(self),
+            ],
+            reload_stages=source.refresh_now,
         )
-        self.gateway = Gateway(settings, source, ssl_context=cfg.ssl_context)
-        self.reporter = GatewayReporter(
-            ConnectorRegistry(self.store, cfg.node), cfg.node, refresh_s=cfg.report_refresh_s
-        )
-        self.reporter.attach(self.gateway)
-        await self.gateway.start()
-        host, port = self.gateway.address
-        self.url = cfg.public_url or base_url(
-            cfg.listen_host if cfg.listen_host else host, port, tls=cfg.ssl_context is not None
-        )
-        defaults = StoreGatewaySettings(bind_host=cfg.endpoint_host)
-        portal_config = PortalConfig(self.url, stage_defaults=defaults)
-        self.portal = Portal(self.store, portal_config, hasher=cfg.hasher)
-        self.gateway.describe_sink = catalogue_sink(self.portal)
-        http_settings = cfg.http
-        if self.url.startswith("https:") and not http_settings.secure_cookies:
-            http_settings = dataclasses.replace(http_settings, secure_cookies=True)
-        if cfg.ca_file and not http_settings.connector_ca_file:
-            http_settings = dataclasses.replace(http_settings, connector_ca_file=cfg.ca_file)
-        app = build_app(
-            self.portal,
-            Signer(load_secret(cfg.data_dir), session_ttl_s=http_settings.session_ttl_s),
-            settings=http_settings,
-        )
-        self.http = PortalHttp(app)
-        await self.http.start()
-        self.gateway.http_fallback = self.http.protocol_factory()  # type: ignore[assignment]
-        await self.reporter.start()
-        # Last: the local admin file tells `qanat admin` (and scripts) that the
-        # portal is ready to answer.
-        set_local_admin(app, await asyncio.to_thread(self._first_start))
+        try:
+            await self.service.start()
+        except BaseException:
+            self.store.close()
+            self.store = None
+            raise
 
     def _first_start(self) -> localadmin.LocalAdmin:
         assert self.portal is not None
@@ -265,14 +321,49 @@ class Up:
 
     async def close(self) -> None:
         """Stop accepting, close portal connections and tunnels, then the database."""
-        if self.http is not None:
-            await self.http.close()
-        if self.gateway is not None:
-            await self.gateway.close(drain_s=3.0)
-        if self.reporter is not None:
-            await self.reporter.close()
+        if self.service is not None:
+            log.info("qanat up: stopping")
+            await self.service.close()
         if self.store is not None:
             self.store.close()
+            self.store = None
+
+    async def reload(self) -> None:
+        """SIGHUP: the served certificate again (development or --tls-cert), the stages now."""
+        assert self.service is not None
+        await self.service.reload()
+        gateway = self.gateway
+        files = self.config.tls_files
+        if gateway is None or gateway.ssl_context is None or files is None:
+            return
+        try:
+            reload_certificate(gateway.ssl_context, *files)
+            log.info(
+                "SIGHUP: reloaded the TLS certificate %s: new connections get it, "
+                "established tunnels are kept",
+                files[0],
+            )
+        except ConfigError as exc:
+            log.error("SIGHUP: TLS reload failed, keeping the current certificate: %s", exc)
+
+    def log_status(self) -> None:
+        assert self.service is not None
+        self.service.log_status()
+
+    def announce(self) -> None:
+        assert self.service is not None
+        self.service.announce()
+        cfg = self.config
+        _say(f"qanat {__version__} up: portal and gateway on {self.url}")
+        _say(f"  portal:     {self.url}/")
+        _say(f"  connectors: {self.url}/sg_<id> (the address a stage shows when activated)")
+        _say(f"  database:   {redact_url(cfg.store_url)}")
+        _announce_first_admin(self.first_admin, cfg.data_dir)
+        if cfg.ca_file:
+            _announce_dev_certificate(cfg.ca_file)
+        elif cfg.ssl_context is None:
+            _say("  plain HTTP (--plain-http): put a TLS-terminating proxy in front")
+        _say("  press Ctrl-C to stop")
 
 
 async def _until_signal() -> None:
@@ -280,6 +371,8 @@ async def _until_signal() -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    # The portal alone has nothing to reload; a stray SIGHUP must not stop it.
+    loop.add_signal_handler(signal.SIGHUP, lambda: log.info("SIGHUP: nothing to reload"))
     await stop.wait()
 
 
@@ -298,26 +391,11 @@ def _announce_dev_certificate(ca_file: str) -> None:
 
 
 async def run_up(config: UpConfig) -> int:
-    """``qanat up`` until SIGINT/SIGTERM."""
+    """``qanat up`` until SIGINT/SIGTERM (SIGHUP reloads, SIGUSR2 logs the status)."""
     logging.getLogger("alembic").setLevel(logging.WARNING)
-    up = Up(config)
-    try:
-        await up.start()
-        _say(f"qanat {__version__} up: portal and gateway on {up.url}")
-        _say(f"  portal:     {up.url}/")
-        _say(f"  connectors: {up.url}/sg_<id> (the address a stage shows when activated)")
-        _say(f"  database:   {redact_url(config.store_url)}")
-        _announce_first_admin(up.first_admin, config.data_dir)
-        if config.ca_file:
-            _announce_dev_certificate(config.ca_file)
-        elif config.ssl_context is None:
-            _say("  plain HTTP (--plain-http): put a TLS-terminating proxy in front")
-        _say("  press Ctrl-C to stop")
-        await _until_signal()
-        _say("qanat up: stopping")
-    finally:
-        await up.close()
-    return 0
+    code = await serve_gateway(Up(config))
+    _say("qanat up: stopped")
+    return code
 
 
 async def run_portal(
@@ -387,34 +465,23 @@ async def run_db_gateway(
     (qanat.cluster.node), and SIGTERM drains instead of stopping at once.
     """
     store = await asyncio.to_thread(open_store, StoreConfig(url=database_url), migrate=False)
-    source = DatabaseStageSource(store, transform=bind_map)
-    gateway = Gateway(settings, source)
-    node = cluster.node if cluster is not None else node
-    reporter = GatewayReporter(ConnectorRegistry(store, node), node)
-    reporter.attach(gateway)
-    member: ClusterNode | None = None
-    if cluster is not None:
-        member = ClusterNode(source, cluster)
-        member.attach(gateway)
     try:
-        await gateway.start()
-        await reporter.start()
-        if member is not None:
-            await member.start()
-        host, port = gateway.address
-        log.info("qanat gateway %s listening on http://%s:%d", __version__, host, port)
-        log.info("stages from %s (%d addressed)", redact_url(database_url), len(source.stages()))
-        await _until_signal()
-        log.info("shutting down")
-        if member is not None:
-            await member.stop_accepting()
+        source = DatabaseStageSource(store, transform=bind_map)
+        node = cluster.node if cluster is not None else node
+        parts: list[GatewayPart] = [DatabasePart(store, node)]
+        if cluster is not None:
+            # Last part: its drain (stop_accepting) runs first on SIGTERM.
+            parts.append(ClusterNode(source, cluster))
+        service = GatewayService(
+            settings,
+            source,
+            stages_label=f"database {redact_url(database_url)}",
+            parts=parts,
+            reload_stages=source.refresh_now,
+        )
+        return await serve_gateway(service)
     finally:
-        if member is not None:
-            await member.close()
-        await gateway.close()
-        await reporter.close()
         store.close()
-    return 0
 
 
 def default_node() -> str:

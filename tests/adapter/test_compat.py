@@ -129,7 +129,7 @@ async def test_outsystemscc_upgrade_is_accepted_and_carries_traffic(tmp_path):
             tunnel.close()
             await tunnel.wait_closed()
         await eventually(lambda: not env.gateway.tunnels, "tunnel closed at the gateway")
-        assert not env.gateway.ports.endpoints
+        assert not env.gateway.ports.open
 
 
 async def test_header_names_are_case_insensitive(tmp_path):

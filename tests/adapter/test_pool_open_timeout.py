@@ -9,7 +9,6 @@ and the app connection that gave up must not be touched by it.
 from __future__ import annotations
 
 import asyncio
-import socket
 import tempfile
 import time
 from pathlib import Path
@@ -27,12 +26,7 @@ from qanat.gateway.settings import GatewaySettings
 from qanat.gateway.stages import MemoryStageSource, StageConfig
 from qanat.wire.remotes import decode_remotes
 from qanat.wire.tokens import hash_token, new_address_id, new_token
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from support.servers import free_port
 
 
 async def scenario(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
@@ -100,7 +94,7 @@ async def scenario(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
         reader, writer = await asyncio.open_connection("127.0.0.1", app_port)
         result["second"] = await asyncio.wait_for(reader.readline(), 5)
         writer.close()
-        (endpoint_state,) = gateway.ports.endpoints.values()
+        (endpoint_state,) = gateway.ports.open.values()
         result["failed"] = endpoint_state.connections_failed
     finally:
         await session.close()

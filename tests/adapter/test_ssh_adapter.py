@@ -117,7 +117,7 @@ async def test_config_refusal_text_reaches_the_connector(tmp_path):
         assert text.startswith("gateway refused the remotes: ")
         assert "R:30000=>127.0.0.1:80: port 30000 is outside this stage's range 20000-20010" in text
         await eventually(lambda: not env.gateway.tunnels, "refused tunnel to go")
-        assert not env.gateway.ports.endpoints
+        assert not env.gateway.ports.open
 
 
 async def test_connector_logs_the_refusal_and_gives_up_when_out_of_retries(tmp_path, caplog):
@@ -265,7 +265,7 @@ async def test_channel_refusal_reason_reaches_the_gateway(tmp_path, caplog):
         port = free_port()
         async with serving_connector(env, [f"R:{port}:127.0.0.1:{closed}"]) as connector:
             assert await roundtrip(port, b"anyone there?") == b""
-            endpoint = env.gateway.ports.endpoints[("127.0.0.1", port)]
+            endpoint = env.gateway.ports.open[("127.0.0.1", port, "tcp")]
             await eventually(lambda: endpoint.connections_failed == 1, "failed connection")
             assert endpoint.open_connections == 0
             assert connector.stats.channels_open == 0
@@ -333,7 +333,7 @@ async def test_wrong_fingerprint_is_a_clear_error_and_no_tunnel_stays(tmp_path, 
             "wrong gateway, or its key changed"
         )
         await eventually(lambda: not env.gateway.tunnels, "gateway to drop the tunnel")
-        assert not env.gateway.ports.endpoints
+        assert not env.gateway.ports.open
 
         connector = Connector(
             connect_options(

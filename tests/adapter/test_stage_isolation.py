@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-import socket
 import ssl
 import subprocess
 import sys
@@ -35,6 +34,7 @@ from qanat.gateway.stages import MemoryStageSource, StageConfig
 from qanat.wire.handshake import new_client_id
 from qanat.wire.remotes import decode_remotes
 from qanat.wire.tokens import hash_token, new_address_id, new_token
+from support.servers import free_port as _free_port
 from support.tlscerts import make_tls
 
 DEADLINE_S = 20.0
@@ -47,12 +47,6 @@ def run_uvloop(main: Coroutine[Any, Any, None]) -> None:
         loop.run_until_complete(asyncio.wait_for(main, DEADLINE_S))
     finally:
         loop.close()
-
-
-def _free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 class Bed:
@@ -156,7 +150,7 @@ def test_bind_address_is_the_gateways_choice(tmp_path: Path) -> None:
             port = _free_port("127.0.0.2")
             # The connector asks for 127.0.0.9 (chisel's LocalHost); it is ignored.
             await bed.connect("acme/dev", f"R:127.0.0.9:{port}:127.0.0.1:{target}")
-            assert list(bed.gateway.ports.endpoints) == [("127.0.0.2", port)]
+            assert list(bed.gateway.ports.open) == [("127.0.0.2", port, "tcp")]
             assert await ask("127.0.0.2", port) == b"echo:hi"
             assert await ask("127.0.0.9", port) == b""
 
@@ -192,7 +186,7 @@ def test_unbindable_stage_address_is_refused_other_stages_unaffected(tmp_path: P
                 await bed.connect("acme/broken", f"R:{port}:127.0.0.1:{target}")
             text = str(refused.value)
             assert "stage acme/broken: bind address 192.0.2.1 is not an address" in text
-            assert not bed.gateway.ports.endpoints
+            assert not bed.gateway.ports.open
             await bed.connect("acme/dev", f"R:{port}:127.0.0.1:{target}")
             assert await ask("127.0.0.2", port) == b"echo:hi"
 
@@ -229,7 +223,7 @@ def test_outside_allowlist_is_closed_counted_and_a_flood_stays_cheap(
                     await asyncio.sleep(0.01)
 
             await asyncio.gather(app(), *(intruder() for _ in range(flood_count)))
-            endpoint = bed.gateway.ports.endpoints[("127.0.0.2", port)]
+            endpoint = bed.gateway.ports.open[("127.0.0.2", port, "tcp")]
             assert endpoint.refused_sources == flood_count + 1
             assert endpoint.connections_total == 21
             return answers, latencies

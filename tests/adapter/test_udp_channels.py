@@ -15,9 +15,10 @@ import pytest
 
 from qanat.connector.udp import UdpLimits, open_udp_exit
 from qanat.errors import ChannelOpenFailed
+from qanat.gateway.balancer import Member
 from qanat.gateway.settings import GatewaySettings
 from qanat.gateway.stages import StageConfig
-from qanat.gateway.udp import UdpChannel, UdpEndpoint, format_src
+from qanat.gateway.udp import UdpChannel, UdpPort, format_src
 from qanat.runtime import run
 from qanat.wire.gob import GobDecoder, GobEncoder, UdpPacket
 from qanat.wire.remotes import decode_remote
@@ -116,22 +117,30 @@ def test_exit_refuses_an_unresolvable_target() -> None:
 def test_gateway_answers_only_known_flows_of_the_answering_tunnel(tmp_path: Path) -> None:
     async def main() -> None:
         settings = GatewaySettings(data_dir=tmp_path)
-        gateway: Any = SimpleNamespace(settings=settings)
+        ctx: Any = SimpleNamespace(settings=settings)
         stage = StageConfig(key="acme/dev", address_id="sg_x")
-        endpoint = UdpEndpoint(gateway, stage, decode_remote("R:8053:10.0.0.2:53/udp"))
+        remote = decode_remote("R:8053:10.0.0.2:53/udp")
+        endpoint = UdpPort(ctx, stage, remote)
         sent: list[tuple[bytes, Any]] = []
         fake_transport: Any = SimpleNamespace(
             sendto=lambda data, addr: sent.append((data, addr)), close=lambda: None
         )
         endpoint.connection_made(fake_transport)
-        tunnel_a: Any = SimpleNamespace(id=1, ssh=object(), tasks=None)
-        tunnel_b: Any = SimpleNamespace(id=2, ssh=object(), tasks=None)
-        endpoint.tunnels = [tunnel_a, tunnel_b]
+        tunnel_a: Any = SimpleNamespace(
+            id=1, ssh=object(), tasks=None, serving=True, draining=False, missed_pings=0
+        )
+        tunnel_b: Any = SimpleNamespace(
+            id=2, ssh=object(), tasks=None, serving=True, draining=False, missed_pings=0
+        )
+        member_a = Member(tunnel_a, remote.target, remote.channel_extra)
+        member_b = Member(tunnel_b, remote.target, remote.channel_extra)
+        endpoint.pool.add(member_a)
+        endpoint.pool.add(member_b)
         app = ("127.0.0.1", 40001)
         flow = endpoint._new_flow(format_src(app), app)
         assert flow is not None
         assert flow.tunnel is tunnel_a
-        channel_a, channel_b = UdpChannel(endpoint, tunnel_a), UdpChannel(endpoint, tunnel_b)
+        channel_a, channel_b = UdpChannel(endpoint, member_a), UdpChannel(endpoint, member_b)
         endpoint.reply(channel_a, UdpPacket("127.0.0.1:40001", b"answer"))
         endpoint.reply(channel_b, UdpPacket("127.0.0.1:40001", b"not yours"))
         endpoint.reply(channel_a, UdpPacket("192.0.2.1:53", b"nowhere"))

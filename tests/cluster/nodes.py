@@ -33,8 +33,8 @@ class Node:
         return f"http://{host}:{port}"
 
     def serves(self, port: int) -> bool:
-        endpoint = self.gateway.ports.endpoints.get((self.bind, port))
-        return endpoint is not None and endpoint.server is not None
+        endpoint = self.gateway.ports.open.get((self.bind, port, "tcp"))
+        return endpoint is not None and getattr(endpoint, "server", None) is not None
 
 
 @asynccontextmanager

@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 
 from qanat.cli import build_parser
-from qanat.ops.httpd import OPS_PATHS
+from qanat.telemetry.httpd import OPS_PATHS
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 

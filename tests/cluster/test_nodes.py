@@ -66,7 +66,7 @@ async def test_an_app_on_a_node_without_the_connector_is_carried_to_the_node_wit
             for node in (b, c, a):
                 payload = f"through {node.name}\n".encode() * 1000
                 assert await roundtrip(port, payload, host=node.bind) == payload
-            hops = b.gateway.ports.endpoints[(b.bind, port)].pool.members
+            hops = b.gateway.ports.open[(b.bind, port, "tcp")].pool.members
             assert [m.tunnel.identity for m in hops] == ["node n0"]
 
             # Deactivation by message closes the port on every node.

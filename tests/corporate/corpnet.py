@@ -1,13 +1,12 @@
 """Helpers for the corporate-network tests: a gateway and a connector in one
 event loop, loopback endpoints (TCP echo, a small DNS server), waits with
-deadlines. Timeouts scale with QANAT_TEST_TIME_FACTOR for slow machines."""
+deadlines. Timeouts scale with QANAT_TEST_TIMEOUT_FACTOR (tests/support/timing.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-import os
 import socket
 import struct
 import time
@@ -24,13 +23,15 @@ from qanat.gateway.stages import MemoryStageSource, StageConfig
 from qanat.gateway.tunnel import TunnelState
 from qanat.runtime import run
 from qanat.wire.tokens import hash_token, new_address_id, new_token
+from support import servers
+from support.servers import free_port_both  # noqa: F401 - re-exported for tests/corporate
+from support.timing import scaled
 
 T = TypeVar("T")
-TIME_FACTOR = float(os.environ.get("QANAT_TEST_TIME_FACTOR", "1"))
 
 
 def seconds(value: float) -> float:
-    return value * TIME_FACTOR
+    return scaled(value)
 
 
 def run_async(coro: Coroutine[Any, Any, T], timeout_s: float = 20.0) -> T:
@@ -56,22 +57,7 @@ async def wait_until(predicate: Callable[[], Any], what: str, timeout_s: float =
 
 
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def free_port_both() -> int:
-    """A port free for TCP and UDP (TCP and UDP endpoints may share a number)."""
-    for _ in range(50):
-        port = free_port()
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no free port")
+    return servers.free_port(kind=kind)
 
 
 def log_lines(caplog: Any, needle: str) -> list[str]:

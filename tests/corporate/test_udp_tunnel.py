@@ -32,7 +32,7 @@ from corpnet import (
 
 from qanat.connector.runner import Connector
 from qanat.gateway.server import Gateway
-from qanat.gateway.udp import UdpEndpoint
+from qanat.gateway.udp import UdpPort
 
 RECORDS = {f"host{i}.corp.internal": f"10.0.{i // 250}.{i % 250 + 1}" for i in range(40)}
 
@@ -44,8 +44,9 @@ class Setup:
         self.port = port
         self.dns = dns
 
-    def endpoint(self) -> UdpEndpoint:
-        (endpoint,) = self.gateway.ports.udp.endpoints.values()
+    def endpoint(self) -> UdpPort:
+        (endpoint,) = [e for e in self.gateway.ports.open.values() if e.proto == "udp"]
+        assert isinstance(endpoint, UdpPort)
         return endpoint
 
     def exit_flows(self) -> int:
@@ -71,7 +72,10 @@ async def udp_tunnel(
             remotes.append(f"R:{port}:127.0.0.1:{echo_port}")
         options = connect_options(gateway_url(gateway, stage), remotes, stage.token, *connect_flags)
         async with running_connector(options) as connector:
-            await wait_until(lambda: gateway.ports.udp.endpoints, "the UDP endpoint")
+            await wait_until(
+                lambda: any(e.proto == "udp" for e in gateway.ports.open.values()),
+                "the UDP endpoint",
+            )
             yield Setup(gateway, connector, port, dns)
 
 
@@ -96,8 +100,9 @@ def test_dns_query_through_the_tunnel(tmp_path: Path) -> None:
             # TCP on the same port number still reaches its own endpoint.
             await app_reaches_endpoint(setup.port)
             snapshot = setup.endpoint().snapshot()
-            assert snapshot["endpoint"] == f"secure-gateway:{setup.port}/udp"
-            assert snapshot["packets_out"] == 2
+            assert snapshot.endpoint == f"secure-gateway:{setup.port}/udp"
+            assert snapshot.udp is not None
+            assert snapshot.udp.packets_out == 2
 
     run_async(main())
 
@@ -211,6 +216,6 @@ def test_datagram_size_limit(tmp_path: Path, caplog: pytest.LogCaptureFixture) -
                 assert await app.ask(b"ECHO small") == b"ECHO small"
             finally:
                 app.close()
-            assert setup.endpoint().snapshot()["dropped"] == 1
+            assert setup.endpoint().dropped == 1
 
     run_async(main())

@@ -55,14 +55,14 @@ class Witness:
         self.fds = open_fds()
         self.tasks = len(asyncio.all_tasks())
         self.tunnels = set(self.env.gateway.tunnels)
-        self.endpoints = set(self.env.gateway.ports.endpoints)
+        self.endpoints = set(self.env.gateway.ports.open)
 
     async def check(self) -> None:
         """The witness still works and the gateway is back where it was."""
         assert await roundtrip(self.port, b"witness") == b"witness"
         gateway = self.env.gateway
         await eventually(lambda: set(gateway.tunnels) == self.tunnels, "only the witness tunnel")
-        assert set(gateway.ports.endpoints) == self.endpoints
+        assert set(gateway.ports.open) == self.endpoints
         await eventually(lambda: len(asyncio.all_tasks()) <= self.tasks, "tasks back to baseline")
         await eventually(lambda: open_fds() <= self.fds, "file descriptors back to baseline")
 
@@ -166,7 +166,7 @@ async def test_bad_tokens_get_401(tmp_path, caplog, token, body):
         )
         status, _, answer = parse_response(await http_exchange(env.port, request))
         assert (status, answer) == (401, body)
-        assert env.gateway.auth_limiter.allow("127.0.0.1")
+        assert env.gateway.ctx.limiters.tokens.allow("127.0.0.1")
     refusal = "no token header" if token is None else "wrong token (not a token of this address)"
     expected = f": tunnel refused for address {env.stage.address_id}: {refusal}"
     assert any(re.fullmatch(r"127\.0\.0\.1:\d+" + re.escape(expected), m) for m in messages(caplog))
@@ -222,7 +222,7 @@ async def test_deactivation_closes_tunnels_and_reactivation_brings_them_back(tmp
         async with serving_connector(env, [f"R:{port}:127.0.0.1:{eport}"]) as connector:
             env.source.update(env.stage.address_id, active=False)
             assert not env.gateway.tunnels
-            assert not env.gateway.ports.endpoints
+            assert not env.gateway.ports.open
             with pytest.raises(ConnectionRefusedError):
                 await asyncio.open_connection("127.0.0.1", port)
             inactive = (
@@ -436,7 +436,7 @@ async def test_a_connector_leaving_during_config_leaves_no_listener(tmp_path):
             await eventually(
                 lambda: set(witness.env.gateway.tunnels) == witness.tunnels, "tunnel gone"
             )
-            assert set(witness.env.gateway.ports.endpoints) == witness.endpoints, spins
+            assert set(witness.env.gateway.ports.open) == witness.endpoints, spins
             with pytest.raises(ConnectionRefusedError):
                 await asyncio.open_connection("127.0.0.1", port)
 

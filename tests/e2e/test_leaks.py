@@ -32,7 +32,7 @@ class Baseline:
     async def check(self, phase: str) -> None:
         gateway = self.env.gateway
         await eventually(lambda: not gateway.tunnels, f"{phase}: no tunnels left")
-        await eventually(lambda: not gateway.ports.endpoints, f"{phase}: no endpoints left")
+        await eventually(lambda: not gateway.ports.open, f"{phase}: no endpoints left")
         await eventually(
             lambda: len(asyncio.all_tasks()) == self.tasks, f"{phase}: tasks back to baseline"
         )
@@ -45,7 +45,7 @@ class Baseline:
 async def check_counters(env: GatewayEnv, port: int, connector: Any) -> None:
     """Every app connection was carried and is closed, on both sides. (A
     function of its own so that no strong reference to a Tunnel survives.)"""
-    endpoint = env.gateway.ports.endpoints[("127.0.0.1", port)]
+    endpoint = env.gateway.ports.open[("127.0.0.1", port, "tcp")]
     await eventually(lambda: endpoint.open_connections == 0, "app connections closed")
     assert endpoint.connections_failed == 0
     (tunnel,) = env.gateway.tunnels.values()

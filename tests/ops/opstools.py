@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -24,17 +22,9 @@ from qanat.gateway.stages import MemoryStageSource, StageConfig
 from qanat.wire.remotes import decode_remotes
 from qanat.wire.tokens import hash_token, new_address_id, new_token
 from support import tunnels
+from support.servers import free_port
+from support.timing import eventually, scaled
 from support.tlscerts import TlsFiles, make_tls  # noqa: F401 - re-exported for tests/ops
-
-
-def scaled(seconds: float) -> float:
-    return seconds * float(os.environ.get("QANAT_TEST_TIMEOUT_FACTOR", "1"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def closed_port() -> int:
@@ -45,11 +35,7 @@ def closed_port() -> int:
 async def wait_until(
     predicate: Callable[[], bool], timeout_s: float = 5.0, what: str = "condition"
 ) -> None:
-    deadline = time.monotonic() + scaled(timeout_s)
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {scaled(timeout_s):g}s")
-        await asyncio.sleep(0.01)
+    await eventually(predicate, what, timeout_s)
 
 
 async def port_open(port: int, timeout_s: float = 5.0) -> None:

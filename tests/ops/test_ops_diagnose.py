@@ -72,7 +72,7 @@ async def test_everything_passes_and_nothing_keeps_serving(tmp_path: Path) -> No
         assert env.token not in json.dumps(doc)
         # Connected, checked, disconnected: no tunnel, no listener left behind.
         await wait_until(lambda: not env.gateway.tunnels, what="tunnel gone")
-        assert not env.gateway.ports.endpoints
+        assert not env.gateway.ports.open
         with pytest.raises(ConnectionRefusedError):
             await asyncio.open_connection("127.0.0.1", port)
 

@@ -97,7 +97,10 @@ async def test_gateway_metrics_follow_traffic(tmp_path: Path) -> None:
             failures = "qanat_gateway_token_failures_total"
             assert value(after, failures, reason="bad") - value(before, failures, reason="bad") == 1
             (rtt,) = after["qanat_gateway_keepalive_rtt_seconds"].items()
-            assert dict(rtt[0])["connector"] == running.connector.client_id
+            # Named by the connector's identity (its --id, here derived), not its
+            # per-process session id.
+            (tunnel,) = env.gateway.tunnels.values()
+            assert dict(rtt[0])["connector"] == tunnel.identity != running.connector.client_id
             assert 0 < rtt[1] < 1
 
             # Conventions: our names are prefixed and counters end in _total.
@@ -109,14 +112,14 @@ async def test_gateway_metrics_follow_traffic(tmp_path: Path) -> None:
                 if family.type == "counter":
                     assert all(s.name.endswith("_total") for s in family.samples), family.name
 
-            status = env.gateway.status()["stages"][STAGE]
-            (conn,) = status["connectors"]
-            assert conn["bytes_to_endpoint"] == sent
-            assert conn["bytes_to_app"] == received
-            assert conn["keepalive_rtt_ms"] is not None
-            (endpoint,) = status["endpoints"]
-            assert endpoint["port"] == port
-            assert endpoint["recent_failures"] == []
+            status = env.gateway.status().stages[STAGE]
+            (conn,) = status.connectors
+            assert conn.bytes_to_endpoint == sent
+            assert conn.bytes_to_app == received
+            assert conn.keepalive_rtt_ms is not None
+            (endpoint,) = status.endpoints
+            assert endpoint.port == port
+            assert endpoint.recent_failures == ()
 
         # The connector left: its bytes stay in the stage's counter.
         await wait_until(lambda: not env.gateway.tunnels, what="tunnel closed")
@@ -223,22 +226,21 @@ def test_recent_failures_fold_repeats_and_stay_bounded() -> None:
     for _ in range(50):
         ring.add("allowlist", "10.1.2.3", "source not in the stage allowlist")
     (only,) = ring.snapshot()
-    assert only["count"] == 50
+    assert only.count == 50
     for i in range(5):
         ring.add("channel", f"10.0.0.{i}", "tunnel 1: dial 10.9.9.9:80: connection refused")
     snapshot = ring.snapshot()
     assert len(snapshot) == 3
-    assert [s["source"] for s in snapshot] == ["10.0.0.2", "10.0.0.3", "10.0.0.4"]
-    assert set(snapshot[0]) == {"at", "kind", "source", "reason", "count"}
+    assert [s.source for s in snapshot] == ["10.0.0.2", "10.0.0.3", "10.0.0.4"]
     ring.add("channel", "x", "r" * 10_000)
-    assert len(str(ring.snapshot()[-1]["reason"])) == 500
+    assert len(ring.snapshot()[-1].reason) == 500
 
 
 async def test_grafana_dashboard_uses_only_exported_metrics(tmp_path: Path) -> None:
     import json
     import re
 
-    from qanat.ops.metrics import ConnectorMetrics, render
+    from qanat.connector.metrics import connector_exposition
 
     suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum")}
     exported: set[str] = set()
@@ -246,8 +248,8 @@ async def test_grafana_dashboard_uses_only_exported_metrics(tmp_path: Path) -> N
         conn = Connector(env.options("R:20003:127.0.0.1:1"))
         conn.stats.last_rtt_s = 0.001
         conn.stats.connected_since = 1.0
-        for collector in (env.gateway.metrics.exposition, ConnectorMetrics(conn).exposition):
-            for family in text_string_to_metric_families(render(collector)[0].decode()):
+        for exposition in (env.gateway.exposition, connector_exposition(conn)):
+            for family in text_string_to_metric_families(exposition.render()[0].decode()):
                 exported.update(family.name + s for s in suffixes.get(family.type, ("",)))
     dashboard = json.loads((Path(__file__).parents[2] / "docs/grafana-dashboard.json").read_text())
     exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]

@@ -105,15 +105,15 @@ async def test_reset_by_the_stage_allowlist(tmp_path: Path, mode: str) -> None:
             assert "reset the connection" in step.detail
             assert "allowlist" in step.detail
             assert not ep.requests
-            (entry,) = env.gateway.status()["stages"]["acme/Development"]["endpoints"]
-            assert entry["recent_failures"][-1]["kind"] == "allowlist"
+            (entry,) = env.gateway.status().stages["acme/Development"].endpoints
+            assert entry.recent_failures[-1].kind == "allowlist"
 
 
 async def _wait_listening(env: Any, port: int) -> None:
     from opstools import wait_until
 
     await wait_until(
-        lambda: any(e.port == port for e in env.gateway.ports.endpoints.values()),
+        lambda: any(e.port == port for e in env.gateway.ports.open.values()),
         what=f"gateway listening on {port}",
     )
 
@@ -134,11 +134,11 @@ async def test_closed_without_data_when_the_connector_cannot_reach_the_endpoint(
             assert step.name == mode
             assert "closed the connection without data" in step.detail
             assert "qanat diagnose" in step.fix
-            (entry,) = env.gateway.status()["stages"]["acme/Development"]["endpoints"]
-            last = entry["recent_failures"][-1]
-            assert last["kind"] == "channel"
-            assert f"127.0.0.1:{dead}" in last["reason"]
-            assert "refused" in last["reason"].lower()
+            (entry,) = env.gateway.status().stages["acme/Development"].endpoints
+            last = entry.recent_failures[-1]
+            assert last.kind == "channel"
+            assert f"127.0.0.1:{dead}" in last.reason
+            assert "refused" in last.reason.lower()
 
 
 @pytest.fixture

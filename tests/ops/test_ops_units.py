@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 from qanat.connector.refusals import LoggedDialer
 from qanat.connector.session import Stats
 from qanat.errors import ChannelOpenFailed
+from qanat.gateway.allowlist import Allowlist
 from qanat.ops import explain
 from qanat.ops.commands import _unescape
-from qanat.ops.httpd import source_allowed
 from qanat.ops.httphead import NotHttp, first_line, parse_response_head, split_head
 from qanat.ops.report import HumanPrinter, Report, StepResult
 
@@ -194,12 +194,12 @@ def test_unescape() -> None:
 
 
 def test_metrics_source_allowlist() -> None:
-    allowed = source_allowed(["127.0.0.0/8", "10.0.0.0/8"])
+    allowed = Allowlist.parse(["127.0.0.0/8", "10.0.0.0/8"]).allows
     assert allowed("127.0.0.1")
     assert allowed("::ffff:10.1.2.3")
     assert not allowed("203.0.113.9")
     assert not allowed("not an ip")
-    assert not source_allowed([])("127.0.0.1")
+    assert not Allowlist.parse([]).allows("127.0.0.1")
 
 
 async def test_refused_channels_are_counted_and_logged_sparingly(

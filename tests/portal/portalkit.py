@@ -11,8 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -24,9 +22,11 @@ from qanat.connector.runner import Connector
 from qanat.portal import PasswordHasher
 from qanat.up import Up, UpConfig
 from qanat.wire.remotes import decode_remote
+from support.servers import free_port  # noqa: F401 - for the portal tests
+from support.timing import TIMEOUT_FACTOR, until
 
-#: Multiply every deadline by this on slow machines (QANAT_TEST_SLOWDOWN=3).
-SLOW = float(os.environ.get("QANAT_TEST_SLOWDOWN", "1"))
+#: Multiply every deadline by this on slow machines (QANAT_TEST_TIMEOUT_FACTOR=3).
+SLOW = TIMEOUT_FACTOR
 CHEAP_HASHER = PasswordHasher(log2_n=8)
 
 
@@ -162,14 +162,7 @@ async def eventually(
     check: Callable[[], Awaitable[bool]], deadline_s: float, what: str, step_s: float = 0.05
 ) -> float:
     """Wait until ``check()`` is true; return the seconds it took, or fail."""
-    start = time.monotonic()
-    end = start + deadline_s * SLOW
-    while True:
-        if await check():
-            return time.monotonic() - start
-        if time.monotonic() > end:
-            raise AssertionError(f"not within {deadline_s * SLOW:g}s: {what}")
-        await asyncio.sleep(step_s)
+    return await until(check, deadline_s, what, step_s)
 
 
 class Api:

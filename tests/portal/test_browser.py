@@ -16,13 +16,13 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import socket
 from pathlib import Path
 
 import pytest
 from portalkit import SLOW, app_request, connector, echo_endpoint, running_up
 
 from qanat.portal.http import PortalHttpSettings
+from support.servers import free_port as _free_port
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = [
@@ -40,12 +40,6 @@ def _need(reason: str) -> None:
     if os.environ.get("CI") == "true" or os.geteuid() == 0:
         pytest.fail(f"{reason}; `make system-deps` installs it (CI and root never skip this)")
     pytest.skip(f"{reason}; not root, so `make system-deps` could not install it")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.mark.slow

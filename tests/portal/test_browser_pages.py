@@ -24,7 +24,6 @@ import asyncio
 import os
 import re
 import shutil
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,7 @@ import pytest
 from portalkit import SLOW, api_client, app_request, connector, echo_endpoint, running_up
 
 from qanat.portal.http import PortalHttpSettings
+from support.servers import free_port as _free_port
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = [
@@ -83,12 +83,6 @@ def _need(reason: str) -> None:
     if os.environ.get("CI") == "true" or os.geteuid() == 0:
         pytest.fail(f"{reason}; `make system-deps` installs it (CI and root never skip this)")
     pytest.skip(f"{reason}; not root, so `make system-deps` could not install it")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Shots:

@@ -18,6 +18,7 @@ from portalkit import (
     connector,
     echo_endpoint,
     eventually,
+    free_port,
     port_refuses,
     running_up,
     tunnel_probe,
@@ -26,14 +27,6 @@ from portalkit import (
 from qanat.wire.tokens import new_address_id
 
 DEV = "/orgs/acme/stages/Development"
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_new_stage_is_inactive_and_refuses_connectors(tmp_path: Path) -> None:
@@ -91,7 +84,7 @@ def test_deactivate_closes_tunnels_within_a_second_and_reactivate_reconnects(
     tmp_path: Path,
 ) -> None:
     async def scenario() -> None:
-        app_port = _free_port()
+        app_port = free_port()
         async with (
             running_up(tmp_path) as up,
             api_client(up) as api,
@@ -172,7 +165,7 @@ def test_deactivate_closes_tunnels_within_a_second_and_reactivate_reconnects(
 
 def test_renew_keeps_open_tunnels_and_refuses_the_old_token(tmp_path: Path) -> None:
     async def scenario() -> None:
-        old_port, new_port = _free_port(), _free_port()
+        old_port, new_port = free_port(), free_port()
         async with (
             running_up(tmp_path) as up,
             api_client(up) as api,
@@ -237,7 +230,7 @@ def test_renew_keeps_open_tunnels_and_refuses_the_old_token(tmp_path: Path) -> N
 
 def test_allowlist_set_in_the_portal_reaches_the_gateway(tmp_path: Path) -> None:
     async def scenario() -> None:
-        app_port = _free_port()
+        app_port = free_port()
         async with (
             running_up(tmp_path) as up,
             api_client(up) as api,
@@ -268,8 +261,8 @@ def test_allowlist_set_in_the_portal_reaches_the_gateway(tmp_path: Path) -> None
                 took = await eventually(refused, 2, "the gateway applies the new allowlist")
                 assert took <= 1.0 * SLOW
                 assert up.gateway is not None
-                status = up.gateway.status()["stages"]["acme/Development"]
-                assert status["endpoints"][0]["refused_sources"] >= 1
+                status = up.gateway.status().stages["acme/Development"]
+                assert status.endpoints[0].refused_sources >= 1
 
                 # Bad input is refused clearly and changes nothing.
                 code, problem = await api.call(

@@ -17,17 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from portalkit import SLOW, app_request, connector, echo_endpoint, eventually
+from portalkit import SLOW, app_request, connector, echo_endpoint, eventually, free_port
 
 from qanat.cli import main as qanat_main
 
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextlib.contextmanager
@@ -202,7 +196,7 @@ def _get_json(url: str, key: str | None = None, body: Any = None) -> Any:
 
 def test_portal_and_gateway_as_separate_processes(tmp_path: Path) -> None:
     portal_dir, gateway_dir = tmp_path / "portal", tmp_path / "gateway"
-    gw_port = _free_port()
+    gw_port = free_port()
     gw_url = f"http://127.0.0.1:{gw_port}"
     db_url = f"sqlite:///{portal_dir / 'qanat.db'}"
     portal_log, gateway_log = tmp_path / "portal.log", tmp_path / "gateway.log"
@@ -243,7 +237,7 @@ def test_portal_and_gateway_as_separate_processes(tmp_path: Path) -> None:
 
                 took = await eventually(active, 1.0, "the gateway learns of the activation")
                 assert took <= 1.0 * SLOW
-                app_port = _free_port()
+                app_port = free_port()
                 async with (
                     echo_endpoint() as ep_port,
                     connector(address, activation["token"], f"R:{app_port}:127.0.0.1:{ep_port}"),

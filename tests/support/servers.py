@@ -25,12 +25,28 @@ from support.wsframes import parse_http_head, split_http_head
 Transform = Callable[[bytes], bytes]
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port nothing listens on right now (bind to 0, read it, close)."""
+def free_port(host: str = "127.0.0.1", kind: int = socket.SOCK_STREAM) -> int:
+    """A port nothing listens on right now (bind to 0, read it, close).
+
+    The one free-port helper of the whole suite (every test folder uses it).
+    """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
+    with socket.socket(family, kind) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+def free_port_both(host: str = "127.0.0.1") -> int:
+    """A port free for TCP and UDP (TCP and UDP endpoints may share a number)."""
+    for _ in range(50):
+        port = free_port(host)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no port free for both TCP and UDP in 50 tries")
 
 
 def free_port_range(count: int) -> int:

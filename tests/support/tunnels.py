@@ -49,8 +49,8 @@ class GatewayEnv:
     def active_tunnels(self) -> list[Any]:
         return [t for t in self.gateway.tunnels.values() if t.state is TunnelState.ACTIVE]
 
-    def serves(self, port: int) -> bool:
-        endpoint = self.gateway.ports.endpoints.get((self.stage.bind_host, port))
+    def serves(self, port: int, proto: str = "tcp") -> bool:
+        endpoint = self.gateway.ports.open.get((self.stage.bind_host, port, proto))
         return endpoint is not None and bool(endpoint.tunnels)
 
 
@@ -113,9 +113,9 @@ async def serving_connector(
     """A connector whose remotes are all being served when the block starts."""
     options = connect_options(env, remotes, **overrides)
     async with running_connector(options) as connector:
-        ports = [int(r.local_port) for r in options.remotes]
+        ports = [(int(r.local_port), r.remote_proto) for r in options.remotes]
         await eventually(
-            lambda: all(env.serves(p) for p in ports), f"gateway serving ports {ports}", 10
+            lambda: all(env.serves(*p) for p in ports), f"gateway serving ports {ports}", 10
         )
         yield connector
 

@@ -10,7 +10,7 @@ def test_under_the_limit_nothing_happens() -> None:
     for t in range(3):
         assert guard.check("k", float(t)).allowed
         assert guard.connected("k", float(t)).allowed
-    assert guard.snapshot(3.0) == []
+    assert guard.snapshot(3.0) == ()
 
 
 def test_old_connects_leave_the_window() -> None:
@@ -40,8 +40,8 @@ def test_one_too_many_starts_a_backoff_that_doubles() -> None:
         guard.connected("k", t)
     assert guard.connected("k", 15.8).retry_after_s == 12.0  # capped
     (entry,) = guard.snapshot(16.0)
-    assert entry["strikes"] == 3
-    assert entry["refused_upgrades"] == 1
+    assert entry.strikes == 3
+    assert entry.refused_upgrades == 1
 
 
 def test_other_keys_are_not_affected() -> None:

@@ -24,8 +24,8 @@ from qanat.errors import (
 from qanat.portal import PortalConfig
 from qanat.store import (
     GatewayRecord,
-    GatewaySettings,
     GatewayState,
+    PrivateGatewaySettings,
     StoreConfig,
     database_url,
     normalize_url,
@@ -93,7 +93,7 @@ def test_stage_config_from_gateway_record() -> None:
         address_id="sg_00000000-0000-4000-8000-000000000000",
         token_hash="sha256:" + "a" * 64,
         renewed_hashes=("sha256:" + "b" * 64,),
-        settings=GatewaySettings(port_min=8000),
+        settings=PrivateGatewaySettings(port_min=8000),
         activated_at=now,
         token_issued_at=now,
         updated_at=now,

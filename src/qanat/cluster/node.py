@@ -38,7 +38,7 @@ from qanat.cluster.link import LinkDialer, LinkServer, RemoteTunnel
 from qanat.cluster.natsbus import Bus, NatsSettings
 from qanat.cluster.presence import DEFAULT_TTL_S, Holding, Presence
 from qanat.errors import ConfigError
-from qanat.gateway.ports import AppConnection, is_remote
+from qanat.gateway.ports import AppConnection, TcpPort, is_remote
 from qanat.gateway.stages import StageConfig, StageEvent
 from qanat.runtime import TaskOwner
 from qanat.store.stagesource import DatabaseStageSource
@@ -215,7 +215,9 @@ class ClusterNode:
 
     def _publish_local(self) -> None:
         holdings = []
-        for endpoint in self.gateway.ports.endpoints.values():
+        for endpoint in self.gateway.ports.open.values():
+            if endpoint.proto != "tcp":
+                continue  # UDP is served by the node holding its connector only
             local = [m for m in endpoint.pool.members if not is_remote(m)]
             if not local:
                 continue
@@ -290,7 +292,7 @@ class ClusterNode:
         )
         tunnel = RemoteTunnel(holding.node, holding.link_address, dialer)
         tunnel.draining = holding.draining
-        tunnel.endpoints = []  # type: ignore[attr-defined]
+        tunnel.ports = []  # type: ignore[attr-defined]
         problem = await self.gateway.ports.join_remote(stage, remote, tunnel)
         if problem is not None:
             log.warning(
@@ -322,9 +324,10 @@ class ClusterNode:
         self, request: linkwire.LinkRequest, transport: asyncio.Transport, rest: bytes
     ) -> None:
         stage = self._stage_by_key().get(request.stage)
-        endpoint = None
+        endpoint: TcpPort | None = None
         if stage is not None:
-            endpoint = self.gateway.ports.endpoints.get((stage.bind_host, request.port))
+            found = self.gateway.ports.open.get((stage.bind_host, request.port, "tcp"))
+            endpoint = found if isinstance(found, TcpPort) else None
         if (
             endpoint is None
             or endpoint.stage_key != request.stage
@@ -344,7 +347,9 @@ class ClusterNode:
     # -- drain -------------------------------------------------------------------
 
     def open_connections(self) -> int:
-        return sum(e.open_connections for e in self.gateway.ports.endpoints.values())
+        return sum(
+            e.open_connections for e in self.gateway.ports.open.values() if isinstance(e, TcpPort)
+        )
 
     async def drain(self) -> None:
         """SIGTERM: leave without failing an app connection or cutting an open one.
@@ -381,7 +386,7 @@ class ClusterNode:
         gateway = self.gateway
         if gateway.server is not None:
             gateway.server.close()
-        for endpoint in gateway.ports.endpoints.values():
+        for endpoint in gateway.ports.open.values():
             endpoint.close()  # the listener only; the pool keeps serving the link
         log.info(
             "draining node %s: %d open app connection(s), %d tunnel(s)",
@@ -414,7 +419,7 @@ class ClusterNode:
     @staticmethod
     def _carried(tunnel: Tunnel) -> int:
         pending = sum(
-            len(m.pending) for e in tunnel.endpoints for m in e.pool.members if m.tunnel is tunnel
+            len(m.pending) for e in tunnel.ports for m in e.pool.members if m.tunnel is tunnel
         )
         return len(tunnel.splices) + pending
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from qanat.errors import ChannelOpenFailed
+from qanat.telemetry.throttle import Throttle
 
 if TYPE_CHECKING:
     from qanat.connector.session import Stats
@@ -32,12 +32,13 @@ class LoggedDialer:
         log: logging.Logger | logging.LoggerAdapter,  # type: ignore[type-arg]
         stats: Stats,
         quiet_s: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.dialer = dialer
         self.log = log
         self.stats = stats
         self.quiet_s = quiet_s
-        self._last: OrderedDict[str, tuple[float, int]] = OrderedDict()
+        self._throttle = Throttle(burst=1, window_s=quiet_s, clock=clock, max_keys=MAX_TARGETS)
 
     async def __call__(self, target: str) -> Any:
         try:
@@ -48,14 +49,8 @@ class LoggedDialer:
             raise
 
     def _note(self, target: str, reason: str) -> None:
-        now = time.monotonic()
-        last, suppressed = self._last.get(target, (float("-inf"), 0))
-        if now - last < self.quiet_s:
-            self._last[target] = (last, suppressed + 1)
+        held = self._throttle.allow(target)
+        if held is None:
             return
-        more = f" ({suppressed} more since the last report)" if suppressed else ""
+        more = f" ({held} more since the last report)" if held else ""
         self.log.warning("refused a channel to %s: %s%s", target, reason, more)
-        self._last[target] = (now, 0)
-        self._last.move_to_end(target)
-        while len(self._last) > MAX_TARGETS:
-            self._last.popitem(last=False)

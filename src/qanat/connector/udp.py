@@ -40,6 +40,7 @@ from typing import Any
 
 from qanat.errors import ChannelOpenFailed, GobError, LocalProtocolError
 from qanat.logs import ContextLogger
+from qanat.telemetry.throttle import Throttle, held_back
 from qanat.wire.gob import MAX_PAYLOAD_BYTES, GobDecoder, GobEncoder, UdpPacket
 
 _log = logging.getLogger("qanat.connector.udp")
@@ -71,11 +72,6 @@ class _Flow:
         self.src = src
         self.sock = sock
         self.last_active = time.monotonic()
-
-
-def should_log(count: int) -> bool:
-    """Log the first ten of a repeated event, then every thousandth."""
-    return count <= 10 or count % 1000 == 0
 
 
 async def open_udp_exit(
@@ -138,6 +134,8 @@ class UdpExit:
         self.dropped = 0
         self.refused_flows = 0
         self.oversized = 0
+        # Dropped datagrams: counted always, logged at most 10 per 10 s per reason.
+        self._drops = Throttle(burst=10, window_s=10.0)
         self._decoder = GobDecoder(max_payload_bytes=max(limits.max_payload_bytes, 1))
         self._encoder = GobEncoder(max_payload_bytes=limits.max_payload_bytes)
         self._timer: asyncio.TimerHandle | None = None
@@ -203,14 +201,16 @@ class UdpExit:
             return None
         if len(self.flows) >= self.limits.max_flows:
             self.refused_flows += 1
-            if should_log(self.refused_flows):
+            held = self._drops.allow("flows")
+            if held is not None:
                 self.log.warning(
                     "dropped a datagram from %s: already %d UDP flows (the limit, "
-                    "--udp-max-flows); idle flows expire after %gs (%d dropped so far)",
+                    "--udp-max-flows); idle flows expire after %gs (%d dropped so far)%s",
                     src,
                     len(self.flows),
                     self.limits.idle_timeout_s,
                     self.refused_flows,
+                    held_back(held),
                 )
             return None
         try:
@@ -250,12 +250,14 @@ class UdpExit:
             if len(data) > limit:
                 self.oversized += 1
                 self.dropped += 1
-                if should_log(self.oversized):
+                held = self._drops.allow("oversized")
+                if held is not None:
                     self.log.warning(
-                        "dropped an answer from %s to %s: over %d bytes (the UDP limit)",
+                        "dropped an answer from %s to %s: over %d bytes (the UDP limit)%s",
                         self.target,
                         flow.src,
                         limit,
+                        held_back(held),
                     )
                 continue
             self._to_gateway(flow.src, data)

@@ -13,6 +13,8 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
+from qanat.gateway.status import FailureStatus
+
 #: Entries kept per endpoint.
 DEFAULT_RECENT_FAILURES = 20
 #: Longest reason text kept.
@@ -56,5 +58,7 @@ class RecentFailures:
     def __len__(self) -> int:
         return len(self._items)
 
-    def snapshot(self) -> list[dict[str, object]]:
-        return [f.to_json() for f in self._items]
+    def snapshot(self) -> tuple[FailureStatus, ...]:
+        return tuple(
+            FailureStatus(round(f.at, 3), f.kind, f.source, f.reason, f.count) for f in self._items
+        )

@@ -22,6 +22,8 @@ import math
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
+from qanat.gateway.status import FlapStatus
+
 
 @dataclass
 class _Record:
@@ -108,19 +110,16 @@ class FlapGuard:
         connects.clear()
         return Verdict(backoff, record.strikes)
 
-    def snapshot(self, now: float) -> list[dict[str, object]]:
+    def snapshot(self, now: float) -> tuple[FlapStatus, ...]:
         """Keys backed off now or struck recently, for status."""
-        out: list[dict[str, object]] = []
-        for key, record in self._records.items():
-            if not record.strikes:
-                continue
-            out.append(
-                {
-                    "connector": key,
-                    "source": record.source,
-                    "strikes": record.strikes,
-                    "backed_off_for_s": round(max(0.0, record.backoff_until - now), 3),
-                    "refused_upgrades": record.refused_total,
-                }
+        return tuple(
+            FlapStatus(
+                connector=key,
+                source=record.source,
+                strikes=record.strikes,
+                backed_off_for_s=round(max(0.0, record.backoff_until - now), 3),
+                refused_upgrades=record.refused_total,
             )
-        return out
+            for key, record in self._records.items()
+            if record.strikes
+        )

@@ -8,11 +8,13 @@ in size and time) and routes:
   or a 302 when a redirect is configured. With an upgrade it must ask for the
   ``chisel-v3`` subprotocol and present a valid ``token`` header, checked
   before the 101 answer; then the connection becomes a tunnel.
-- ``GET /metrics``, ``/healthz``, ``/readyz`` go to :mod:`qanat.ops.httpd`.
+- ``GET /metrics``, ``/healthz``, ``/readyz`` go to :mod:`qanat.telemetry.httpd`.
 - Anything else goes to the HTTP application when one is configured (the
   portal), otherwise gets 404.
 - Bytes that are not HTTP get a 400 and the connection is closed.
 
+Whether an upgrade is let in is decided by the pure
+:func:`qanat.gateway.admission.admit`; this module is the I/O around it.
 After the token check, a connector that opens tunnels in a tight loop is
 answered 429 with Retry-After (see qanat.gateway.flapping). The 101 answer
 carries ``X-Qanat-Features`` so a qanat connector knows it may use qanat's
@@ -26,36 +28,30 @@ inactive or that it was renewed.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 import re
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
-
-from websockets.http11 import Request
+from dataclasses import dataclass
 
 from qanat import __version__
-from qanat.gateway.stages import StageConfig, TokenVerdict, check_token
-from qanat.gateway.tunnel import ConnectorInfo, Tunnel
+from qanat.errors import HandshakeError
+from qanat.gateway.admission import Admitted, Peer, TunnelRequest, admit
+from qanat.gateway.context import GatewayContext, TunnelHost
+from qanat.gateway.stages import StageConfig
+from qanat.gateway.tunnel import Tunnel
 from qanat.net.ssh import serve_tunnel
-from qanat.net.websocket import attach_server, http_response, new_server_protocol
-from qanat.ops import httpd, metrics
+from qanat.net.websocket import ServerUpgrade, UpgradeRequest, response_bytes
+from qanat.telemetry import httpd
 from qanat.wire.describe import FEATURE_DESCRIBE
 from qanat.wire.handshake import (
     FEATURE_DRAIN,
     FEATURES_HEADER,
     IDENTITY_HEADER,
-    SUBPROTOCOL,
     TOKEN_HEADER,
-    parse_tunnel_query,
-    valid_connector_id,
 )
 from qanat.wire.tokens import MAX_TOKEN_CHARS
-
-if TYPE_CHECKING:
-    from qanat.gateway.server import Gateway
 
 log = logging.getLogger("qanat.gateway.frontdoor")
 
@@ -65,17 +61,13 @@ _TUNNEL_PATH = re.compile(r"/(sg_[0-9a-f-]{36})/?\Z")
 HttpFallback = Callable[[], asyncio.Protocol]
 
 
-def _refusal_words(verdict: TokenVerdict, stage: StageConfig | None, had_token: bool) -> str:
-    """Why a tunnel request was refused, in words for the gateway's log."""
-    if stage is None:
-        return "no stage has this address (unknown or deleted); token not checked"
-    if verdict is TokenVerdict.RENEWED:
-        return f"the token is an old one of stage {stage.key}, renewed since"
-    if verdict is TokenVerdict.INACTIVE:
-        return f"stage {stage.key} is inactive"
-    if not had_token:
-        return "no token header"
-    return "wrong token (not a token of this address)"
+@dataclass(frozen=True, slots=True)
+class Routes:
+    """Where the front door sends what is not a tunnel."""
+
+    ops: httpd.OpsRoutes
+    #: The portal's protocol factory, when one is served on this address.
+    fallback: Callable[[], HttpFallback | None] = lambda: None
 
 
 def _drop_oversized_token(data: bytes) -> tuple[bytes, bool]:
@@ -103,17 +95,28 @@ def _drop_oversized_token(data: bytes) -> tuple[bytes, bool]:
     return b"\n".join(kept) + rest, True
 
 
-def _short(ports: tuple[str, ...]) -> str:
-    """The declared ports as a bounded key (a hash when the list is long)."""
-    text = ",".join(ports)
-    return text if len(text) <= 64 else hashlib.sha256(text.encode()).hexdigest()[:16]
+def tunnel_request(
+    request: UpgradeRequest, oversized_token: bool, address_id: str = ""
+) -> TunnelRequest:
+    """What admission looks at, from the parsed upgrade request."""
+    return TunnelRequest(
+        query=request.path.partition("?")[2],
+        subprotocols=tuple(request.get_all("Sec-WebSocket-Protocol")),
+        tokens=tuple(request.get_all(TOKEN_HEADER)),
+        identities=tuple(request.get_all(IDENTITY_HEADER)),
+        user_agent=request.get("User-Agent"),
+        oversized_token=oversized_token,
+        address_id=address_id,
+    )
 
 
 class FrontDoor(asyncio.Protocol):
     """Reads the first request of a connection and hands it to its owner."""
 
-    def __init__(self, gateway: Gateway) -> None:
-        self.gateway = gateway
+    def __init__(self, ctx: GatewayContext, host: TunnelHost, routes: Routes) -> None:
+        self.ctx = ctx
+        self.host = host
+        self.routes = routes
         self.transport: asyncio.Transport | None = None
         self.buffer = bytearray()
         self.timer: asyncio.TimerHandle | None = None
@@ -123,11 +126,10 @@ class FrontDoor(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
-        self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
+        self.peer_address = Peer(str(peer[0]), int(peer[1])) if peer else Peer("?", 0)
+        self.peer = str(self.peer_address) if peer else "?"
         loop = asyncio.get_running_loop()
-        self.timer = loop.call_later(
-            self.gateway.settings.request_head_timeout_s, self._head_timeout
-        )
+        self.timer = loop.call_later(self.ctx.settings.request_head_timeout_s, self._head_timeout)
 
     def _head_timeout(self) -> None:
         if not self.routed and self.transport is not None:
@@ -142,7 +144,7 @@ class FrontDoor(asyncio.Protocol):
         if self.routed:  # late bytes before the new protocol took over
             return
         self.buffer += data
-        limit = self.gateway.settings.max_request_head_bytes
+        limit = self.ctx.settings.max_request_head_bytes
         end = self.buffer.find(b"\n")
         if end < 0:
             if len(self.buffer) > limit and not self._too_long():
@@ -167,9 +169,11 @@ class FrontDoor(asyncio.Protocol):
         if path in httpd.OPS_PATHS:  # operations paths, before the portal
             self._route_done()
             assert self.transport is not None
-            httpd.hand_over(self.gateway, self.transport, bytes(self.buffer))
+            httpd.hand_over(
+                self.routes.ops, self.ctx.tasks.spawn, self.transport, bytes(self.buffer)
+            )
             return
-        factory = self.gateway.http_fallback
+        factory = self.routes.fallback()
         if factory is None:
             self._route_done()
             self._respond(404, b"not found\n")
@@ -214,169 +218,84 @@ class FrontDoor(asyncio.Protocol):
         headers: dict[str, str] | None = None,
     ) -> None:
         assert self.transport is not None
-        self.transport.write(http_response(status, body, content_type, headers).serialize())
+        self.transport.write(response_bytes(status, body, content_type, headers))
         self.transport.close()
 
     # -- tunnel requests ------------------------------------------------------
 
     def _tunnel_request(self, address_id: str) -> None:
-        assert self.transport is not None
-        gateway = self.gateway
-        ws = new_server_protocol(gateway.settings.max_frame_bytes)
+        tcp = self.transport
+        assert tcp is not None
+        ctx = self.ctx
         head, oversized_token = _drop_oversized_token(bytes(self.buffer))
-        ws.receive_data(head)
-        events = ws.events_received()
-        if ws.handshake_exc is not None or not events or not isinstance(events[0], Request):
-            self._bad(f"malformed request head ({ws.handshake_exc or 'incomplete'})")
+        try:
+            upgrade = ServerUpgrade(head, ctx.settings.max_frame_bytes)
+        except HandshakeError as exc:
+            self._bad(str(exc))
             return
-        request: Request = events[0]
-        headers = request.headers
-        stage = gateway.stages.lookup(address_id)
-        source_ip = self.peer.rsplit(":", 1)[0]
-
-        if "websocket" not in headers.get("Upgrade", "").lower():
+        stage = ctx.stages.lookup(address_id)
+        if "websocket" not in upgrade.request.get("Upgrade").lower():
             self._status_probe(stage)
             return
-        offered = [
-            p.strip() for p in ",".join(headers.get_all("Sec-WebSocket-Protocol")).split(",")
-        ]
-        if SUBPROTOCOL not in offered:
-            self._respond(
-                400,
-                b"not a tunnel request: Sec-WebSocket-Protocol must offer chisel-v3\n",
-            )
-            log.info("%s: upgrade without the chisel-v3 subprotocol; answered 400", self.peer)
-            return
-        if not gateway.auth_limiter.allow(source_ip):
-            self._respond(
-                429, b"too many failed token attempts; retry later\n", headers={"Retry-After": "60"}
-            )
-            log.warning("%s: token attempts rate-limited", self.peer)
-            metrics.token_failure("rate_limited")
-            return
-        tokens = headers.get_all(TOKEN_HEADER)
-        token = tokens[0] if len(tokens) == 1 else ""
-        if len(token) > MAX_TOKEN_CHARS:
-            token = ""
-        verdict = check_token(stage, token) if stage is not None else TokenVerdict.BAD
-        if verdict is not TokenVerdict.OK:
-            self._refuse(verdict, stage, bool(tokens) or oversized_token, source_ip, address_id)
-            return
-
-        assert stage is not None
-        client_id, ports = parse_tunnel_query(request.path.partition("?")[2])
-        identities = headers.get_all(IDENTITY_HEADER)
-        identity = identities[0].strip() if identities else ""
-        if len(identities) > 1 or (identities and not valid_connector_id(identity)):
-            self._respond(
-                400,
-                f"{IDENTITY_HEADER} must be given once, 1-64 characters of "
-                "A-Z a-z 0-9 . _ : @ -\n".encode(),
-            )
-            log.info("%s: malformed %s; answered 400", self.peer, IDENTITY_HEADER)
-            return
-        flap_key = f"{stage.key}/" + (identity or f"{source_ip} ports={_short(ports)}")
+        request = tunnel_request(upgrade.request, oversized_token, address_id)
         now = time.monotonic()
-        flap = gateway.flaps.check(flap_key, now)
-        if not flap.allowed:
-            self._respond(
-                429,
-                b"this connector reconnects too often; retry after the time in Retry-After\n",
-                headers={"Retry-After": flap.retry_after_header},
-            )
-            if flap.refused == 1 or flap.refused % 100 == 0:
-                log.warning(
-                    "%s: connector %s backed off (flapping, strike %d): upgrade answered 429, "
-                    "retry after %ss (%d refused in this back-off)",
-                    self.peer,
-                    identity or f"from {source_ip}",
-                    flap.strike,
-                    flap.retry_after_header,
-                    flap.refused,
-                )
-            return
-        info = ConnectorInfo(
-            client_id=client_id,
-            peer=self.peer,
-            user_agent=headers.get("User-Agent", "")[:200],
-            ports=ports,
-            identity=identity,
-        )
-        response = ws.accept(request)
-        if response.status_code != 101:
-            ws.send_response(response)
-            for chunk in ws.data_to_send():
-                self.transport.write(chunk)
-            self.transport.close()
+        decision = admit(request, stage, self.peer_address, now, ctx.limiters)
+        if not isinstance(decision, Admitted):
+            if decision.metric is not None:
+                ctx.events.token_failure(decision.metric)
+            if decision.log:
+                log.log(decision.level, "%s", decision.log)
+            self._respond(decision.status, decision.body, headers=dict(decision.headers))
             return
         features = [FEATURE_DRAIN]
-        if gateway.describe_sink is not None:
+        if self.host.describe_sink is not None:
             features.append(FEATURE_DESCRIBE)
-        response.headers[FEATURES_HEADER] = ",".join(features)
-        strike = gateway.flaps.connected(flap_key, now, source_ip)
+        accepted, answer = upgrade.accept({FEATURES_HEADER: ",".join(features)})
+        if not accepted:
+            tcp.write(answer)
+            tcp.close()
+            return
+        self._upgraded(decision, upgrade, answer, now)
+
+    def _upgraded(
+        self, admitted: Admitted, upgrade: ServerUpgrade, answer: bytes, now: float
+    ) -> None:
+        tcp = self.transport
+        assert tcp is not None
+        ctx = self.ctx
+        info = admitted.info
+        flaps = ctx.limiters.flaps
+        strike = flaps.connected(admitted.flap_key, now, info.source)
         if not strike.allowed:
             log.warning(
                 "%s: connector %s is flapping: more than %d tunnels within %gs; its next "
                 "upgrades are answered 429 for %ss (strike %d)",
                 self.peer,
-                identity or f"from {source_ip} (ports {','.join(ports) or '-'})",
-                gateway.flaps.max_connects,
-                gateway.flaps.window_s,
+                info.identity or f"from {info.source} (ports {','.join(info.ports) or '-'})",
+                flaps.max_connects,
+                flaps.window_s,
                 strike.retry_after_header,
                 strike.strike,
             )
-        ws.send_response(response)
-        for chunk in ws.data_to_send():
-            self.transport.write(chunk)
-        tunnel = Tunnel(gateway, stage, info)
-        gateway.tunnel_started(tunnel)
-        tcp = self.transport
-        tunnel.ssh = serve_tunnel(
-            lambda upper: attach_server(tcp, ws, upper),
-            gateway.host_key,
-            tunnel,
-            login_timeout_s=gateway.settings.setup_timeout_s,
-            window_bytes=gateway.settings.ssh_window_bytes,
+        tcp.write(answer)
+        settings = ctx.settings
+        tunnel = Tunnel(
+            ctx,
+            self.host,
+            admitted.stage,
+            info,
+            lambda hooks: serve_tunnel(
+                lambda upper: upgrade.attach(tcp, upper),
+                ctx.host_key,
+                hooks,
+                login_timeout_s=settings.setup_timeout_s,
+                window_bytes=settings.ssh_window_bytes,
+            ),
         )
-        tunnel.start_setup_timer()
         tunnel.log.info("tunnel upgrade accepted (%s)", info.user_agent or "no user agent")
 
-    def _refuse(
-        self,
-        verdict: TokenVerdict,
-        stage: StageConfig | None,
-        had_token: bool,
-        source_ip: str,
-        address_id: str,
-    ) -> None:
-        if verdict is TokenVerdict.RENEWED:
-            body = b"token rejected: this token was renewed; use the new token from the portal\n"
-            status = 401
-        elif verdict is TokenVerdict.INACTIVE:
-            body = b"private gateway of this stage is inactive; activate it in the portal\n"
-            status = 403
-        else:
-            self.gateway.auth_limiter.failed(source_ip)
-            body = (
-                b"token rejected: check the token header\n"
-                if had_token
-                else b'token missing: send it as --header "token: <token>"\n'
-            )
-            status = 401
-        reason = verdict.value if had_token or verdict is not TokenVerdict.BAD else "missing"
-        metrics.token_failure(reason)
-        # The answer is the same for an unknown address and a wrong token (no
-        # probing for addresses); the operator's log tells them apart.
-        log.warning(
-            "%s: tunnel refused for address %s: %s",
-            self.peer,
-            address_id,
-            _refusal_words(verdict, stage, had_token),
-        )
-        self._respond(status, body)
-
     def _status_probe(self, stage: StageConfig | None) -> None:
-        redirect = self.gateway.settings.redirect_url
+        redirect = self.ctx.settings.redirect_url
         if stage is None:
             self._respond(404, b"not found\n")
             return

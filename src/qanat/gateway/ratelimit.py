@@ -27,17 +27,18 @@ class FailureLimiter:
         level, stamp = self._buckets.get(source, (0.0, now))
         return max(0.0, level - (now - stamp) * self.rate_per_s)
 
-    def allow(self, source: str) -> bool:
-        """Whether ``source`` may try a token now."""
+    def allow(self, source: str, now: float | None = None) -> bool:
+        """Whether ``source`` may try a token at ``now`` (monotonic seconds)."""
         if source not in self._buckets:
             return True
         # Room for one more whole failure: with "< burst", the drain since the
         # last failure (a fraction of one) let a 21st attempt through a burst of 20.
-        return self._level(source, time.monotonic()) + 1.0 <= self.burst
+        now = time.monotonic() if now is None else now
+        return self._level(source, now) + 1.0 <= self.burst
 
-    def failed(self, source: str) -> None:
-        """Record one failed attempt from ``source``."""
-        now = time.monotonic()
+    def failed(self, source: str, now: float | None = None) -> None:
+        """Record one failed attempt from ``source`` at ``now``."""
+        now = time.monotonic() if now is None else now
         level = self._level(source, now) + 1.0
         self._buckets[source] = (level, now)
         self._buckets.move_to_end(source)

@@ -1,29 +1,39 @@
-"""The gateway process: front door, tunnels, endpoints and the stage source."""
+"""The gateway: owner of the front door, the tunnels, the endpoints and the stage source.
+
+:class:`Gateway` builds one :class:`~qanat.gateway.context.GatewayContext`
+and hands it (never itself) to the parts it creates; it keeps the tunnel
+registry and answers the :class:`~qanat.gateway.context.TunnelHost` calls
+of its tunnels. ``gateway/serve.py`` runs it as a process (signals, logs,
+staged shutdown) for ``qanat gateway`` and ``qanat up`` alike.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import ssl
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-from qanat.gateway.flapping import FlapGuard
-from qanat.gateway.frontdoor import FrontDoor, HttpFallback
-from qanat.gateway.ports import Endpoint, PortTable
-from qanat.gateway.ratelimit import FailureLimiter
+from qanat import __version__
+from qanat.gateway.allowlist import Allowlist
+from qanat.gateway.context import GatewayContext, Limiters
+from qanat.gateway.frontdoor import FrontDoor, HttpFallback, Routes
+from qanat.gateway.metrics import gateway_families
+from qanat.gateway.ports import PortTable
 from qanat.gateway.settings import GatewaySettings
 from qanat.gateway.stages import StageEvent, StageEventKind, StageSource
+from qanat.gateway.status import GatewayStatus, StageInfo, StageStatus
 from qanat.gateway.tunnel import Tunnel, TunnelState
-from qanat.gateway.udp import UdpEndpoint
 from qanat.net.ssh import HostKey
-from qanat.ops.health import gateway_health
-from qanat.ops.metrics import GatewayMetrics
 from qanat.runtime import TaskOwner
+from qanat.telemetry.counters import Exposition, GatewayEvents
+from qanat.telemetry.health import Health
+from qanat.telemetry.httpd import OpsRoutes
 from qanat.tls import reload_certificate, server_context
 from qanat.wire.describe import Declaration
+from qanat.wire.remotes import Remote
 
 log = logging.getLogger("qanat.gateway")
 
@@ -61,31 +71,59 @@ class Gateway:
     ) -> None:
         self.settings = settings
         self.stages = stages
-        self.host_key = host_key or HostKey.load_or_create(settings.host_key_path)
         self.http_fallback = http_fallback
         if ssl_context is None and settings.tls_cert_path is not None:
             ssl_context = server_context(
                 settings.tls_cert_path, settings.tls_key_path, settings.tls_client_ca_path
             )
         self.ssl_context = ssl_context
-        self.ports = PortTable(self)
-        self.tunnels: dict[int, Tunnel] = {}
-        self.tasks = TaskOwner("gateway")
-        self.auth_limiter = FailureLimiter()
-        self.flaps = FlapGuard(
-            max_connects=settings.flap_connects,
-            window_s=settings.flap_window_s,
-            backoff_s=settings.flap_backoff_s,
-            backoff_max_s=settings.flap_backoff_max_s,
+        self.ctx = GatewayContext(
+            settings=settings,
+            tasks=TaskOwner("gateway"),
+            stages=stages,
+            host_key=host_key or HostKey.load_or_create(settings.host_key_path),
+            limiters=Limiters.from_settings(settings),
+            events=GatewayEvents(),
         )
+        self.tasks = self.ctx.tasks
+        self.host_key = self.ctx.host_key
+        self.ports = PortTable(self.ctx)
+        self.tunnels: dict[int, Tunnel] = {}
         self.server: asyncio.Server | None = None
         self.tunnel_listeners: list[TunnelListener] = []
         # Set by an assembly with a portal (qanat up): only then is the
         # ``describe`` feature advertised to connectors.
         self.describe_sink: DescribeSink | None = None
-        # Operability (qanat.ops): scrape-time metrics and readiness checks.
-        self.metrics = GatewayMetrics(self)
-        self.health = gateway_health(self)
+        #: (stage, direction) -> bytes carried by tunnels that have closed.
+        self.retired_bytes: dict[tuple[str, str], int] = {}
+        self.health = Health()
+        self.health.add_check("listener", self._listener_check)
+        self.health.add_check("stages", self._stages_check)
+        self.exposition = Exposition(
+            lambda: gateway_families(self.status(), __version__), self.ctx.events
+        )
+        self.routes = Routes(
+            ops=OpsRoutes(
+                health=self.health,
+                metrics=self.exposition,
+                metrics_allowed=Allowlist.parse(settings.metrics_allow_cidrs).allows,
+            ),
+            fallback=lambda: self.http_fallback,
+        )
+
+    def add_check(self, name: str, check: Callable[[], Awaitable[str | None]]) -> None:
+        """Add a readiness check to ``/readyz`` (the database, for one)."""
+        self.health.add_check(name, check)
+
+    async def _listener_check(self) -> str | None:
+        server = self.server
+        if server is None or not server.is_serving():
+            return "front door not listening"
+        return None
+
+    async def _stages_check(self) -> str | None:
+        self.stages.stages()  # raises if the source cannot answer
+        return None
 
     @property
     def address(self) -> tuple[str, int]:
@@ -100,7 +138,7 @@ class Gateway:
         self.stages.subscribe(self._on_stage_event)
         loop = asyncio.get_running_loop()
         self.server = await loop.create_server(
-            lambda: FrontDoor(self),
+            lambda: FrontDoor(self.ctx, self, self.routes),
             self.settings.listen_host,
             self.settings.listen_port,
             ssl=self.ssl_context,
@@ -135,13 +173,20 @@ class Gateway:
         for tunnel in list(self.tunnels.values()):
             tunnel.close("gateway shutting down")
         self.ports.close_all()
+        self.ctx.refusals.close()
         await self.tasks.close(timeout_s=drain_s)
         await self.stages.close()
         if self.server is not None:
             await asyncio.wait_for(self.server.wait_closed(), timeout=drain_s)
             self.server = None
 
-    # -- tunnel bookkeeping (called by Tunnel) --------------------------------
+    # -- TunnelHost (called by Tunnel) -------------------------------------------
+
+    async def bind(self, tunnel: Tunnel, remotes: tuple[Remote, ...]) -> str | None:
+        return await self.ports.bind(tunnel, remotes)
+
+    def unbind(self, tunnel: Tunnel) -> list[str]:
+        return self.ports.unbind(tunnel)
 
     def tunnel_started(self, tunnel: Tunnel) -> None:
         self.tunnels[tunnel.id] = tunnel
@@ -154,7 +199,12 @@ class Gateway:
         self.tunnels.pop(tunnel.id, None)
         for listener in list(self.tunnel_listeners):
             _notify(listener.tunnel_closed, tunnel)
-        self.metrics.tunnel_closed(tunnel)
+        # Keep the bytes of a closed tunnel so the stage's counter never goes down.
+        stage = tunnel.stage.key
+        for direction, value in (("to_endpoint", tunnel.bytes_up), ("to_app", tunnel.bytes_down)):
+            if value:
+                key = (stage, direction)
+                self.retired_bytes[key] = self.retired_bytes.get(key, 0) + value
 
     async def retire_stale(self, tunnel: Tunnel) -> None:
         """Close older sessions of ``tunnel``'s connector that no longer answer.
@@ -217,20 +267,7 @@ class Gateway:
                 else:
                     tunnel.stage = stage
         # An allowlist change applies to the next app connection at once.
-        allow = tuple(ipaddress.ip_network(c, strict=False) for c in stage.allow_cidrs)
-        endpoints: list[Endpoint | UdpEndpoint] = [
-            *self.ports.endpoints.values(),
-            *self.ports.udp.endpoints.values(),
-        ]
-        for endpoint in endpoints:
-            if endpoint.stage_key == stage.key and endpoint.allow != allow:
-                endpoint.allow = allow
-                log.info(
-                    "stage %s: apps on port %d now allowed from %s",
-                    stage.key,
-                    endpoint.port,
-                    ", ".join(stage.allow_cidrs) or "nowhere",
-                )
+        self.ports.apply_allowlist(stage)
 
     def close_stage(self, stage_key: str, reason: str) -> int:
         """Close every tunnel of a stage now; returns how many."""
@@ -241,29 +278,32 @@ class Gateway:
 
     # -- status -----------------------------------------------------------------
 
-    def status(self) -> dict[str, Any]:
-        """A snapshot for the portal, metrics and `qanat gateway status`."""
-        stages: dict[str, dict[str, Any]] = {}
+    def status(self) -> GatewayStatus:
+        """A typed snapshot for metrics, the SIGUSR2 line and the tests."""
+        connectors: dict[str, list[Any]] = {}
+        endpoints: dict[str, list[Any]] = {}
         for tunnel in self.tunnels.values():
             if tunnel.state is TunnelState.CLOSED:
                 continue
-            entry = stages.setdefault(tunnel.stage.key, {"connectors": [], "endpoints": []})
-            entry["connectors"].append(tunnel.snapshot())
-        for endpoint in self.ports.endpoints.values():
-            entry = stages.setdefault(endpoint.stage_key, {"connectors": [], "endpoints": []})
-            entry["endpoints"].append(endpoint.snapshot())
-        for udp_endpoint in self.ports.udp.endpoints.values():
-            entry = stages.setdefault(udp_endpoint.stage_key, {"connectors": [], "endpoints": []})
-            entry["endpoints"].append(udp_endpoint.snapshot())
-        settings = self.settings
-        return {
-            "stages": stages,
-            "fingerprint": self.host_key.fingerprint,
-            "balance": settings.balance,
-            "keepalive_s": settings.keepalive_s,
-            "dead_peer_bound_s": settings.dead_peer_bound_s if settings.keepalive_s > 0 else None,
-            "flapping": self.flaps.snapshot(time.monotonic()),
+            connectors.setdefault(tunnel.stage.key, []).append(tunnel.snapshot())
+        for endpoint in self.ports.open.values():
+            endpoints.setdefault(endpoint.stage_key, []).append(endpoint.snapshot())
+        stages = {
+            key: StageStatus(tuple(connectors.get(key, ())), tuple(endpoints.get(key, ())))
+            for key in sorted({*connectors, *endpoints})
         }
+        settings = self.settings
+        now = time.monotonic()
+        return GatewayStatus(
+            stages=stages,
+            known_stages=tuple(StageInfo(s.key, s.active) for s in self.stages.stages()),
+            fingerprint=self.host_key.fingerprint,
+            balance=settings.balance,
+            keepalive_s=settings.keepalive_s,
+            dead_peer_bound_s=settings.dead_peer_bound_s if settings.keepalive_s > 0 else None,
+            flapping=self.ctx.limiters.flaps.snapshot(now),
+            retired_bytes=dict(self.retired_bytes),
+        )
 
 
 def _notify(hook: Any, tunnel: Tunnel) -> None:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from qanat.errors import ConfigError
+from qanat.gateway.hedge import HedgePolicy
 from qanat.net.ssh import DEFAULT_WINDOW_BYTES
 from qanat.net.websocket import DEFAULT_MAX_FRAME_BYTES
 from qanat.wire.configmsg import MAX_REMOTES
@@ -78,6 +80,13 @@ class GatewaySettings:
             long before it is asked again.
         metrics_allow_cidrs: sources allowed to read ``/metrics`` on the
             listener (it names stages and ports); health paths are open.
+        hedge: when a second connector is asked for a channel the first has
+            not opened yet (see qanat.gateway.hedge); ``max_s`` is the most a
+            frozen connector costs one app connection while another serves.
+
+    Raises:
+        ConfigError: (on construction) a value is out of range; the message
+            names the command-line flag.
     """
 
     data_dir: Path
@@ -113,6 +122,37 @@ class GatewaySettings:
     udp_max_pending: int = 64
     udp_reopen_delay_s: float = 1.0
     metrics_allow_cidrs: tuple[str, ...] = PRIVATE_CIDRS
+    hedge: HedgePolicy = field(default_factory=HedgePolicy)
+
+    def __post_init__(self) -> None:
+        positive = {
+            "--channel-open-timeout": self.channel_open_timeout_s,
+            "--channel-stall": self.channel_stall_s,
+            "--cooldown": self.cooldown_s,
+            "--flap-window": self.flap_window_s,
+            "--flap-backoff": self.flap_backoff_s,
+            "--flap-backoff-max": self.flap_backoff_max_s,
+            "--udp-idle-timeout": self.udp_idle_timeout_s,
+            "--keepalive-timeout": self.keepalive_timeout_s,
+        }
+        for flag, value in positive.items():
+            if not value > 0:
+                raise ConfigError(f"{flag} must be more than 0s (got {value:g}s)")
+        counts = {
+            "--keepalive-misses": self.keepalive_misses,
+            "--failure-threshold": self.failure_threshold,
+            "--flap-connects": self.flap_connects,
+            "--udp-max-flows": self.udp_max_flows,
+        }
+        for flag, count in counts.items():
+            if count < 1:
+                raise ConfigError(f"{flag} must be at least 1 (got {count})")
+        if self.keepalive_s < 0:
+            raise ConfigError("--keepalive must be 0s (off) or more")
+        if self.balance not in BALANCE_CHOICES:
+            raise ConfigError(f"--balance {self.balance!r}: choose one of {BALANCE_CHOICES}")
+        if not 0 <= self.listen_port <= 65535:
+            raise ConfigError(f"--listen port {self.listen_port} is not a TCP port")
 
     @property
     def host_key_path(self) -> Path:

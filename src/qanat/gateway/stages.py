@@ -325,3 +325,36 @@ class FileStageSource(MemoryStageSource):
                     problem,
                 )
         return stages
+
+
+# -- writing the stage file ------------------------------------------------------------
+
+
+def toml_string(text: str) -> str:
+    """``text`` as a TOML basic string: quoted, with ``"``, ``\\`` and control
+    characters escaped, so any name reads back unchanged."""
+    out = ['"']
+    for char in text:
+        code = ord(char)
+        if char == '"':
+            out.append('\\"')
+        elif char == "\\":
+            out.append("\\\\")
+        elif code < 0x20 or code == 0x7F:
+            out.append(f"\\u{code:04X}")
+        else:
+            out.append(char)
+    out.append('"')
+    return "".join(out)
+
+
+def stage_entry(fields: dict[str, str | list[str]]) -> str:
+    """One ``[[stage]]`` table of the stage file (strings and string arrays only)."""
+    lines = ["", "[[stage]]"]
+    for key, value in fields.items():
+        if isinstance(value, str):
+            shown = toml_string(value)
+        else:
+            shown = "[" + ", ".join(toml_string(v) for v in value) + "]"
+        lines.append(f"{key} = {shown}")
+    return "\n".join(lines) + "\n"

@@ -40,24 +40,26 @@ import hashlib
 import itertools
 import logging
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from qanat.errors import ProtocolError, TunnelError
-from qanat.gateway.udp import bind_remotes
+from qanat.gateway.admission import ConnectorInfo
+from qanat.gateway.context import GatewayContext, TunnelHost
+from qanat.gateway.status import TunnelStatus
 from qanat.logs import ContextLogger
 from qanat.net.splice import Splice
-from qanat.net.ssh import SshTunnel
-from qanat.ops import metrics
+from qanat.net.ssh import ServerHooks, SshTunnel
 from qanat.runtime import TaskOwner
 from qanat.wire.configmsg import decode_config
 from qanat.wire.describe import Assembler
 from qanat.wire.remotes import Remote
 
 if TYPE_CHECKING:
-    from qanat.gateway.ports import Endpoint
-    from qanat.gateway.server import Gateway
+    from qanat.gateway.ports import GatewayPort
     from qanat.gateway.stages import StageConfig
+
+__all__ = ["ConnectorInfo", "Tunnel", "TunnelState", "derived_identity"]
 
 _ids = itertools.count(1)
 #: Largest OpenAPI document a connector may send (the portal's default limit).
@@ -71,22 +73,6 @@ class TunnelState(enum.Enum):
     CLOSED = "closed"
 
 
-@dataclass(frozen=True, slots=True)
-class ConnectorInfo:
-    """What the connector told us about itself during the upgrade."""
-
-    client_id: str
-    peer: str
-    user_agent: str
-    ports: tuple[str, ...]
-    #: The X-Qanat-Connector-Id header ("" from stock connectors).
-    identity: str = ""
-
-    @property
-    def source(self) -> str:
-        return self.peer.rsplit(":", 1)[0]
-
-
 def derived_identity(info: ConnectorInfo, remotes: tuple[Remote, ...]) -> str:
     """Identity of a connector that did not name itself: source address + remotes."""
     h = hashlib.sha256(info.source.encode())
@@ -98,9 +84,22 @@ def derived_identity(info: ConnectorInfo, remotes: tuple[Remote, ...]) -> str:
 class Tunnel:
     """A connector's SSH-in-WebSocket session and what it serves."""
 
-    def __init__(self, gateway: Gateway, stage: StageConfig, info: ConnectorInfo) -> None:
+    def __init__(
+        self,
+        ctx: GatewayContext,
+        host: TunnelHost,
+        stage: StageConfig,
+        info: ConnectorInfo,
+        connect: Callable[[ServerHooks], SshTunnel],
+    ) -> None:
+        """Start serving an accepted upgrade: SSH over it, the setup deadline running.
+
+        ``connect(hooks)`` starts the SSH server over the upgraded connection
+        with this tunnel as its hooks.
+        """
         self.id = next(_ids)
-        self.gateway = gateway
+        self.ctx = ctx
+        self.host = host
         self.stage = stage
         self.info = info
         self.state = TunnelState.SETUP
@@ -114,12 +113,11 @@ class Tunnel:
         self.bytes_up = 0
         self.bytes_down = 0
         self.version = ""
-        self.ssh: SshTunnel | None = None
         self.close_reason = ""
         self.draining = False
         self.draining_since: float | None = None
         self.identity = info.identity
-        self.endpoints: list[Endpoint] = []
+        self.ports: list[GatewayPort] = []
         self.describe: Assembler | None = None
         self.tasks = TaskOwner(f"tunnel {self.id}")
         self.log = ContextLogger(
@@ -129,6 +127,9 @@ class Tunnel:
             connector=info.identity or info.client_id or "-",
             peer=info.peer,
         )
+        host.tunnel_started(self)
+        self.ssh: SshTunnel = connect(self)
+        self.tasks.spawn(self._setup_deadline(), name=f"setup-{self.id}")
 
     @property
     def serving(self) -> bool:
@@ -140,7 +141,7 @@ class Tunnel:
     async def on_config(self, payload: bytes) -> str | None:
         if self.state is not TunnelState.SETUP:
             return "config already received for this tunnel"
-        settings = self.gateway.settings
+        settings = self.ctx.settings
         try:
             message = decode_config(payload, max_remotes=settings.max_remotes)
             remotes = self._validate(message.remotes)
@@ -151,29 +152,29 @@ class Tunnel:
         if not self.identity:
             self.identity = derived_identity(self.info, remotes)
             self.log = self.log.bind(connector=self.identity)
-        await self.gateway.retire_stale(self)
+        await self.host.retire_stale(self)
         if self.state is not TunnelState.SETUP:  # closed while we waited
             return "tunnel closed during setup"
         started = time.perf_counter()
-        error = await bind_remotes(self.gateway.ports, self, remotes)  # TCP, then UDP
+        error = await self.host.bind(self, remotes)  # TCP and UDP, all or nothing
         if error is not None:
             self.log.warning("refused remotes: %s", error)
             return error
         if self.state is not TunnelState.SETUP:
             # Closed while the listeners were being created: _closed() has
             # already unbound, so undo this bind or the ports stay open.
-            self.gateway.ports.unbind(self)
+            self.host.unbind(self)
             return f"tunnel closed during setup: {self.close_reason or 'connector left'}"
         self.remotes = remotes
         self.state = TunnelState.ACTIVE
-        self.gateway.tunnel_active(self)
+        self.host.tunnel_active(self)
         bind_ms = (time.perf_counter() - started) * 1e3
-        pools = {e.port: len(e.pool) for e in self.endpoints}
+        pools: dict[tuple[int, str], int] = {(e.port, e.proto): len(e.pool) for e in self.ports}
         shown = ", ".join(
             f"secure-gateway:{r.local_port}=>{r.channel_extra.decode()}"
             + (
-                f" (pool of {pools[int(r.local_port)]})"
-                if pools.get(int(r.local_port), 0) > 1
+                f" (pool of {pools[(int(r.local_port), r.remote_proto)]})"
+                if pools.get((int(r.local_port), r.remote_proto), 0) > 1
                 else ""
             )
             for r in remotes[:10]
@@ -198,7 +199,7 @@ class Tunnel:
 
     async def on_describe(self, payload: bytes) -> str | None:
         """A piece of the connector's description of one of its ports."""
-        sink = self.gateway.describe_sink
+        sink = self.host.describe_sink
         if sink is None:
             return "this gateway keeps no endpoint catalogue"
         if self.state is not TunnelState.ACTIVE:
@@ -266,19 +267,15 @@ class Tunnel:
                 raise ProtocolError(f"remote {text}: missing remote host or port")
         return remotes
 
-    def start_setup_timer(self) -> None:
-        self.tasks.spawn(self._setup_deadline(), name=f"setup-{self.id}")
-
     async def _setup_deadline(self) -> None:
-        await asyncio.sleep(self.gateway.settings.setup_timeout_s)
+        await asyncio.sleep(self.ctx.settings.setup_timeout_s)
         if self.state is TunnelState.SETUP:
-            self.close(f"no valid config within {self.gateway.settings.setup_timeout_s:g}s")
+            self.close(f"no valid config within {self.ctx.settings.setup_timeout_s:g}s")
 
     async def _keepalive(self) -> None:
-        settings = self.gateway.settings
+        settings = self.ctx.settings
         timeout_s = settings.ping_timeout_s
         loop = asyncio.get_running_loop()
-        assert self.ssh is not None
         next_at = loop.time() + settings.keepalive_s
         while self.state is TunnelState.ACTIVE:
             await asyncio.sleep(max(0.0, next_at - loop.time()))
@@ -297,7 +294,7 @@ class Tunnel:
                     timeout_s,
                 )
                 if self.missed_pings >= settings.keepalive_misses:
-                    metrics.dead_peer_removed(self.stage.key)
+                    self.ctx.events.dead_peer_removed(self.stage.key)
                     self.close(
                         f"dead peer: {self.missed_pings} keepalives in a row missed "
                         f"(every {settings.keepalive_s:g}s, {timeout_s:g}s timeout)"
@@ -310,7 +307,7 @@ class Tunnel:
 
     async def answers(self, timeout_s: float) -> bool:
         """Whether the connector answers a ping within ``timeout_s`` now."""
-        if self.ssh is None or self.state is TunnelState.CLOSED:
+        if self.state is TunnelState.CLOSED:
             return False
         try:
             await self.ssh.ping(timeout_s)
@@ -323,8 +320,7 @@ class Tunnel:
         if self.state is TunnelState.CLOSED:
             return
         self.close_reason = reason
-        if self.ssh is not None:
-            self.ssh.abort()
+        self.ssh.abort()
         self._closed(reason)
 
     def _closed(self, reason: str) -> None:
@@ -333,11 +329,11 @@ class Tunnel:
         was_active = self.state is TunnelState.ACTIVE
         self.state = TunnelState.CLOSED
         cut = len(self.splices)
-        emptied = self.gateway.ports.unbind(self)
+        emptied = self.host.unbind(self)
         for splice in list(self.splices):
             splice.close()
         self.splices.clear()
-        self.gateway.tunnel_closed(self)
+        self.host.tunnel_closed(self)
         # Cancel now: a reaper task spawned on the gateway would itself be
         # cancelled unstarted when the gateway is closing.
         self.tasks.cancel()
@@ -346,7 +342,7 @@ class Tunnel:
             return
         detail = f"; {cut} open connection(s) cut" if cut else ""
         if emptied:
-            ports = ", ".join(str(p) for p in emptied[:10])
+            ports = ", ".join(emptied[:10])
             more = f" and {len(emptied) - 10} more" if len(emptied) > 10 else ""
             detail += f"; no connector serves port(s) {ports}{more} any more"
         self.log.info("tunnel closed: %s%s", reason, detail)
@@ -362,26 +358,24 @@ class Tunnel:
         self.bytes_up += splice.sent
         self.bytes_down += splice.received
 
-    def snapshot(self) -> dict[str, object]:
-        return {
-            "tunnel": self.id,
-            "connector": self.info.client_id,
-            "peer": self.info.peer,
-            "user_agent": self.info.user_agent,
-            "identity": self.identity,
-            "version": self.version,
-            "state": self.state.value,
-            "draining": self.draining,
-            "missed_keepalives": self.missed_pings,
-            "connected_since": self.connected_at,
-            "keepalive_rtt_ms": None
-            if self.last_rtt_s is None
-            else round(self.last_rtt_s * 1e3, 3),
-            "ports": [int(r.local_port) for r in self.remotes],
-            "open_connections": len(self.splices),
-            "connections_total": self.channels_total,
-            "connections_failed": self.channels_failed,
+    def snapshot(self) -> TunnelStatus:
+        return TunnelStatus(
+            tunnel=self.id,
+            connector=self.identity or self.info.client_id,
+            session=self.info.client_id,
+            peer=self.info.peer,
+            user_agent=self.info.user_agent,
+            version=self.version,
+            state=self.state.value,
+            draining=self.draining,
+            missed_keepalives=self.missed_pings,
+            connected_since=self.connected_at,
+            keepalive_rtt_ms=None if self.last_rtt_s is None else round(self.last_rtt_s * 1e3, 3),
+            ports=tuple(int(r.local_port) for r in self.remotes),
+            open_connections=len(self.splices),
+            connections_total=self.channels_total,
+            connections_failed=self.channels_failed,
             # Live traffic (closed channels plus the open ones so far).
-            "bytes_to_endpoint": self.bytes_up + sum(s.sent for s in self.splices),
-            "bytes_to_app": self.bytes_down + sum(s.received for s in self.splices),
-        }
+            bytes_to_endpoint=self.bytes_up + sum(s.sent for s in self.splices),
+            bytes_to_app=self.bytes_down + sum(s.received for s in self.splices),
+        )

@@ -1,6 +1,6 @@
 """UDP endpoints: ``secure-gateway:<port>`` for remotes like ``R:8053:10.0.0.2:53/udp``.
 
-An :class:`UdpEndpoint` is one UDP socket on the stage's bind address plus
+An :class:`UdpPort` is one UDP socket on the stage's bind address plus
 the tunnels that declared the port (a pool, as for TCP). UDP has no
 connections, so the unit of state is the *flow*: every app source address
 (``127.0.0.1:40001``) that sends a datagram. A flow sticks to one tunnel,
@@ -26,36 +26,31 @@ datagrams, and a full channel window drops datagrams rather than queueing.
 A tunnel whose connector refused the channel is not asked again for
 ``udp_reopen_delay_s``. Nothing here raises into the event loop.
 
-The TCP port table (:mod:`qanat.gateway.ports`) owns a :class:`UdpPortTable`
-and forwards ``unbind``/``close_all`` to it; :func:`bind_remotes` binds a
-tunnel's TCP and UDP remotes all or nothing.
+UDP endpoints are bound, joined and closed by the same
+:class:`~qanat.gateway.ports.PortTable` path as TCP ones (so two connectors
+declaring one UDP port at once join one socket), and a new flow picks its
+tunnel from the same :class:`~qanat.gateway.balancer.Pool`: draining
+tunnels last, unhealthy ones after healthy ones, channel opens counted.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
-import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from qanat.errors import ChannelOpenFailed, GobError, LocalProtocolError
-from qanat.logs import ContextLogger
+from qanat.gateway.balancer import Member
+from qanat.gateway.context import GatewayContext
+from qanat.gateway.ports import GatewayPort
+from qanat.gateway.status import PortStatus, Proto, UdpStatus
+from qanat.telemetry.throttle import Throttle, held_back
 from qanat.wire.gob import GobDecoder, GobEncoder, UdpPacket
 from qanat.wire.remotes import Remote
 
 if TYPE_CHECKING:
-    from qanat.gateway.ports import PortTable
-    from qanat.gateway.server import Gateway
     from qanat.gateway.stages import StageConfig
     from qanat.gateway.tunnel import Tunnel
-
-_log = logging.getLogger("qanat.gateway.udp")
-
-
-def should_log(count: int) -> bool:
-    """Log the first ten of a repeated event, then every thousandth."""
-    return count <= 10 or count % 1000 == 0
 
 
 def format_src(addr: Any) -> str:
@@ -64,62 +59,57 @@ def format_src(addr: Any) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-async def bind_remotes(ports: PortTable, tunnel: Tunnel, remotes: tuple[Remote, ...]) -> str | None:
-    """Bind a tunnel's TCP remotes, then its UDP remotes; all or nothing.
-
-    Returns None, or the refusal text for the ``config`` answer.
-    """
-    udp = tuple(r for r in remotes if r.remote_proto == "udp")
-    tcp = tuple(r for r in remotes if r.remote_proto != "udp")
-    error = await ports.bind(tunnel, tcp)
-    if error is None and udp:
-        error = await ports.udp.bind(tunnel, udp)
-        if error is not None:
-            ports.unbind(tunnel)
-    return error
-
-
 class _Flow:
-    __slots__ = ("addr", "last_active", "src", "tunnel")
+    __slots__ = ("addr", "last_active", "member", "src", "tunnel")
 
-    def __init__(self, src: str, addr: Any, tunnel: Tunnel) -> None:
+    def __init__(self, src: str, addr: Any, member: Member) -> None:
         self.src = src
         self.addr = addr
-        self.tunnel = tunnel
+        self.member = member
+        self.tunnel = cast("Tunnel", member.tunnel)
         self.last_active = time.monotonic()
 
 
 class UdpChannel:
     """One tunnel's ``chisel`` channel for one UDP endpoint (asyncssh session)."""
 
-    def __init__(self, endpoint: UdpEndpoint, tunnel: Tunnel) -> None:
+    def __init__(self, endpoint: UdpPort, member: Member) -> None:
         self.endpoint = endpoint
-        self.tunnel = tunnel
+        self.member = member
+        self.tunnel = cast("Tunnel", member.tunnel)
+        self.opened = False
         self.chan: Any = None
         self.ready = False
         self.closed = False
         self.paused = False
         self.pending: list[UdpPacket] = []
-        settings = endpoint.gateway.settings
+        settings = endpoint.ctx.settings
         self._encoder = GobEncoder(max_payload_bytes=settings.udp_max_payload_bytes)
         self._decoder = GobDecoder(max_payload_bytes=settings.udp_max_payload_bytes)
 
     async def open(self) -> None:
         """Open the channel; on refusal tell the endpoint (never raises)."""
         ep = self.endpoint
-        ssh = self.tunnel.ssh
-        timeout_s = ep.gateway.settings.channel_open_timeout_s
+        pool = ep.pool
+        timeout_s = ep.ctx.settings.channel_open_timeout_s
+        token = pool.begin(self.member, time.monotonic())
         try:
-            if ssh is None:
-                raise ChannelOpenFailed("no SSH connection", reason="tunnel not ready")
-            async with asyncio.timeout(timeout_s):
-                await ssh.open_channel(ep.extra, lambda: self)
+            await self.tunnel.ssh.open_channel(ep.extra, lambda: self, timeout_s=timeout_s)
         except ChannelOpenFailed as exc:
-            ep.channel_failed(self, exc.reason or str(exc))
+            reason = exc.reason or str(exc)
+            pool.failed(self.member, token, time.monotonic(), reason)
+            ep.channel_failed(self, reason)
             return
         except TimeoutError:
-            ep.channel_failed(self, f"no answer within {timeout_s:g}s")
+            reason = f"no answer within {timeout_s:g}s"
+            pool.failed(self.member, token, time.monotonic(), reason)
+            ep.channel_failed(self, reason)
             return
+        except BaseException:
+            pool.abandoned(self.member, token)
+            raise
+        pool.succeeded(self.member, token, time.monotonic())
+        self.opened = True
         self.tunnel.channels_total += 1
         if self.closed:  # unbound while opening
             self.chan.close()
@@ -134,7 +124,7 @@ class UdpChannel:
         if self.closed:
             return False
         if not self.ready:
-            if len(self.pending) >= self.endpoint.gateway.settings.udp_max_pending:
+            if len(self.pending) >= self.endpoint.ctx.settings.udp_max_pending:
                 return False
             self.pending.append(packet)
             return True
@@ -185,6 +175,9 @@ class UdpChannel:
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self.closed = True
+        if self.opened:
+            self.opened = False
+            self.member.open -= 1
         self.endpoint.channel_lost(self)
 
     def pause_writing(self) -> None:
@@ -194,32 +187,26 @@ class UdpChannel:
         self.paused = False
 
 
-class UdpEndpoint(asyncio.DatagramProtocol):
+class UdpPort(GatewayPort, asyncio.DatagramProtocol):
     """One UDP ``secure-gateway:<port>`` of one stage."""
 
-    def __init__(self, gateway: Gateway, stage: StageConfig, remote: Remote) -> None:
-        self.gateway = gateway
-        self.stage_key = stage.key
-        self.bind_host = stage.bind_host
-        self.port = int(remote.local_port)
-        self.target = remote.target
-        self.extra = remote.channel_extra
-        self.allow = tuple(ipaddress.ip_network(c, strict=False) for c in stage.allow_cidrs)
-        self.tunnels: list[Tunnel] = []
+    proto: Proto = "udp"
+
+    def __init__(self, ctx: GatewayContext, stage: StageConfig, remote: Remote) -> None:
+        super().__init__(ctx, stage, remote)
         self.flows: dict[str, _Flow] = {}
         self.channels: dict[int, UdpChannel] = {}
         self.refused_until: dict[int, float] = {}
         self.transport: asyncio.DatagramTransport | None = None
-        self._next = 0
         self._timer: asyncio.TimerHandle | None = None
         self.packets_in = 0
         self.packets_out = 0
         self.dropped = 0
-        self.refused_sources = 0
         self.refused_flows = 0
         self.oversized = 0
         self.unknown_answers = 0
-        self.log = ContextLogger(_log, stage=stage.key, port=f"{self.port}/udp")
+        # Dropped datagrams: counted always, logged at most 10 per 10 s per reason.
+        self._drops = Throttle(burst=10, window_s=10.0)
 
     async def listen(self) -> None:
         loop = asyncio.get_running_loop()
@@ -249,27 +236,23 @@ class UdpEndpoint(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: Any) -> None:
         src = format_src(addr)
         flow = self.flows.get(src)
-        if flow is None and not self._allows(str(addr[0])):
-            self.refused_sources += 1
-            if should_log(self.refused_sources):
-                self.log.warning(
-                    "dropped a datagram from %s: not in the stage allowlist (%d so far)",
-                    addr[0],
-                    self.refused_sources,
-                )
+        if flow is None and not self.allows(str(addr[0])):
+            self.refused(str(addr[0]))
             return
-        settings = self.gateway.settings
+        settings = self.ctx.settings
         if len(data) > settings.udp_max_payload_bytes:
             self.oversized += 1
             self.dropped += 1
-            if should_log(self.oversized):
+            held = self._drops.allow("oversized")
+            if held is not None:
                 self.log.warning(
                     "dropped a datagram of %d bytes from %s: over the %d-byte UDP limit "
-                    "(chisel's); %d dropped so far",
+                    "(chisel's); %d dropped so far%s",
                     len(data),
                     src,
                     settings.udp_max_payload_bytes,
                     self.oversized,
+                    held_back(held),
                 )
             return
         if flow is None:
@@ -277,62 +260,55 @@ class UdpEndpoint(asyncio.DatagramProtocol):
             if flow is None:
                 return
         flow.last_active = time.monotonic()
-        channel = self._channel_for(flow.tunnel)
+        channel = self._channel_for(flow.member)
         if channel is not None and channel.send(UdpPacket(src, data)):
             self.packets_in += 1
         else:
             self.dropped += 1
 
-    def _allows(self, host: str) -> bool:
-        try:
-            ip = ipaddress.ip_address(host.split("%", 1)[0])
-        except ValueError:
-            return False
-        return any(ip in net for net in self.allow)
-
     def _new_flow(self, src: str, addr: Any) -> _Flow | None:
-        settings = self.gateway.settings
+        settings = self.ctx.settings
         if len(self.flows) >= settings.udp_max_flows:
             self.refused_flows += 1
             self.dropped += 1
-            if should_log(self.refused_flows):
+            held = self._drops.allow("flows")
+            if held is not None:
                 self.log.warning(
                     "dropped a datagram from %s: already %d UDP flows (the limit); idle "
-                    "flows expire after %gs (%d dropped so far)",
+                    "flows expire after %gs (%d dropped so far)%s",
                     src,
                     len(self.flows),
                     settings.udp_idle_timeout_s,
                     self.refused_flows,
+                    held_back(held),
                 )
             return None
-        tunnel = self._pick()
-        if tunnel is None:
+        member = self._pick()
+        if member is None:
             self.dropped += 1
             return None
-        flow = _Flow(src, addr, tunnel)
+        flow = _Flow(src, addr, member)
         self.flows[src] = flow
         if self._timer is None:
             self._arm_sweep()
         return flow
 
-    def _pick(self) -> Tunnel | None:
-        """Round robin over the pool, skipping tunnels that just refused the channel."""
-        pool = [t for t in self.tunnels if t.ssh is not None]
-        if not pool:
-            return None
+    def _pick(self) -> Member | None:
+        """The pool's order (balance, health, draining last), skipping tunnels
+        that just refused the channel."""
         now = time.monotonic()
-        usable = [t for t in pool if self.refused_until.get(t.id, 0.0) <= now]
-        if not usable:
-            return None
-        start = self._next % len(usable)
-        self._next = start + 1
-        return usable[start]
+        for member in self.pool.order(now):
+            tunnel = cast("Tunnel", member.tunnel)
+            if tunnel.serving and self.refused_until.get(tunnel.id, 0.0) <= now:
+                return member
+        return None
 
-    def _channel_for(self, tunnel: Tunnel) -> UdpChannel | None:
+    def _channel_for(self, member: Member) -> UdpChannel | None:
+        tunnel = cast("Tunnel", member.tunnel)
         channel = self.channels.get(tunnel.id)
         if channel is not None:
             return channel
-        channel = UdpChannel(self, tunnel)
+        channel = UdpChannel(self, member)
         try:
             tunnel.tasks.spawn(channel.open(), name=f"udp-open-{self.port}-{tunnel.id}")
         except RuntimeError:  # the tunnel is closing
@@ -355,7 +331,7 @@ class UdpEndpoint(asyncio.DatagramProtocol):
 
     def channel_failed(self, channel: UdpChannel, reason: str) -> None:
         tunnel = channel.tunnel
-        delay = self.gateway.settings.udp_reopen_delay_s
+        delay = self.ctx.settings.udp_reopen_delay_s
         self.log.warning(
             "tunnel %d refused the UDP channel to %s: %s (not asked again for %gs)",
             tunnel.id,
@@ -379,8 +355,7 @@ class UdpEndpoint(asyncio.DatagramProtocol):
             del self.flows[src]
 
     def remove_tunnel(self, tunnel: Tunnel) -> None:
-        if tunnel in self.tunnels:
-            self.tunnels.remove(tunnel)
+        self.pool.remove(tunnel)
         self.refused_until.pop(tunnel.id, None)
         channel = self.channels.pop(tunnel.id, None)
         if channel is not None:
@@ -391,97 +366,24 @@ class UdpEndpoint(asyncio.DatagramProtocol):
     # -- expiry -------------------------------------------------------------------------
 
     def _arm_sweep(self) -> None:
-        interval = max(0.05, self.gateway.settings.udp_idle_timeout_s / 4)
+        interval = max(0.05, self.ctx.settings.udp_idle_timeout_s / 4)
         self._timer = asyncio.get_running_loop().call_later(interval, self._sweep)
 
     def _sweep(self) -> None:
         self._timer = None
-        deadline = time.monotonic() - self.gateway.settings.udp_idle_timeout_s
+        deadline = time.monotonic() - self.ctx.settings.udp_idle_timeout_s
         for src in [s for s, f in self.flows.items() if f.last_active <= deadline]:
             del self.flows[src]
             self.log.debug("UDP flow %s expired", src)
         if self.flows and self.transport is not None:
             self._arm_sweep()
 
-    def snapshot(self) -> dict[str, object]:
-        return {
-            "endpoint": f"secure-gateway:{self.port}/udp",
-            "bind": f"{self.bind_host}:{self.port}/udp",
-            "target": f"{self.target}/udp",
-            "tunnels": [t.id for t in self.tunnels],
-            "flows": len(self.flows),
-            "packets_in": self.packets_in,
-            "packets_out": self.packets_out,
-            "dropped": self.dropped,
-            "refused_sources": self.refused_sources,
-        }
-
-
-class UdpPortTable:
-    """All UDP endpoints of the gateway, keyed by (bind address, port)."""
-
-    def __init__(self, gateway: Gateway) -> None:
-        self.gateway = gateway
-        self.endpoints: dict[tuple[str, int], UdpEndpoint] = {}
-
-    async def bind(self, tunnel: Tunnel, remotes: tuple[Remote, ...]) -> str | None:
-        """Put ``tunnel`` into the pools of its UDP remotes; all or nothing.
-
-        Returns None, or the refusal text.
-        """
-        stage = tunnel.stage
-        for r in remotes:
-            existing = self.endpoints.get((stage.bind_host, int(r.local_port)))
-            if existing is None:
-                continue
-            if existing.stage_key != stage.key:
-                return (
-                    f"UDP port {r.local_port} is reserved by another stage on "
-                    f"{stage.bind_host}; choose another port"
-                )
-            if existing.target != r.target:
-                return (
-                    f"Server cannot listen on {r.describe()}: UDP port {r.local_port} is "
-                    f"already served with target {existing.target} by another connector of "
-                    "this stage"
-                )
-        joined: list[UdpEndpoint] = []
-        for r in remotes:
-            key = (stage.bind_host, int(r.local_port))
-            endpoint = self.endpoints.get(key)
-            if endpoint is None:
-                endpoint = UdpEndpoint(self.gateway, stage, r)
-                try:
-                    await endpoint.listen()
-                except OSError as exc:
-                    for made in joined:
-                        self._leave(made, tunnel)
-                    return f"Server cannot listen on {r.describe()}: {exc.strerror or exc}"
-                if key in self.endpoints:  # raced with another tunnel's bind
-                    endpoint.close()
-                    endpoint = self.endpoints[key]
-                else:
-                    self.endpoints[key] = endpoint
-            endpoint.tunnels.append(tunnel)
-            joined.append(endpoint)
-        return None
-
-    def _leave(self, endpoint: UdpEndpoint, tunnel: Tunnel) -> None:
-        endpoint.remove_tunnel(tunnel)
-        if not endpoint.tunnels:
-            endpoint.close()
-            self.endpoints.pop((endpoint.bind_host, endpoint.port), None)
-
-    def unbind(self, tunnel: Tunnel) -> None:
-        """Remove ``tunnel`` from every pool; close endpoints left empty."""
-        for endpoint in list(self.endpoints.values()):
-            if tunnel in endpoint.tunnels:
-                self._leave(endpoint, tunnel)
-
-    def for_stage(self, stage_key: str) -> list[UdpEndpoint]:
-        return [e for e in self.endpoints.values() if e.stage_key == stage_key]
-
-    def close_all(self) -> None:
-        for endpoint in self.endpoints.values():
-            endpoint.close()
-        self.endpoints.clear()
+    def snapshot(self) -> PortStatus:
+        return self._status(
+            udp=UdpStatus(
+                flows=len(self.flows),
+                packets_in=self.packets_in,
+                packets_out=self.packets_out,
+                dropped=self.dropped,
+            )
+        )

@@ -107,6 +107,11 @@ ENCRYPTION_ALGS = (
 # -- host keys --------------------------------------------------------------
 
 
+def debug_packets() -> None:
+    """``-vvv``: let asyncssh log its packet-level debugging."""
+    asyncssh.set_debug_level(3)
+
+
 def chisel_fingerprint(public_data: bytes) -> str:
     """chisel's fingerprint format: base64 of the SHA-256 of the key blob."""
     return base64.b64encode(hashlib.sha256(public_data).digest()).decode()

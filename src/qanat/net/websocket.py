@@ -12,9 +12,11 @@ socket and the SSH layer. Flow control passes straight through: the SSH layer
 pausing its reading pauses the socket, and the socket's write buffer filling
 up pauses the SSH layer.
 
-Handshakes: the gateway's front door parses the request with
-:class:`websockets.server.ServerProtocol` and then calls :func:`attach_server`;
-the connector uses :func:`client_handshake`.
+Handshakes: the gateway's front door hands the request head to
+:class:`ServerUpgrade` (websockets' ``ServerProtocol`` inside), reads the
+parsed :class:`UpgradeRequest`, and either accepts (101, then
+:meth:`ServerUpgrade.attach`) or answers with :func:`response_bytes`; the
+connector uses :func:`client_handshake`. No other module imports websockets.
 """
 
 from __future__ import annotations
@@ -22,13 +24,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from websockets.client import ClientProtocol
 from websockets.datastructures import Headers
 from websockets.exceptions import InvalidStatus
 from websockets.frames import Opcode
-from websockets.http11 import Response
+from websockets.http11 import Request, Response
 from websockets.protocol import Protocol, State
 from websockets.server import ServerProtocol
 from websockets.uri import parse_uri
@@ -361,3 +364,63 @@ async def client_handshake(
     # Frames that came in the same read as the 101 (the server speaks first).
     link.deliver(hs.events[1:])
     return link.transport, response
+
+
+def response_bytes(
+    status: int,
+    body: bytes,
+    content_type: str = "text/plain; charset=utf-8",
+    headers: Mapping[str, str] | None = None,
+) -> bytes:
+    """A complete, closing HTTP response as bytes."""
+    return http_response(status, body, content_type, headers).serialize()
+
+
+@dataclass(frozen=True, slots=True)
+class UpgradeRequest:
+    """The parts of an upgrade request the front door decides on (no library types)."""
+
+    path: str
+    headers: tuple[tuple[str, str], ...]
+
+    def get_all(self, name: str) -> list[str]:
+        lower = name.lower()
+        return [v for k, v in self.headers if k.lower() == lower]
+
+    def get(self, name: str, default: str = "") -> str:
+        values = self.get_all(name)
+        return values[0] if values else default
+
+
+class ServerUpgrade:
+    """One WebSocket upgrade on the gateway: parse the head, then accept or refuse.
+
+    Raises:
+        HandshakeError: (from the constructor) the head is not a valid request.
+    """
+
+    def __init__(self, head: bytes, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
+        self._ws = new_server_protocol(max_frame_bytes)
+        self._ws.receive_data(head)
+        events = self._ws.events_received()
+        if self._ws.handshake_exc is not None or not events or not isinstance(events[0], Request):
+            raise HandshakeError(
+                f"malformed request head ({self._ws.handshake_exc or 'incomplete'})"
+            )
+        self._request: Request = events[0]
+        self.request = UpgradeRequest(
+            path=self._request.path, headers=tuple(self._request.headers.raw_items())
+        )
+
+    def accept(self, extra_headers: Mapping[str, str]) -> tuple[bool, bytes]:
+        """(True, the 101 answer) or (False, websockets' refusal, e.g. a bad key)."""
+        response = self._ws.accept(self._request)
+        if response.status_code == 101:
+            for name, value in extra_headers.items():
+                response.headers[name] = value
+        self._ws.send_response(response)
+        return response.status_code == 101, b"".join(self._ws.data_to_send())
+
+    def attach(self, tcp: asyncio.Transport, upper: asyncio.Protocol) -> FramedTransport:
+        """After an accepted 101: stream frames to ``upper`` (see :func:`attach_server`)."""
+        return attach_server(tcp, self._ws, upper)

@@ -20,7 +20,7 @@ Modules:
   endpoint checks; ``explain`` what each failure most likely means and the
   fix (pure, all wording in one place); ``httphead`` the tiny HTTP
   response-head parser they share (pure).
-- ``metrics``: Prometheus. State is read at scrape time by collectors
+- (instrumentation lives in ``qanat.telemetry``; the collectors next to what
   (gateway status, connector statistics); only true events (token failures,
   dead peers, channel-open latency) are counted where they happen, by one
   call into this module.

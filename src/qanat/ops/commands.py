@@ -218,16 +218,15 @@ async def connector_metrics(address: str | None, connector: Connector) -> AsyncI
     if not address:
         yield
         return
-    from qanat.ops.health import connector_health
-    from qanat.ops.httpd import OpsRoutes, serve
-    from qanat.ops.metrics import ConnectorMetrics
+    from qanat.connector.metrics import connector_exposition, connector_health
     from qanat.runtime import TaskOwner
+    from qanat.telemetry.httpd import OpsRoutes, serve
 
     host, port = _host_port(address, "--metrics")
     owner = TaskOwner("metrics")
-    routes = OpsRoutes(connector_health(connector), ConnectorMetrics(connector).exposition)
+    routes = OpsRoutes(connector_health(connector), connector_exposition(connector))
     try:
-        server = await serve(host, port, routes, owner)
+        server = await serve(host, port, routes, owner.spawn)
     except OSError as exc:
         raise ConfigError(f"--metrics {address}: cannot listen ({exc.strerror or exc})") from None
     bound = server.sockets[0].getsockname()

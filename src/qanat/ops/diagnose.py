@@ -365,7 +365,7 @@ class Diagnosis:
         try:
             await self.writer.start_tls(context, server_hostname=self.host)
         except (ssl.SSLError, OSError, EOFError) as exc:
-            raise explain.tls_failure(self.host, exc, self.options.tls_ca) from None
+            raise explain.tls_failure(self.host, exc, self.options.tls_ca, self.port) from None
         cert = self.writer.get_extra_info("peercert") or {}
         ssl_object = self.writer.get_extra_info("ssl_object")
         version = ssl_object.version() if ssl_object is not None else "TLS"

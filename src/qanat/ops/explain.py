@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import errno
 import socket
-import ssl
 
+from qanat import explain as tls_explain
 from qanat.ops.httphead import ResponseHead, first_line
 from qanat.ops.report import StepFailed
 
-PROXY_HINT = "or, if this network reaches the internet only through a proxy, use --proxy"
+PROXY_HINT = tls_explain.PROXY_HINT
 
 
 # -- name resolution and TCP --------------------------------------------------------
@@ -85,59 +85,12 @@ def connect_timeout(where: str, timeout_s: float) -> StepFailed:
 # -- TLS ------------------------------------------------------------------------------
 
 # OpenSSL X509_V_ERR_* codes the checks explain.
-_EXPIRED, _NOT_YET_VALID = 10, 9
-_SELF_SIGNED, _SELF_SIGNED_IN_CHAIN, _NO_LOCAL_ISSUER, _NO_ISSUER = 18, 19, 20, 2
-_HOSTNAME_MISMATCH, _IP_MISMATCH = 62, 64
 
 
-def tls_failure(host: str, exc: BaseException, tls_ca: str | None) -> StepFailed:
-    trust = f"--tls-ca {tls_ca}" if tls_ca else "the system's CA bundle"
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        code, message = exc.verify_code, exc.verify_message
-        if code == _EXPIRED:
-            return StepFailed(
-                f"the gateway's certificate has expired ({message})",
-                "renew the gateway's TLS certificate (and check this host's clock)",
-            )
-        if code == _NOT_YET_VALID:
-            return StepFailed(
-                f"the gateway's certificate is not valid yet ({message})",
-                "check this host's clock (NTP), or the certificate's start date",
-            )
-        if code in (_HOSTNAME_MISMATCH, _IP_MISMATCH):
-            return StepFailed(
-                f"the certificate is not valid for {host!r} ({message}): wrong host in the "
-                "address, or a certificate for another name",
-                f"use the host name the certificate was issued for, or add {host} to it",
-            )
-        if code in (_SELF_SIGNED, _SELF_SIGNED_IN_CHAIN, _NO_LOCAL_ISSUER, _NO_ISSUER):
-            return StepFailed(
-                f"the certificate chain does not lead to a CA trusted by {trust} ({message}); "
-                "a self-signed gateway certificate, a missing intermediate, or a firewall that "
-                "inspects TLS and re-signs with its own CA",
-                "give the issuing CA with --tls-ca, serve the full chain on the gateway, or "
-                f"exempt {host} from TLS inspection",
-            )
-        return StepFailed(
-            f"certificate rejected: {message}", f"check the gateway's certificate against {trust}"
-        )
-    if isinstance(exc, ssl.SSLError):
-        reason = exc.reason or str(exc)
-        if reason in ("WRONG_VERSION_NUMBER", "HTTP_REQUEST", "PACKET_LENGTH_TOO_LONG"):
-            return StepFailed(
-                f"the port speaks plain HTTP, not TLS ({reason})",
-                "use an http:// address for this port, or the gateway's TLS port",
-            )
-        return StepFailed(f"TLS handshake failed: {reason}", f"check TLS settings of {host}")
-    if isinstance(exc, (ConnectionError, EOFError)) or (
-        isinstance(exc, OSError) and exc.errno in (errno.ECONNRESET, errno.EPIPE)
-    ):
-        return StepFailed(
-            "connection closed during the TLS handshake: a firewall filtering by server name "
-            "(SNI) or a TLS-inspecting proxy cut it",
-            f"ask for {host} to be allowed (not inspected) on outbound HTTPS, {PROXY_HINT}",
-        )
-    return StepFailed(f"TLS handshake failed: {exc}", f"check TLS settings of {host}")
+def tls_failure(host: str, exc: BaseException, tls_ca: str | None, port: int = 443) -> StepFailed:
+    """The TLS step failed: the same explanation the connector logs (qanat.explain)."""
+    said = tls_explain.tls_failure(exc, host, port, tls_ca)
+    return StepFailed(said.detail, said.fix)
 
 
 # -- HTTP answers ------------------------------------------------------------------------

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from qanat.errors import ConfigError
-from qanat.store import GatewaySettings
+from qanat.store import PrivateGatewaySettings
 
 DEFAULT_STAGES = ("Development", "Test", "Production")
 
@@ -31,7 +31,7 @@ class PortalConfig:
     """
 
     public_base_url: str
-    stage_defaults: GatewaySettings = field(default_factory=GatewaySettings)
+    stage_defaults: PrivateGatewaySettings = field(default_factory=PrivateGatewaySettings)
     default_stages: tuple[str, ...] = DEFAULT_STAGES
     audit_page_max: int = 500
     openapi_max_bytes: int = 512 * 1024

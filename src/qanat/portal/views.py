@@ -11,7 +11,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
-from qanat.store import ConnectorRecord, GatewaySettings, GatewayState, MembershipRecord, Role
+from qanat.store import (
+    ConnectorRecord,
+    GatewayState,
+    MembershipRecord,
+    PrivateGatewaySettings,
+    Role,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,7 +43,7 @@ class StageInfo:
     activated_at: datetime | None
     token_issued_at: datetime | None
     renewed_tokens: int
-    settings: GatewaySettings
+    settings: PrivateGatewaySettings
     updated_at: datetime
 
     @property

@@ -43,8 +43,11 @@ _ROLE_RANK = {Role.VIEWER: 0, Role.OPERATOR: 1, Role.ADMIN: 2}
 
 
 @dataclass(frozen=True, slots=True)
-class GatewaySettings:
-    """Where a gateway listens and whom it lets in; defaults for new stages."""
+class PrivateGatewaySettings:
+    """Where a stage's private gateway listens and whom it lets in; defaults for new stages.
+
+    (Not :class:`qanat.gateway.settings.GatewaySettings`, the gateway process's tuning.)
+    """
 
     bind_host: str = "127.0.0.1"
     port_min: int = 1024
@@ -89,7 +92,7 @@ class GatewayRecord:
     address_id: str | None
     token_hash: str | None
     renewed_hashes: tuple[str, ...]
-    settings: GatewaySettings
+    settings: PrivateGatewaySettings
     activated_at: datetime | None
     token_issued_at: datetime | None
     updated_at: datetime
@@ -246,3 +249,8 @@ class AuditFilter:
     action: str = ""
     since: datetime | None = None
     until: datetime | None = None
+
+
+#: The old name, for branches written before the rename (issue 12); use
+#: PrivateGatewaySettings.
+GatewaySettings = PrivateGatewaySettings

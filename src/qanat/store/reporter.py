@@ -32,6 +32,7 @@ from qanat.store.traffic import TrafficMeter
 if TYPE_CHECKING:
     from qanat.gateway.server import Gateway
     from qanat.gateway.tunnel import Tunnel
+    from qanat.store.database import Store
 
 log = logging.getLogger("qanat.store.reporter")
 
@@ -39,8 +40,9 @@ DEFAULT_REFRESH_S = 5.0
 
 
 def connector_id(tunnel: Tunnel, node: str) -> str:
-    """A tunnel's name in the status: the connector's own id, node, tunnel number."""
-    return f"{tunnel.info.client_id or 'connector'}@{node}#{tunnel.id}"
+    """A tunnel's name in the status: the connector's ``--id`` (or the identity the
+    gateway derived for a stock connector), then node and tunnel number."""
+    return f"{tunnel.identity or tunnel.info.client_id or 'connector'}@{node}#{tunnel.id}"
 
 
 def connector_report(tunnel: Tunnel, node: str) -> ConnectorReport:
@@ -180,3 +182,35 @@ class GatewayReporter:
                     self._registry.keepalive(address_id, cid, rtt_ms)
 
         return call
+
+
+class DatabasePart:
+    """What a gateway with a database behind it adds (``qanat up``, ``--database-url``):
+    the live connector report and a ``database`` check in ``/readyz``.
+
+    A :class:`~qanat.gateway.serve.GatewayPart`.
+    """
+
+    def __init__(self, store: Store, node: str, *, refresh_s: float = DEFAULT_REFRESH_S) -> None:
+        self.store = store
+        self.reporter = GatewayReporter(ConnectorRegistry(store, node), node, refresh_s=refresh_s)
+
+    def attach(self, gateway: Gateway) -> None:
+        self.reporter.attach(gateway)
+        gateway.add_check("database", self._check)
+
+    async def _check(self) -> str | None:
+        try:
+            await asyncio.to_thread(self.store.stage_revision)
+        except StoreError as exc:
+            return f"database {self.store.display_url}: {exc}"
+        return None
+
+    async def start(self, gateway: Gateway) -> None:
+        await self.reporter.start()
+
+    async def stop_accepting(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        await self.reporter.close()

@@ -123,15 +123,21 @@ class DatabaseStageSource(MemoryStageSource):
         self.replace_all(stages)  # emits the change events, in the event loop
         return True
 
+    async def refresh_now(self) -> None:
+        """Poll once now (SIGHUP), not waiting for the next interval.
+
+        Raises:
+            StoreError: the database failed; the view is unchanged.
+        """
+        await self.refresh()
+
     def _load_if_changed(self, known: int | None) -> tuple[int, dict[str, StageConfig]] | None:
         revision = self._store.stage_revision()
         if revision == known:
             return None
         # Read the counter before the data: a change landing in between is
         # included now and read once more at the next poll, never missed.
-        with self._store.transaction(write=False) as tx:
-            gateways = tx.addressed_gateways()
-        stages = {g.address_id: stage_config(g) for g in gateways if g.address_id}
+        stages = stage_configs(self._store)
         if self._transform is not None:
             stages = {a: self._transform(s) for a, s in stages.items()}
         return revision, stages
@@ -156,3 +162,16 @@ class DatabaseStageSource(MemoryStageSource):
             if self._failing:
                 log.warning("stage poller: database %s is back", self._store.display_url)
                 self._failing = False
+
+
+def stage_configs(store: Store) -> dict[str, StageConfig]:
+    """The stages a gateway serves from ``store`` (activated ones), by address id.
+
+    Blocking: call it from a worker thread in the event loop.
+
+    Raises:
+        StoreError: the database failed.
+    """
+    with store.transaction(write=False) as tx:
+        gateways = tx.addressed_gateways()
+    return {g.address_id: stage_config(g) for g in gateways if g.address_id}

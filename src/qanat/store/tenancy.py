@@ -13,9 +13,9 @@ from qanat.errors import Conflict, NotFound
 from qanat.store.models import Gateway, Org, RenewedToken, Stage
 from qanat.store.records import (
     GatewayRecord,
-    GatewaySettings,
     GatewayState,
     OrgRecord,
+    PrivateGatewaySettings,
     StageRecord,
 )
 
@@ -66,7 +66,7 @@ class TenancyQueries:
     # -- stages --------------------------------------------------------------
 
     def add_stage(
-        self, org: OrgRecord, name: str, settings: GatewaySettings, now: datetime
+        self, org: OrgRecord, name: str, settings: PrivateGatewaySettings, now: datetime
     ) -> StageRecord:
         """Create a stage and its (inactive) gateway.
 
@@ -203,7 +203,7 @@ class TenancyQueries:
                 address_id=gw.address_id,
                 token_hash=gw.token_hash,
                 renewed_hashes=tuple(renewed[gw.id]),
-                settings=GatewaySettings(
+                settings=PrivateGatewaySettings(
                     bind_host=gw.bind_host,
                     port_min=gw.port_min,
                     port_max=gw.port_max,

@@ -15,16 +15,14 @@ connections); for UDP, ``connections`` are datagrams (in + out) and
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING
 
 from qanat.store.records import TrafficSample
 
+if TYPE_CHECKING:
+    from qanat.gateway.status import GatewayStatus, PortStatus, TunnelStatus
+
 _Key = tuple[str, ...]
-
-
-def _int(value: Any) -> int:
-    return int(value) if isinstance(value, (int, float)) else 0
 
 
 class TrafficMeter:
@@ -38,22 +36,21 @@ class TrafficMeter:
         self._node = node
         self._last: dict[_Key, tuple[int, int, int]] = {}
 
-    def sample(self, status: Mapping[str, Any]) -> list[TrafficSample]:
+    def sample(self, status: GatewayStatus) -> list[TrafficSample]:
         """Deltas since the previous call, from ``Gateway.status()``."""
         samples: list[TrafficSample] = []
         seen: set[_Key] = set()
-        stages = status.get("stages", {})
-        for stage_key, entry in stages.items() if isinstance(stages, Mapping) else ():
-            for snap in entry.get("connectors", ()):
-                samples += self._tunnel(str(stage_key), snap, seen)
-            for snap in entry.get("endpoints", ()):
-                samples += self._endpoint(str(stage_key), snap, seen)
+        for stage_key, entry in status.stages.items():
+            for tunnel in entry.connectors:
+                samples += self._tunnel(stage_key, tunnel, seen)
+            for endpoint in entry.endpoints:
+                samples += self._endpoint(stage_key, endpoint, seen)
         # Forget what disappeared, so that a reused key starts from zero.
         for key in [k for k in self._last if k not in seen]:
             del self._last[key]
         return samples
 
-    def closed(self, stage_key: str, snapshot: Mapping[str, Any]) -> list[TrafficSample]:
+    def closed(self, stage_key: str, snapshot: TunnelStatus) -> list[TrafficSample]:
         """The last delta of a tunnel that just closed (its final counters)."""
         seen: set[_Key] = set()
         samples = self._tunnel(stage_key, snapshot, seen)
@@ -61,45 +58,26 @@ class TrafficMeter:
             self._last.pop(key, None)
         return samples
 
-    def _tunnel(
-        self, stage_key: str, snap: Mapping[str, Any], seen: set[_Key]
-    ) -> list[TrafficSample]:
-        tunnel = str(snap.get("tunnel", "?"))
-        name = str(snap.get("identity") or snap.get("connector") or "connector")
+    def _tunnel(self, stage_key: str, snap: TunnelStatus, seen: set[_Key]) -> list[TrafficSample]:
+        tunnel = str(snap.tunnel)
         key = ("connector", stage_key, tunnel)
         values = (
-            _int(snap.get("connections_total")),
-            _int(snap.get("connections_failed")),
-            _int(snap.get("bytes_to_endpoint")) + _int(snap.get("bytes_to_app")),
+            snap.connections_total,
+            snap.connections_failed,
+            snap.bytes_to_endpoint + snap.bytes_to_app,
         )
-        protocol = "tcp"
         detail = f"tunnel {tunnel} on {self._node}"
-        return self._delta(key, values, seen, stage_key, "connector", name, protocol, detail)
+        name = snap.connector or "connector"
+        return self._delta(key, values, seen, stage_key, "connector", name, "tcp", detail)
 
-    def _endpoint(
-        self, stage_key: str, snap: Mapping[str, Any], seen: set[_Key]
-    ) -> list[TrafficSample]:
-        label = str(snap.get("endpoint", ""))
-        if label.endswith("/udp"):
-            port = label.removesuffix("/udp").rpartition(":")[2]
-            values = (
-                _int(snap.get("packets_in")) + _int(snap.get("packets_out")),
-                _int(snap.get("dropped")),
-                0,
-            )
-            protocol = "udp"
+    def _endpoint(self, stage_key: str, snap: PortStatus, seen: set[_Key]) -> list[TrafficSample]:
+        if snap.udp is not None:
+            values = (snap.udp.packets_in + snap.udp.packets_out, snap.udp.dropped, 0)
         else:
-            port = str(snap.get("port") or label.rpartition(":")[2])
-            values = (
-                _int(snap.get("connections_total")),
-                _int(snap.get("connections_failed")),
-                _int(snap.get("bytes_total")),
-            )
-            protocol = "tcp"
-        if not port.isdigit():
-            return []
-        key = ("endpoint", stage_key, port, protocol)
-        return self._delta(key, values, seen, stage_key, "endpoint", port, protocol, "")
+            values = (snap.connections_total, snap.connections_failed, snap.bytes_total)
+        port = str(snap.port)
+        key = ("endpoint", stage_key, port, snap.proto)
+        return self._delta(key, values, seen, stage_key, "endpoint", port, snap.proto, "")
 
     def _delta(
         self,

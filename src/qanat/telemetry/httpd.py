@@ -20,18 +20,12 @@ import logging
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from qanat.ops.health import Health
-from qanat.ops.metrics import render
-from qanat.runtime import TaskOwner
+from qanat.telemetry.counters import Exposition
+from qanat.telemetry.health import Health
 
-if TYPE_CHECKING:
-    from prometheus_client.registry import Collector
-
-    from qanat.gateway.server import Gateway
-
-log = logging.getLogger("qanat.ops.http")
+log = logging.getLogger("qanat.telemetry.http")
 
 OPS_PATHS = frozenset({"/metrics", "/healthz", "/readyz"})
 MAX_HEAD_BYTES = 16 * 1024
@@ -61,7 +55,7 @@ class OpsRoutes:
     """What one process serves on the operations paths."""
 
     health: Health
-    metrics: Collector
+    metrics: Exposition
     metrics_allowed: Callable[[str], bool] = lambda _address: True
 
 
@@ -131,7 +125,13 @@ class OpsHttp(asyncio.Protocol):
                 log.info("%s: /metrics refused (not in the metrics allowlist)", self.peer)
                 self._answer(403, b"metrics are served to allowed sources only\n")
                 return
-            body, content_type = render(routes.metrics, accept)
+            try:
+                body, content_type = routes.metrics.render(accept)
+            except Exception:
+                # A collector's bug must answer, not hang the scraper.
+                log.exception("/metrics failed")
+                self._answer(500, b"metrics collection failed; see the log\n")
+                return
             self._answer(200, body, content_type, head_only=head_only)
         else:
             self._answer(404, b"not found\n")
@@ -164,25 +164,17 @@ class OpsHttp(asyncio.Protocol):
         transport.close()
 
 
-def gateway_routes(gateway: Gateway) -> OpsRoutes:
-    return OpsRoutes(
-        health=gateway.health,
-        metrics=gateway.metrics.exposition,
-        metrics_allowed=source_allowed(gateway.settings.metrics_allow_cidrs),
-    )
-
-
-def hand_over(gateway: Gateway, transport: asyncio.BaseTransport, head: bytes) -> None:
-    """Let the operations responder take a front-door connection (head already read)."""
-    protocol = OpsHttp(gateway_routes(gateway), gateway.tasks.spawn)
+def hand_over(
+    routes: OpsRoutes, spawn: Spawn, transport: asyncio.BaseTransport, head: bytes
+) -> None:
+    """Let the operations responder take a connection whose head was already read."""
+    protocol = OpsHttp(routes, spawn)
     transport.set_protocol(protocol)
     protocol.connection_made(transport)
     protocol.data_received(head)
 
 
-async def serve(host: str, port: int, routes: OpsRoutes, owner: TaskOwner) -> asyncio.Server:
+async def serve(host: str, port: int, routes: OpsRoutes, spawn: Spawn) -> asyncio.Server:
     """Serve the operations paths on their own address (the connector's --metrics)."""
     loop = asyncio.get_running_loop()
-    return await loop.create_server(
-        lambda: OpsHttp(routes, owner.spawn), host, port, reuse_address=True
-    )
+    return await loop.create_server(lambda: OpsHttp(routes, spawn), host, port, reuse_address=True)

@@ -6,19 +6,15 @@ database blinked. ``/readyz`` runs every registered check (each bounded in
 time) and answers 200 only when all pass, 503 with the failing ones otherwise.
 
 The gateway registers "listener" (its front door is serving) and "stages"
-(the stage source answers); the portal adds "database" with
-:meth:`Health.add_check`. The connector registers "tunnel".
+(the stage source answers), and with a database behind it "database"
+(see ``gateway/serve.py``); the connector registers "tunnel". This module
+imports nothing of qanat.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from qanat.connector.runner import Connector
-    from qanat.gateway.server import Gateway
 
 #: A readiness check: returns None when fine, else what is wrong (short text).
 Check = Callable[[], Awaitable[str | None]]
@@ -53,33 +49,3 @@ class Health:
         results = await asyncio.gather(*(self._run(self.checks[n]) for n in names))
         report = {name: problem or "ok" for name, problem in zip(names, results, strict=True)}
         return all(problem is None for problem in results), report
-
-
-def gateway_health(gateway: Gateway) -> Health:
-    """The gateway's checks: the front door listens and the stage source answers."""
-    health = Health()
-
-    async def listener() -> str | None:
-        server = gateway.server
-        if server is None or not server.is_serving():
-            return "front door not listening"
-        return None
-
-    async def stages() -> str | None:
-        gateway.stages.stages()  # raises if the source cannot answer
-        return None
-
-    health.add_check("listener", listener)
-    health.add_check("stages", stages)
-    return health
-
-
-def connector_health(connector: Connector) -> Health:
-    """The connector is ready while its tunnel is up."""
-    health = Health()
-
-    async def tunnel() -> str | None:
-        return None if connector.stats.connected_since is not None else "no tunnel to the gateway"
-
-    health.add_check("tunnel", tunnel)
-    return health
