@@ -310,7 +310,9 @@ class Load:
     """App connections at ``rate`` per second to ``targets`` in turn, in a thread.
 
     Each connection sends 64 bytes to the echo and checks the answer;
-    ``failures`` lists (time, target, reason) of every one that did not.
+    ``failures`` lists (end time, target, reason) of every one that did not,
+    ``failed_started`` the start times of the same (seconds since the load
+    started, like :meth:`since`).
     """
 
     def __init__(self, targets: list[tuple[str, int]], rate: float = 200.0) -> None:
@@ -318,6 +320,7 @@ class Load:
         self.rate = rate
         self.ok = 0
         self.failures: list[tuple[float, tuple[str, int], str]] = []
+        self.failed_started: list[float] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="load", daemon=True)
         self.started = 0.0
@@ -356,7 +359,12 @@ class Load:
         if tasks:
             await asyncio.wait(tasks, timeout=scaled(15))
 
+    def since(self) -> float:
+        """Seconds since the load started (the clock of ``failures``)."""
+        return time.monotonic() - self.started
+
     async def _one(self, target: tuple[str, int], payload: bytes) -> None:
+        begun = self.since()
         try:
             async with asyncio.timeout(scaled(10)):
                 reader, writer = await asyncio.open_connection(*target)
@@ -375,7 +383,8 @@ class Load:
                 raise ConnectionError(f"echo returned {len(got)} of {len(payload)} bytes")
             self.ok += 1
         except (OSError, TimeoutError, ConnectionError) as exc:
-            self.failures.append((time.monotonic() - self.started, target, repr(exc)))
+            self.failures.append((self.since(), target, repr(exc)))
+            self.failed_started.append(begun)
 
 
 class Streams:
