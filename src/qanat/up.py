@@ -468,7 +468,8 @@ async def run_db_gateway(
     try:
         source = DatabaseStageSource(store, transform=bind_map)
         node = cluster.node if cluster is not None else node
-        parts: list[GatewayPart] = [DatabasePart(store, node)]
+        # A cluster node stays ready without the database (see DatabasePart).
+        parts: list[GatewayPart] = [DatabasePart(store, node, readiness=cluster is None)]
         if cluster is not None:
             # Last part: its drain (stop_accepting) runs first on SIGTERM.
             parts.append(ClusterNode(source, cluster))
