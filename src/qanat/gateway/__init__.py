@@ -7,8 +7,12 @@ How it works, module by module:
   chisel-v3 upgrade and a valid token becomes a tunnel; a plain GET of an
   address is a status probe (or a 302); ``/healthz``, ``/readyz``,
   ``/metrics`` are answered here; anything else goes to the portal when one
-  runs in the same process. Failed token attempts are rate-limited per source
-  (``ratelimit``) and reconnect storms per connector (``flapping``).
+  runs in the same process. Connections that are not a tunnel yet are
+  capped per source and in all (``pressure``; portal ones closed when idle,
+  ``idle``); the token is checked first and only failed attempts are
+  rate-limited, per (source, address) and globally (``tokenlimit``);
+  reconnect storms per connector (``flapping``); a port inside an earlier
+  stage's overlapping range is refused (``contested``).
 - ``tunnel``: one connector's SSH session: the ``config`` request (validated
   remotes), keepalive pings and dead-peer removal, draining, and the
   connections riding on it.

@@ -280,6 +280,25 @@ def test_connector_asking_for_a_port_of_another_stage_is_refused(cloud: Cloud) -
     assert answer["body"] == "dev endpoint says hello /orders\n"
 
 
+def test_a_stage_sharing_an_address_gets_nothing_even_when_connecting_first(
+    cloud: Cloud,
+) -> None:
+    """The attack: stage test shares dev's address and declares a port dev has
+    not bound yet. dev is configured first, so dev owns every port of its
+    range on that address: test is refused, whoever connects first, and
+    dev's apps never reach test's side."""
+    free = 18099
+    earlier = cloud.procs.procs.get("connector-test")
+    if earlier is not None:  # the refused connector of the test before (exits by itself)
+        earlier.wait(START_S)
+    cloud.start_connector("test", f"R:{free}:127.0.0.1:8081", once=True)
+    cloud.procs.wait_log(
+        "connector-test", f"port {free} is reserved by another stage on {DEV_BIND}", START_S
+    )
+    assert _refused(cloud.app("app-dev", "http", "secure-gateway", str(free)))
+    assert cloud.app("app-dev", "http", "secure-gateway", str(HTTP_PORT))["ok"] is True
+
+
 def test_stage_with_an_unbindable_address_is_refused_others_unaffected(cloud: Cloud) -> None:
     gateway_log = cloud.procs.log("gateway")
     assert f"stage 'acme/broken': bind address {UNBINDABLE} is not an address" in gateway_log
