@@ -51,7 +51,8 @@ def test_any_signed_request_round_trips(node: str, stage: str, port: int, kind: 
     t = now_ms()
     line = linkwire.request_line(SECRET, node=node, stage=stage, port=port, now_ms=t,
                                  nonce="n", kind=kind)  # fmt: skip
-    assert line.endswith(b"\n") and line.count(b"\n") == 1
+    assert line.endswith(b"\n")
+    assert line.count(b"\n") == 1
     request = linkwire.parse_request(line[:-1], SECRET, t, linkwire.NonceCache())
     assert (request.node, request.stage, request.port, request.kind) == (node, stage, port, kind)
 
