@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from nodes import SECRET, Node, cluster, publishing
 
+from qanat.cluster import linkwire
 from qanat.cluster.link import LinkDialer, RemoteTunnel
 from qanat.connector.options import ConnectOptions
 from qanat.errors import ChannelOpenFailed
@@ -105,6 +107,29 @@ async def test_datagrams_to_a_node_without_the_connector_are_carried_to_the_node
                     relayed = [s for s, f in serving.flows.items() if f.sink is not None]
                     assert len(relayed) == 3
                     assert len(serving.links) == 1
+                    # A node that breaks the gob stream loses its link, nothing else.
+                    host, _, link_port = a.member.link_address.rpartition(":")
+                    reader, writer = await asyncio.open_connection(host, int(link_port))
+                    nonce = linkwire.new_nonce()
+                    writer.write(
+                        linkwire.request_line(
+                            SECRET,
+                            node="n9",
+                            stage=serving.stage_key,
+                            port=port,
+                            now_ms=int(time.time() * 1000),
+                            nonce=nonce,
+                            kind="udp",
+                        )  # fmt: skip
+                    )
+                    answer = await asyncio.wait_for(reader.readline(), scaled(5))
+                    assert linkwire.parse_reply(answer[:-1], SECRET, nonce) is None
+                    writer.write(b"\x05hello" * 10)  # type id 52 was never defined
+                    assert await asyncio.wait_for(reader.read(), scaled(5)) == b""
+                    writer.close()
+                    await eventually(lambda: len(serving.links) == 1, "the broken link gone")
+                    app, transport = apps[0]
+                    assert await exchange(app, transport, b"still") == b"echo:still"
                     # And a's own apps still go straight to the connector.
                     transport, app = await loop.create_datagram_endpoint(
                         _App, remote_addr=(a.bind, port)
