@@ -120,7 +120,7 @@ async def test_datagrams_to_a_node_without_the_connector_are_carried_to_the_node
                             now_ms=int(time.time() * 1000),
                             nonce=nonce,
                             kind="udp",
-                        )  # fmt: skip
+                        )
                     )
                     answer = await asyncio.wait_for(reader.readline(), scaled(5))
                     assert linkwire.parse_reply(answer[:-1], SECRET, nonce) is None
