@@ -20,7 +20,7 @@ from qanat.store import Store
 from qanat.wire.remotes import decode_remote, decode_remotes
 from support.endpoints import UdpEchoEndpoint
 from support.natsserver import NatsServer
-from support.servers import free_port
+from support.servers import echo_server, free_port, free_port_both, roundtrip
 from support.timing import eventually, scaled
 from support.tunnels import running_connector
 
@@ -189,3 +189,53 @@ async def test_datagrams_for_a_node_without_a_connector_are_dropped_and_counted(
             transport.close()
         tunnel.tasks.cancel()
         b.gateway.ports.unbind(tunnel)  # type: ignore[arg-type]
+
+
+async def test_tcp_and_udp_on_one_port_number_are_both_carried(
+    tmp_path: Path,
+    nats_server: NatsServer,
+    store: Store,
+    db_url: str,
+    portal: Portal,
+    operator: Actor,
+    acme: str,
+) -> None:
+    """Presence keeps a port's TCP and UDP endpoints apart (``<port>`` / ``<port>u``)."""
+    port = free_port_both()
+    loop = asyncio.get_running_loop()
+    with UdpEchoEndpoint() as udp_target:
+        async with (
+            publishing(store, nats_server.url),
+            echo_server() as tcp_target,
+            cluster(tmp_path, db_url, nats_server.url, 2) as (a, b),
+        ):
+            activation = await asyncio.to_thread(portal.activate, operator, SRC, acme, "Test")
+            assert activation.token is not None
+            await eventually(lambda: all(n.source.stages() for n in (a, b)), "stage on all nodes")
+            options = ConnectOptions(
+                address=f"{a.url}/{a.source.stages()[0].address_id}",
+                remotes=tuple(
+                    decode_remotes(
+                        [
+                            f"R:{port}:127.0.0.1:{tcp_target}",
+                            f"R:{port}:127.0.0.1:{udp_target.port}/udp",
+                        ]
+                    )
+                ),
+                headers=(("token", activation.token),),
+                keepalive_s=0.0,
+                max_retry_interval_s=0.2,
+            )
+            async with running_connector(options):
+                await eventually(
+                    lambda: b.serves(port) and udp_endpoint(b, port) is not None,
+                    "node b serving the port's TCP and UDP endpoints",
+                )
+                assert await roundtrip(port, b"tcp\n", host=b.bind) == b"tcp\n"
+                transport, app = await loop.create_datagram_endpoint(
+                    _App, remote_addr=(b.bind, port)
+                )
+                try:
+                    assert await exchange(app, transport, b"udp") == b"echo:udp"
+                finally:
+                    transport.close()
