@@ -32,10 +32,13 @@ import socket
 import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 from qanat import __version__
 from qanat.datadir import secure_data_dir
 from qanat.errors import ConfigError
+from qanat.gateway.gated import HttpFactory, serve_http_door
+from qanat.gateway.pressure import DoorPressure
 from qanat.gateway.serve import GatewayService, serve_gateway
 from qanat.gateway.server import Gateway
 from qanat.gateway.settings import GatewaySettings
@@ -404,6 +407,8 @@ async def run_portal(
     make_data_dir(data_dir)
     store = await asyncio.to_thread(open_store, StoreConfig(url=database_url))
     http: PortalHttp | None = None
+    server: asyncio.Server | None = None
+    door: DoorPressure | None = None
     try:
         portal = Portal(store, PortalConfig(public_url))
         app = build_app(
@@ -414,7 +419,12 @@ async def run_portal(
         )
         http = PortalHttp(app)
         await http.start()
-        host, port = await http.listen(*listen)
+        # The same door as the gateway's front door: head and idle deadlines,
+        # caps on connections per source and in all, pressure logged.
+        factory = cast(HttpFactory, http.protocol_factory())
+        server, door = await serve_http_door(factory, *listen)
+        sockname = server.sockets[0].getsockname()
+        host, port = str(sockname[0]), int(sockname[1])
         url = f"http://{host}:{port}"
         first, local = await asyncio.to_thread(bootstrap, portal, data_dir, url)
         set_local_admin(app, local)
@@ -423,8 +433,12 @@ async def run_portal(
         _announce_first_admin(first, data_dir)
         await _until_signal()
     finally:
+        if server is not None:
+            server.close()
         if http is not None:
             await http.close()
+        if door is not None:
+            door.close()
         store.close()
     return 0
 
