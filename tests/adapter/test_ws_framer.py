@@ -105,5 +105,6 @@ async def test_split_frames_reach_the_upper_protocol_unchanged(masked, how):
     for piece in _cuts(stream, how):
         link.data_received(piece)
     assert upper.data == b"".join(payloads)
-    assert not link.rbuf and not link.rest
+    assert not link.rbuf
+    assert not link.rest
     assert b"\x8a" in wire.written  # the pong

@@ -3,8 +3,9 @@
 After the HTTP upgrade a chisel tunnel is a byte stream carried in binary
 frames. :class:`FramedTransport` shows that stream to an upper
 :class:`asyncio.Protocol` (the SSH connection) as an ordinary transport:
-``write()`` sends one binary frame and every data frame received goes to
-``upper.data_received()``. Frame boundaries carry no meaning, exactly as the
+``write()`` sends one binary frame and every data frame's payload goes to
+``upper.data_received()`` as it arrives, in pieces if the frame comes in
+several reads. Frame boundaries carry no meaning, exactly as the
 chisel peers treat them.
 
 Data frames are framed by this module itself both ways (a few lines, and
