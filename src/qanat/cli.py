@@ -446,11 +446,17 @@ def _hosts_stages(
 # -- parser -----------------------------------------------------------------------
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(*, admin_only: bool = False) -> argparse.ArgumentParser:
+    """The command line; ``admin_only`` builds just ``qanat admin`` (see main)."""
     parser = argparse.ArgumentParser(prog="qanat", description="qanat private gateway")
     parser.add_argument("--version", action="version", version=f"qanat {__version__}")
     parser.add_argument("--log-format", choices=["human", "json"], default="human")
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
+    if admin_only:
+        from qanat.admincli import add_admin_parser
+
+        add_admin_parser(sub, DEFAULT_DATA_DIR)
+        return parser
 
     from qanat.connector.options import add_connect_arguments
     from qanat.ops import commands as ops_commands
@@ -555,9 +561,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _command_of(argv: list[str]) -> str | None:
+    """The subcommand's name, skipping the top-level options."""
+    words = iter(argv)
+    for word in words:
+        if word == "--log-format":
+            next(words, None)
+        elif not word.startswith("-"):
+            return word
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    arguments = sys.argv[1:] if argv is None else argv
+    # `qanat admin` is a short-lived API client: building only its parser
+    # keeps the connector's and gateway's modules (asyncio, SOCKS, SSH) out.
+    parser = build_parser(admin_only=_command_of(arguments) == "admin")
+    args = parser.parse_args(arguments)
     verbose = getattr(args, "verbose", 0)
     setup_logging(verbose, args.log_format)
     if verbose >= 3:

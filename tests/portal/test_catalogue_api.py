@@ -434,6 +434,23 @@ def test_a_connector_describes_its_own_endpoints(tmp_path: Path) -> None:
             ("connector:orders-1", first)
         ]
 
+        # Reconnecting with the same description changes nothing and is not
+        # audited; the pieces go in order, so once the later (fixed) one is
+        # in, the repeated one was handled.
+        again = (declarations[0], Declaration(third, "now plain text"))
+        async with connector(
+            act["address"], act["token"], *remotes, connector_id="orders-1",
+            declarations=again,
+        ):  # fmt: skip
+
+            async def fixed() -> bool:
+                entries = {e["port"]: e for e in await _entries(admin)}
+                return entries.get(third, {}).get("description") == "now plain text"
+
+            await eventually(fixed, 10, "the corrected declaration")
+        audit = (await admin.ok("GET", "/orgs/acme/audit?action=endpoint.declare"))["entries"]
+        assert [e["details"]["port"] for e in audit] == [third, first]
+
     _run(tmp_path, scenario)
 
 

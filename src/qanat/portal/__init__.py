@@ -8,7 +8,11 @@ How it works::
     lifecycle.py  organisations, stages, activate / deactivate / renew_token,
                   gateway settings, status, audit log
     identity.py   users, roles per organisation, API keys, authentication
-    access.py     Actor and the role checks (admin vs viewer per organisation)
+    catalogue.py  the endpoint catalogue of each stage (operator writes,
+                  viewer reads; merged with the live connectors) and traffic
+    openapidoc.py OpenAPI documents: size limit, structural check, summary
+    declared.py   connectors' own descriptions (describe@qanat) -> catalogue
+    access.py     Actor and the role checks (viewer < operator < admin per organisation)
     passwords.py  scrypt password hashes;  apikeys.py  API key format and hash
     names.py      validation of names, passwords, networks (InvalidInput)
     config.py     PortalConfig: public base URL and defaults for new stages

@@ -24,6 +24,7 @@ Every change writes one audit entry (``endpoint.set``, ``endpoint.document``,
 
 from __future__ import annotations
 
+import functools
 import re
 from collections import defaultdict
 from datetime import datetime, timedelta
@@ -462,10 +463,15 @@ def _fields(entry: CatalogueRecord) -> dict[str, Any]:
 
 
 def _title(entry: CatalogueRecord) -> str:
-    if entry.openapi_doc is None:
-        return ""
+    return "" if entry.openapi_doc is None else _document_title(entry.openapi_doc)
+
+
+@functools.lru_cache(maxsize=256)
+def _document_title(text: str) -> str:
+    # Listings show every entry's title: parse each stored document once per
+    # process, not on every page load (the text is the key; str caches its hash).
     try:
-        summary = openapidoc.summarize(entry.openapi_doc)
+        summary = openapidoc.summarize(text)
     except InvalidInput:
         return ""
     return f"{summary.title} {summary.version}".strip()

@@ -18,6 +18,8 @@ How it works::
     live.py         ConnectorRegistry: gateway nodes report live connectors
     reporter.py     GatewayReporter: a gateway's tunnel hooks -> ConnectorRegistry,
                     queued and written from a worker thread
+    traffic.py      TrafficMeter: deltas of the gateway's counters (pure), which
+                    the reporter adds to per-minute traffic buckets
 
 Schema (one row per ...)::
 

@@ -200,6 +200,7 @@ func (t *tunnel) serveRequests(reqs <-chan *ssh.Request) {
 			}
 			r.Reply(true, nil)
 		default:
+			log.Printf("server: session#%d: request %q refused (unknown)", t.id, r.Type)
 			r.Reply(false, nil)
 		}
 	}

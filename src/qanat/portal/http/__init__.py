@@ -14,6 +14,10 @@ How it works::
     problems.py   exceptions -> RFC 9457 problem objects
     sessions.py   signed session cookies and CSRF tokens
     web.py        the pages (templates/*.html, static/portal.css|js)
+    webcatalogue.py  a stage's endpoint catalogue, OpenAPI view, traffic
+    webadmin.py   users and API keys, the organisation's audit log
+    apicatalogue.py  /api/v1/.../endpoints and .../traffic
+    filters.py    Jinja filters: one timestamp format, bytes, sparklines
 
 This package is the only importer of aiohttp and Jinja2. aiohttp is used at
 its lowest level: ``runner.server`` is an ``asyncio.Protocol`` factory, which

@@ -26,7 +26,7 @@ class ApiRoute:
 
     Attributes:
         role: who may call it: ``public``, ``user`` (any signed-in caller),
-            ``viewer`` or ``admin`` of the organisation in the path.
+            ``viewer``, ``operator`` or ``admin`` of the organisation in the path.
         body: name of the request body schema, if any.
         response: name of the success response schema, if any.
         status: the success status code.
