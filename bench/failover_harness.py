@@ -468,11 +468,13 @@ class LoadGen:
         greeting_timeout_s: float = 15.0,
         answer_timeout_s: float = 10.0,
         payload_bytes: int = 64,
+        host: str = "127.0.0.1",
     ) -> None:
         if count is None:
             assert duration_s is not None
             count = int(rate * duration_s)
         self.port = port
+        self.host = host
         self.rate = rate
         self.count = count
         self.max_open = max_open
@@ -546,7 +548,7 @@ class LoadGen:
         try:
             async with asyncio.timeout(self.greeting_timeout_s):
                 try:
-                    reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+                    reader, writer = await asyncio.open_connection(self.host, self.port)
                 except ConnectionRefusedError:
                     self.outcomes.append(Outcome(started, None, "refused", "connect refused"))
                     return

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from qanat import __version__
+from qanat.datadir import private_umask, secure_data_dir
 from qanat.errors import ConfigError, QanatError
 from qanat.logs import setup_logging
 
@@ -57,7 +58,7 @@ def _gateway_settings(
     from qanat.connector.options import parse_duration
     from qanat.gateway.hedge import HedgePolicy
     from qanat.gateway.settings import GatewaySettings
-    from qanat.ops.commands import metrics_allow_from_args
+    from qanat.ops.commands import metrics_allow_from_args, trusted_proxies_from_args
 
     keepalive_s = parse_duration(args.keepalive, "--keepalive")
     # Unless given, a ping may take as long as the interval, up to 5 s.
@@ -96,6 +97,7 @@ def _gateway_settings(
         udp_idle_timeout_s=parse_duration(args.udp_idle_timeout, "--udp-idle-timeout"),
         udp_max_flows=args.udp_max_flows,
         metrics_allow_cidrs=metrics_allow_from_args(args),
+        trusted_proxy_cidrs=trusted_proxies_from_args(args),
         hedge=hedge,
         **more,  # type: ignore[arg-type]
     )
@@ -105,6 +107,8 @@ def _cmd_gateway(args: argparse.Namespace) -> int:
     from qanat.net.ssh import HostKey
 
     data_dir = Path(args.data_dir).expanduser()
+    private_umask()
+    secure_data_dir(data_dir)
     if args.action == "fingerprint":
         print(HostKey.load_or_create(data_dir / "host_key").fingerprint)
         return 0
@@ -216,6 +220,8 @@ def _cmd_up(args: argparse.Namespace) -> int:
     from qanat.up import UpConfig, default_node, run_up, tls_setup
 
     data_dir = Path(args.data_dir).expanduser()
+    private_umask()
+    secure_data_dir(data_dir)
     host, port = _host_port(args.listen, "--listen")
     if bool(args.tls_cert) != bool(args.tls_key):
         raise ConfigError("--tls-cert and --tls-key go together")
@@ -234,7 +240,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
         public_url=_public_url(args.public_url),
         database_url=normalize_url(args.database_url) if args.database_url else None,
         node=default_node(),
-        endpoint_host=names.bind_host(args.endpoint_bind),
+        endpoint_pool=names.bind_pool(args.endpoint_bind),
         ssl_context=ssl_context,
         tls_files=tls_files,
         ca_file=ca_file,
@@ -249,6 +255,8 @@ def _cmd_portal(args: argparse.Namespace) -> int:
     from qanat.up import run_portal
 
     data_dir = Path(args.data_dir).expanduser()
+    private_umask()
+    secure_data_dir(data_dir)
     url = database_url(data_dir, {"QANAT_DATABASE_URL": args.database_url or ""})
     public = _public_url(args.public_url) or "http://127.0.0.1:8080"
     return run(run_portal(data_dir, url, _host_port(args.listen, "--listen"), public))
@@ -363,8 +371,9 @@ def _add_portal_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignor
     up.add_argument("--database-url", default=env_db, help="use this database instead of SQLite")
     up.add_argument(
         "--endpoint-bind",
-        default="127.0.0.1",
-        help="address the endpoint ports (secure-gateway:<port>) of new stages listen on",
+        default="127.0.0.0/8",
+        help="network (CIDR) or address each new stage gets its own bind address from, for"
+        " its endpoint ports (secure-gateway:<port>); default: loopback, 127.0.0.0/8",
     )
     up.add_argument("--tls-cert", default=None, help="certificate chain to serve (PEM)")
     up.add_argument("--tls-key", default=None, help="its private key (PEM)")

@@ -125,11 +125,18 @@ class ChannelOpenFailed(QanatError):
 
     Attributes:
         reason: the peer's explanation (for a qanat connector, the dial error).
+        code: the SSH reason code (RFC 4254: 1 administratively prohibited,
+            2 connect failed, 3 unknown channel type, 4 resource shortage);
+            on the refusing side, what to send; 0 when there was no answer.
     """
 
-    def __init__(self, message: str, *, reason: str = "") -> None:
+    ADMINISTRATIVELY_PROHIBITED = 1
+    CONNECT_FAILED = 2
+
+    def __init__(self, message: str, *, reason: str = "", code: int = CONNECT_FAILED) -> None:
         super().__init__(message)
         self.reason = reason
+        self.code = code
 
 
 class PortalError(QanatError):
@@ -154,6 +161,18 @@ class Unauthorized(PortalError):
 
 class InvalidInput(PortalError):
     """A value given to the portal is malformed."""
+
+
+class TooManyAttempts(PortalError):
+    """Sign-in refused for now: too many failures, or too many in progress.
+
+    Attributes:
+        retry_after_s: when to try again.
+    """
+
+    def __init__(self, message: str, *, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class TooLarge(InvalidInput):

@@ -2,6 +2,12 @@
 
 Every line about a tunnel carries its context (stage, tunnel id, connector
 id) through :class:`ContextLogger`; secrets are never passed to a logger.
+
+Peers supply many of the strings logged (a connector's version, remotes, a
+channel's target, a refusal reason): the human format therefore escapes
+every control character (newline, carriage return, ANSI escape ...) of the
+message and of the context, so no peer can forge or hide a line. JSON lines
+are escaped by JSON itself.
 """
 
 from __future__ import annotations
@@ -12,6 +18,13 @@ import sys
 import time
 from collections.abc import MutableMapping
 from typing import Any
+
+
+def escape(text: str) -> str:
+    """``text`` with control and other non-printable characters as ``\\xNN`` escapes."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
 
 
 class ContextLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
@@ -40,8 +53,8 @@ class HumanFormatter(logging.Formatter):
         stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
         prefix = f"{stamp}.{int(record.msecs):03d} {record.levelname:<7} "
         if ctx:
-            prefix += "[" + " ".join(f"{k}={v}" for k, v in ctx.items()) + "] "
-        text = prefix + record.getMessage()
+            prefix += "[" + " ".join(f"{k}={escape(str(v))}" for k, v in ctx.items()) + "] "
+        text = prefix + escape(record.getMessage())
         if record.exc_info:
             text += "\n" + self.formatException(record.exc_info)
         return text

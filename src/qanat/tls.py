@@ -219,7 +219,7 @@ def ensure_dev_certificate(data_dir: Path, names: Iterable[str] | None = None) -
         return cert_path, key_path
     cert_pem, key_pem = make_self_signed(wanted, days=DEV_CERT_VALID_DAYS)
     try:
-        tls_dir.mkdir(parents=True, exist_ok=True)
+        tls_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         _write_atomic(key_path, key_pem, 0o600)
         _write_atomic(cert_path, cert_pem, 0o644)
     except OSError as exc:
@@ -313,6 +313,7 @@ def _write_atomic(path: Path, data: bytes, mode: int) -> None:
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
+        os.chmod(tmp, mode)  # whatever the umask: the certificate itself is public
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -34,11 +34,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from qanat import __version__
+from qanat.datadir import secure_data_dir
 from qanat.errors import ConfigError
 from qanat.gateway.serve import GatewayService, serve_gateway
 from qanat.gateway.server import Gateway
 from qanat.gateway.settings import GatewaySettings
 from qanat.portal import PasswordHasher, Portal, PortalConfig, localadmin
+from qanat.portal.config import DEFAULT_BIND_POOL
 from qanat.portal.declared import catalogue_sink
 from qanat.portal.http import PortalHttp, PortalHttpSettings, build_app, set_local_admin
 from qanat.portal.http.sessions import Signer, load_secret
@@ -71,8 +73,9 @@ class UpConfig:
         poll_interval_s: how often the gateway reads the stage change counter.
         keepalive_s: gateway pings to connectors.
         report_refresh_s: how often keepalive round-trips are written.
-        endpoint_host: where the endpoint ports (``secure-gateway:<port>``)
-            of new stages listen; loopback unless configured otherwise.
+        endpoint_pool: the network (or single address) new stages' bind
+            addresses are allocated from, one address per stage, so that no
+            two stages share an endpoint port; all of loopback by default.
         node: this gateway node's name in the connector status.
         ssl_context: TLS for the listen address (None: plain HTTP).
         ca_file: the certificate connectors and ``qanat admin`` must trust
@@ -93,7 +96,7 @@ class UpConfig:
     poll_interval_s: float = 0.5
     keepalive_s: float = 25.0
     report_refresh_s: float = 5.0
-    endpoint_host: str = "127.0.0.1"
+    endpoint_pool: str = DEFAULT_BIND_POOL
     node: str = field(default_factory=socket.gethostname)
     ssl_context: ssl.SSLContext | None = None
     #: The (certificate, key) files behind ``ssl_context``, reloaded on SIGHUP.
@@ -128,15 +131,12 @@ class FirstAdmin:
 
 
 def make_data_dir(path: Path) -> None:
-    """Create the data directory (mode 0700: it holds secrets).
+    """Create the data directory (mode 0700: it holds secrets), or fix its modes.
 
     Raises:
         ConfigError: it cannot be created.
     """
-    try:
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"cannot create the data directory {path}: {exc}") from None
+    secure_data_dir(path)
 
 
 def bootstrap(
@@ -226,8 +226,9 @@ class PortalPart:
         up.url = cfg.public_url or base_url(
             cfg.listen_host if cfg.listen_host else host, port, tls=cfg.ssl_context is not None
         )
-        defaults = PrivateGatewaySettings(bind_host=cfg.endpoint_host)
-        portal_config = PortalConfig(up.url, stage_defaults=defaults)
+        portal_config = PortalConfig(
+            up.url, stage_defaults=PrivateGatewaySettings(), bind_pool=cfg.endpoint_pool
+        )
         up.portal = Portal(up.store, portal_config, hasher=cfg.hasher)
         gateway.describe_sink = catalogue_sink(up.portal)
         http_settings = cfg.http
@@ -235,6 +236,9 @@ class PortalPart:
             http_settings = dataclasses.replace(http_settings, secure_cookies=True)
         if cfg.ca_file and not http_settings.connector_ca_file:
             http_settings = dataclasses.replace(http_settings, connector_ca_file=cfg.ca_file)
+        trusted = cfg.gateway_settings.trusted_proxy_cidrs
+        if trusted and not http_settings.trusted_proxy_cidrs:
+            http_settings = dataclasses.replace(http_settings, trusted_proxy_cidrs=trusted)
         app = build_app(
             up.portal,
             Signer(load_secret(cfg.data_dir), session_ttl_s=http_settings.session_ttl_s),

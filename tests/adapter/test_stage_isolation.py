@@ -176,6 +176,41 @@ def test_port_reserved_by_another_stage_is_refused(tmp_path: Path) -> None:
     asyncio.run(asyncio.wait_for(main(), DEADLINE_S))
 
 
+def _tagged(tag: bytes) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(tag + await reader.read(1024))
+        await writer.drain()
+        writer.close()
+
+    return handler
+
+
+def test_overlapping_stage_connecting_first_gets_nothing(tmp_path: Path) -> None:
+    """The attack: stage "evil" shares acme's address and connects first with
+    acme's port. The stage configured first owns the port, whoever connects
+    first: evil is refused, acme is not, and acme's app traffic reaches acme."""
+
+    async def main() -> None:
+        async with (
+            running_bed(tmp_path) as bed,
+            private_endpoint(_tagged(b"acme:")) as acme_target,
+            private_endpoint(_tagged(b"evil:")) as evil_target,
+        ):
+            bed.add_stage("acme/dev", "127.0.0.2", ("127.0.0.0/8",))
+            bed.add_stage("evil/dev", "127.0.0.2", ("127.0.0.0/8",))
+            port = _free_port("127.0.0.2")
+            with pytest.raises(RemotesRejected, match="reserved by another stage"):
+                await bed.connect("evil/dev", f"R:{port}:127.0.0.1:{evil_target}")
+            await bed.connect("acme/dev", f"R:{port}:127.0.0.1:{acme_target}")
+            assert await ask("127.0.0.2", port, payload=b"AUTH PLAIN") == b"acme:AUTH PLAIN"
+            # The wildcard overlaps every address: refused as well.
+            bed.add_stage("evil/any", "0.0.0.0", ("127.0.0.0/8",))
+            with pytest.raises(RemotesRejected, match="reserved by another stage"):
+                await bed.connect("evil/any", f"R:{port}:127.0.0.1:{evil_target}")
+
+    asyncio.run(asyncio.wait_for(main(), DEADLINE_S))
+
+
 def test_unbindable_stage_address_is_refused_other_stages_unaffected(tmp_path: Path) -> None:
     async def main() -> None:
         async with running_bed(tmp_path) as bed, private_endpoint() as target:

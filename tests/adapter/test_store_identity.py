@@ -120,7 +120,25 @@ def test_outsider_cannot_tell_whether_an_org_exists(
     assert str(real.value).replace("globex", "X") == str(missing.value).replace("initech", "X")
 
 
-def test_user_creating_an_org_becomes_its_admin(portal: Portal, alice: Actor) -> None:
+def test_only_platform_admins_create_organisations(
+    portal: Portal, operator: Actor, alice: Actor, victor: Actor
+) -> None:
+    # The attack: a viewer (or even an admin) of acme creates org "evil" and
+    # becomes its admin. Creating organisations is a platform-level role.
+    for who in (victor, alice):
+        with pytest.raises(Forbidden, match="platform admin"):
+            portal.create_org(who, SRC, "evil")
+        with pytest.raises(Forbidden, match="platform admin"):
+            portal.set_platform_admin(who, SRC, who.name, True)
+    assert [o.name for o in portal.list_orgs(operator)] == ["acme"]
+    assert not portal.is_platform_admin(victor)
+
+
+def test_user_creating_an_org_becomes_its_admin(
+    portal: Portal, operator: Actor, alice: Actor
+) -> None:
+    portal.set_platform_admin(operator, SRC, "alice", True)
+    assert portal.is_platform_admin(alice)
     portal.create_org(alice, SRC, "alices-lab")
     assert portal.role_of(alice, "alices-lab") is Role.ADMIN
     assert [o.name for o in portal.list_orgs(alice)] == ["acme", "alices-lab"]

@@ -268,3 +268,48 @@ def test_operator_sets_bind_address_and_ports(
     assert view.bind_host == "127.0.0.2"
     assert view.allows_port(8081)
     assert not view.allows_port(9000)
+
+
+def test_every_stage_gets_its_own_bind_address(
+    portal: Portal, store: Store, operator: Actor, acme: str
+) -> None:
+    for org in ("globex", "initech"):
+        portal.create_org(operator, SRC, org)
+    portal.add_stage(operator, SRC, "globex", "Staging")
+    hosts = [
+        s.settings.bind_host
+        for org in ("acme", "globex", "initech")
+        for s in portal.list_stages(operator, org)
+    ]
+    assert len(hosts) == 10
+    assert len(set(hosts)) == 10, hosts
+    assert all(h.startswith("127.") for h in hosts)
+
+
+def test_no_stage_may_overlap_another_stages_address_and_ports(
+    portal: Portal, operator: Actor, acme: str
+) -> None:
+    portal.create_org(operator, SRC, "evil")
+    victim = next(s for s in portal.list_stages(operator, acme) if s.name == "Production")
+    host = victim.settings.bind_host
+    with pytest.raises(Conflict, match=r"stage 'acme/Production' listens on"):
+        portal.configure_gateway(operator, SRC, "evil", "Development", bind_host=host)
+    # A wildcard address would receive every stage's connections too.
+    with pytest.raises(Conflict, match="never share an"):
+        portal.configure_gateway(operator, SRC, "evil", "Development", bind_host="0.0.0.0")
+    # Same address, disjoint port ranges: allowed (no port is shared).
+    portal.configure_gateway(operator, SRC, acme, "Production", ports=(8000, 8099))
+    portal.configure_gateway(operator, SRC, "evil", "Test", ports=(9000, 9099))
+    portal.configure_gateway(operator, SRC, "evil", "Test", bind_host=host)
+    with pytest.raises(Conflict, match="never share an"):
+        portal.configure_gateway(operator, SRC, "evil", "Test", ports=(8090, 9099))
+
+
+def test_a_full_bind_pool_is_a_clear_conflict(store: Store, operator: Actor) -> None:
+    from qanat.portal import PortalConfig
+    from support.store import TEST_HASHER
+
+    portal = Portal(store, PortalConfig(BASE_URL, bind_pool="127.0.9.0/31"), hasher=TEST_HASHER)
+    with pytest.raises(Conflict, match=r"no free bind address left in 127.0.9.0/31"):
+        portal.create_org(operator, SRC, "acme")  # three stages, two addresses
+    assert portal.list_orgs(operator) == []

@@ -194,3 +194,40 @@ def test_catalogue_revision_keeps_roles_and_allows_operator(db_url: str) -> None
                 conn.execute(sa.text("UPDATE memberships SET role = 'owner'"))
     finally:
         engine.dispose()
+
+
+def test_platform_revision_keeps_memberships_and_makes_the_first_user_platform_admin(
+    db_url: str,
+) -> None:
+    config = StoreConfig(db_url)
+    engine = create_store_engine(config)
+    try:
+        migrate_engine(engine, config, target="r0002c")
+        now = {"t": utc_now().replace(tzinfo=None)}
+        with engine.begin() as conn:
+            conn.execute(
+                sa.text("INSERT INTO orgs (id, name, created_at) VALUES (1, 'a', :t)"), now
+            )
+            for uid, name in ((1, "first"), (2, "second")):
+                conn.execute(
+                    sa.text(
+                        "INSERT INTO users (id, username, password_hash, created_at)"
+                        f" VALUES ({uid}, '{name}', 'h', :t)"
+                    ),
+                    now,
+                )
+                conn.execute(
+                    sa.text(
+                        "INSERT INTO memberships (user_id, org_id, role)"
+                        f" VALUES ({uid}, 1, 'admin')"
+                    )
+                )
+        assert migrate_engine(engine, config) == head_revision()
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT COUNT(*) FROM memberships")).scalar_one() == 2
+            rows = conn.execute(
+                sa.text("SELECT username, platform_admin FROM users ORDER BY id")
+            ).all()
+            assert [(r[0], bool(r[1])) for r in rows] == [("first", True), ("second", False)]
+    finally:
+        engine.dispose()

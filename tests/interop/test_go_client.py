@@ -37,10 +37,10 @@ from failover_harness import LoadGen, summarize  # noqa: E402
 MAX_CUT_IN_FLIGHT = 5
 
 
-def serving(port: int) -> bool:
-    """One ECHO exchange through the gateway's ``port`` works."""
+def serving(port: int, host: str = "127.0.0.1") -> bool:
+    """One ECHO exchange through the gateway's ``port`` (on ``host``) works."""
     try:
-        return echo_ok(port, b"through a Go client\n")
+        return echo_ok(port, b"through a Go client\n", host)
     except (OSError, AssertionError):
         return False
 
@@ -204,7 +204,7 @@ def test_two_go_clients_one_killed_one_frozen_under_load_fail_no_app_connection(
     a = clients.client(remote, stage=stage, name="go a")
     b = clients.client(remote, stage=stage, name="go b")
     wait_until(lambda: go_clients_on_the_port(bed, port, 2, mark), "two Go clients serving", 20)
-    load = LoadGen(port, rate=100, count=900).start()
+    load = LoadGen(port, rate=100, count=900, host=stage.bind).start()
     try:
         wait_until(lambda: len(load.outcomes) >= 150, "app connections through both", 20)
         a.send(signal.SIGKILL)
@@ -232,11 +232,11 @@ def test_go_client_comes_back_by_itself_after_a_gateway_restart(bed: Bed, client
         port = free_port()
         client = clients.client([f"R:{port}:127.0.0.1:{endpoint.port}"], stage=stage)
         client.wait_for(CONNECTED, 20)
-        wait_until(lambda: serving(port), "the tunnel before the restart", 10)
+        wait_until(lambda: serving(port, stage.bind), "the tunnel before the restart", 10)
         before = len(client.find(CONNECTED))
         bed.up.restart()
         wait_until(lambda: len(client.find(CONNECTED)) > before, "the Go client reconnecting", 30)
-        wait_until(lambda: serving(port), "the tunnel after the restart", 10)
+        wait_until(lambda: serving(port, stage.bind), "the tunnel after the restart", 10)
         assert client.proc.poll() is None
 
 
@@ -250,7 +250,7 @@ def test_renewal_keeps_the_go_tunnel_and_refuses_the_old_token_afterwards(
         remote = [f"R:{port}:127.0.0.1:{endpoint.port}"]
         first = clients.client(remote, stage=stage, name="go (old token)")
         first.wait_for(CONNECTED, 20)
-        wait_until(lambda: serving(port), "the tunnel before the renewal", 10)
+        wait_until(lambda: serving(port, stage.bind), "the tunnel before the renewal", 10)
         assert bed.up.token_status(stage, stage.token) == 400  # the probe: token accepted
         renewed = bed.up.renew(stage)
         assert renewed.token != stage.token
@@ -258,7 +258,7 @@ def test_renewal_keeps_the_go_tunnel_and_refuses_the_old_token_afterwards(
         wait_until(
             lambda: bed.up.token_status(stage, stage.token) == 401, "the renewal applied", 10
         )
-        assert all(serving(port) for _ in range(3))
+        assert all(serving(port, stage.bind) for _ in range(3))
         assert len(first.find(CONNECTED)) == 1
         # ... but the old token opens no new one.
         first.send(signal.SIGKILL)
@@ -269,7 +269,7 @@ def test_renewal_keeps_the_go_tunnel_and_refuses_the_old_token_afterwards(
         assert "HTTP 401: token rejected: this token was renewed" in error.group(1)
         assert again.wait_exit(20) == 1
         clients.client(remote, stage=renewed, name="go (new token)").wait_for(CONNECTED, 20)
-        wait_until(lambda: serving(port), "the tunnel with the new token", 10)
+        wait_until(lambda: serving(port, stage.bind), "the tunnel with the new token", 10)
 
 
 @pytest.mark.slow
@@ -281,10 +281,12 @@ def test_deactivation_closes_the_go_tunnel_and_reactivation_brings_it_back(
         port = free_port()
         client = clients.client([f"R:{port}:127.0.0.1:{endpoint.port}"], stage=stage)
         client.wait_for(CONNECTED, 20)
-        wait_until(lambda: serving(port), "the tunnel while active", 10)
+        wait_until(lambda: serving(port, stage.bind), "the tunnel while active", 10)
         mark = client.mark()
         bed.up.deactivate(stage)
-        wait_until(lambda: connection_refused(port), "the app port closed on deactivation", 10)
+        wait_until(
+            lambda: connection_refused(port, stage.bind), "the app port closed on deactivation", 10
+        )
         error = client.wait_for(CONNECTION_ERROR, 20, mark)
         # It keeps retrying and is told why.
         client.wait_for(r"HTTP 403: private gateway of this stage is inactive", 20, mark)
@@ -293,4 +295,4 @@ def test_deactivation_closes_the_go_tunnel_and_reactivation_brings_it_back(
         assert reactivated.address == stage.address
         connected = len(client.find(CONNECTED))
         wait_until(lambda: len(client.find(CONNECTED)) > connected, "the Go client back", 20)
-        wait_until(lambda: serving(port), "the tunnel after reactivation", 10)
+        wait_until(lambda: serving(port, stage.bind), "the tunnel after reactivation", 10)

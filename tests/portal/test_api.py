@@ -395,11 +395,14 @@ def test_endpoint_ports_bind_on_loopback_unless_configured(tmp_path: Path) -> No
         async with running_up(tmp_path / "a") as up, api_client(up) as api:
             await _org(api)
             assert (await api.ok("GET", DEV))["stage"]["bind_host"] == "127.0.0.1"
+            assert (await api.ok("GET", "/orgs/acme/stages/Test"))["stage"][
+                "bind_host"
+            ] == "127.0.0.2"
         async with (
-            running_up(tmp_path / "b", endpoint_host="127.0.0.2") as up,
+            running_up(tmp_path / "b", endpoint_pool="10.20.0.0/16") as up,
             api_client(up) as api,
         ):
             await _org(api)
-            assert (await api.ok("GET", DEV))["stage"]["bind_host"] == "127.0.0.2"
+            assert (await api.ok("GET", DEV))["stage"]["bind_host"] == "10.20.0.1"
 
     asyncio.run(scenario())

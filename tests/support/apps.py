@@ -10,8 +10,8 @@ from collections.abc import Iterable
 from support.timing import scaled
 
 
-def app_socket(port: int, timeout_s: float = 10.0) -> socket.socket:
-    return socket.create_connection(("127.0.0.1", port), timeout=scaled(timeout_s))
+def app_socket(port: int, timeout_s: float = 10.0, host: str = "127.0.0.1") -> socket.socket:
+    return socket.create_connection((host, port), timeout=scaled(timeout_s))
 
 
 def exchange(
@@ -20,6 +20,7 @@ def exchange(
     payload: Iterable[bytes] = (),
     *,
     timeout_s: float = 30.0,
+    host: str = "127.0.0.1",
 ) -> tuple[int, str, bytes]:
     """Send ``command`` and ``payload`` (from a thread), half-close, read to EOF.
 
@@ -29,7 +30,7 @@ def exchange(
     count = 0
     head = b""
     failure: list[BaseException] = []
-    with app_socket(port, timeout_s) as sock:
+    with app_socket(port, timeout_s, host) as sock:
 
         def send() -> None:
             try:
@@ -52,15 +53,15 @@ def exchange(
     return count, digest.hexdigest(), head
 
 
-def echo_ok(port: int, payload: bytes = b"still working\n") -> bool:
+def echo_ok(port: int, payload: bytes = b"still working\n", host: str = "127.0.0.1") -> bool:
     """One ECHO exchange through ``port``; True when the bytes came back exactly."""
-    count, sha, _ = exchange(port, b"ECHO\n", [payload])
+    count, sha, _ = exchange(port, b"ECHO\n", [payload], host=host)
     return count == len(payload) and sha == hashlib.sha256(payload).hexdigest()
 
 
-def connection_refused(port: int) -> bool:
+def connection_refused(port: int, host: str = "127.0.0.1") -> bool:
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=scaled(2)):
+        with socket.create_connection((host, port), timeout=scaled(2)):
             return False
     except ConnectionRefusedError:
         return True

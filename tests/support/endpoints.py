@@ -94,6 +94,7 @@ class CommandEndpoint(socketserver.ThreadingTCPServer):
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), _CommandHandler)
         self.sent = 0
+        self.accepted = 0  # connections handled so far
         self.open: set[socket.socket] = set()
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self.serve_forever, daemon=True)
@@ -104,6 +105,7 @@ class CommandEndpoint(socketserver.ThreadingTCPServer):
 
     def track(self, sock: socket.socket, is_open: bool) -> None:
         with self._lock:
+            self.accepted += is_open
             (self.open.add if is_open else self.open.discard)(sock)
 
     def __enter__(self) -> CommandEndpoint:

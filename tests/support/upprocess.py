@@ -32,6 +32,8 @@ class Stage:
     name: str
     address: str
     token: str
+    #: Where its endpoint ports listen (qanat up gives each stage its own).
+    bind: str = "127.0.0.1"
 
     @property
     def address_id(self) -> str:
@@ -98,7 +100,8 @@ class UpProcess:
     def activate(self, org: str, stage: str = "Development") -> Stage:
         """Activate a stage and wait until the gateway knows it (it polls the database)."""
         doc = self.ok("POST", f"/orgs/{org}/stages/{stage}/activate", {})
-        result = Stage(org, stage, doc["address"], doc.get("token", ""))
+        bind = self.ok("GET", f"/orgs/{org}/stages/{stage}")["stage"]["bind_host"]
+        result = Stage(org, stage, doc["address"], doc.get("token", ""), bind)
         wait_until(lambda: self.address_status(result) == "active", f"{org}/{stage} active", 10)
         return result
 

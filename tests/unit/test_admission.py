@@ -9,8 +9,8 @@ import pytest
 from qanat.gateway.admission import Admitted, Peer, Refused, TunnelRequest, admit
 from qanat.gateway.context import Limiters
 from qanat.gateway.flapping import FlapGuard
-from qanat.gateway.ratelimit import FailureLimiter
 from qanat.gateway.stages import StageConfig
+from qanat.gateway.tokenlimit import TokenLimiter, TokenLimits
 from qanat.wire.tokens import hash_token
 
 TOKEN = "tok-" + "a" * 40
@@ -88,24 +88,33 @@ def test_admission_table(row: Row) -> None:
     assert decision.log
 
 
-def test_failed_tokens_rate_limit_the_source_and_only_that_source() -> None:
-    limiters = Limiters(tokens=FailureLimiter(burst=3, per_minute=1.0))
+def test_failed_tokens_are_limited_per_source_and_address_never_a_valid_token() -> None:
+    limiters = Limiters(tokens=TokenLimiter(TokenLimits(burst=3, per_minute=1.0)))
     for _ in range(3):
         refused = admit(request(tokens=("x",)), STAGE, PEER, 0.0, limiters)
         assert isinstance(refused, Refused)
         assert refused.status == 401
-    limited = admit(request(), STAGE, PEER, 1.0, limiters)
+    limited = admit(request(tokens=("x",)), STAGE, PEER, 1.0, limiters)
     assert isinstance(limited, Refused)
     assert (limited.status, limited.metric) == (429, "rate_limited")
     assert dict(limited.headers) == {"Retry-After": "60"}
-    other = admit(request(), STAGE, Peer("192.0.2.8", 1), 1.0, limiters)
-    assert isinstance(other, Admitted)
-    # A valid token never fills the bucket; time drains it.
-    assert isinstance(admit(request(), STAGE, PEER, 1000.0, limiters), Admitted)
+    # The real connector, from the very same address, is let in all the same.
+    assert isinstance(admit(request(), STAGE, PEER, 1.0, limiters), Admitted)
+    # Another source, or another address from this source, has its own count.
+    other = admit(request(tokens=("x",)), STAGE, Peer("192.0.2.8", 1), 1.0, limiters)
+    assert isinstance(other, Refused)
+    assert other.status == 401
+    elsewhere = admit(request(tokens=("x",), address_id="sg_other"), STAGE, PEER, 1.0, limiters)
+    assert isinstance(elsewhere, Refused)
+    assert elsewhere.status == 401
+    # Time drains the bucket.
+    again = admit(request(tokens=("x",)), STAGE, PEER, 1000.0, limiters)
+    assert isinstance(again, Refused)
+    assert again.status == 401
 
 
 def test_renewed_and_inactive_do_not_count_as_failed_attempts() -> None:
-    limiters = Limiters(tokens=FailureLimiter(burst=1, per_minute=1.0))
+    limiters = Limiters(tokens=TokenLimiter(TokenLimits(burst=1, per_minute=1.0)))
     for _ in range(5):
         admit(request(tokens=(OLD,)), STAGE, PEER, 0.0, limiters)
         admit(request(), INACTIVE, PEER, 0.0, limiters)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from qanat.connector.udp import UdpExit, UdpLimits, open_udp_exit
@@ -24,6 +24,42 @@ def split_target(target: str) -> tuple[str, int]:
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     return host, int(port)
+
+
+def target_key(target: str) -> tuple[str, int, bool] | None:
+    """How two spellings of one target compare: (host lower-cased, port, udp)."""
+    udp = target.endswith("/udp")
+    try:
+        host, port = split_target(target[: -len("/udp")] if udp else target)
+    except ChannelOpenFailed:
+        return None
+    return host.lower(), port, udp
+
+
+class DeclaredTargets:
+    """Refuses channels whose target is not one of the connector's remotes.
+
+    A gateway (or whoever holds it) can ask for any ``host:port`` in the
+    private network; chisel dials whatever it is told. qanat dials only what
+    the connector declared, and answers anything else with ``administratively
+    prohibited`` (``--allow-any-target`` turns this off).
+    """
+
+    def __init__(self, dialer: Callable[[str], Any], declared: Iterable[str]) -> None:
+        self.dialer = dialer
+        self.declared = {key for key in map(target_key, declared) if key is not None}
+
+    async def __call__(self, target: str) -> Any:
+        if target_key(target) not in self.declared:
+            raise ChannelOpenFailed(
+                "target not declared",
+                reason=(
+                    f"target {target!r} is not one of this connector's remotes; it dials only"
+                    " what it declared (qanat connect --allow-any-target allows any)"
+                ),
+                code=ChannelOpenFailed.ADMINISTRATIVELY_PROHIBITED,
+            )
+        return await self.dialer(target)
 
 
 class Dialer:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import re
 import socket
@@ -18,6 +19,10 @@ from qanat.wire.configmsg import MAX_REMOTES
 from qanat.wire.describe import MAX_DESCRIPTION_CHARS, Declaration
 from qanat.wire.handshake import TOKEN_HEADER, derive_connector_id, valid_connector_id
 from qanat.wire.remotes import Remote, decode_remotes
+
+_log = logging.getLogger("qanat.connector")
+#: The environment variable that may carry the token instead of --header.
+TOKEN_ENV = "QANAT_TOKEN"  # noqa: S105 -- a variable name, not a secret
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
 _UNIT_S = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -67,6 +72,61 @@ def parse_header(text: str) -> tuple[str, str]:
     return name, value.strip()
 
 
+def read_header_file(path: str) -> list[tuple[str, str]]:
+    """Headers from a file: one ``Name: value`` per line; blank lines and ``#``
+    comments are skipped. A file readable by other users gets a warning.
+
+    Raises:
+        ConfigError: the file cannot be read or a line is not a header.
+    """
+    try:
+        mode = os.stat(path).st_mode
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--header-file {path}: cannot read it ({exc})") from None
+    if mode & 0o077:
+        _log.warning(
+            "--header-file %s is readable by other users (mode %04o); chmod 600 it",
+            path,
+            mode & 0o777,
+        )
+    headers = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        try:
+            headers.append(parse_header(line))
+        except ConfigError:
+            raise ConfigError(
+                f"--header-file {path} line {number}: expected 'Name: value'"
+                " (for example 'token: abc')"
+            ) from None
+    return headers
+
+
+def collect_headers(
+    given: list[str], files: list[str], environ: Mapping[str, str]
+) -> tuple[tuple[str, str], ...]:
+    """``--header`` values, then ``--header-file`` contents, then ``QANAT_TOKEN``.
+
+    Raises:
+        ConfigError: a malformed header, or the token given more than once.
+    """
+    headers = [parse_header(h) for h in given]
+    for path in files:
+        headers.extend(read_header_file(path))
+    token_env = environ.get(TOKEN_ENV, "").strip()
+    if token_env:
+        headers.append((TOKEN_HEADER, token_env))
+    tokens = [k for k, _ in headers if k.lower() == TOKEN_HEADER]
+    if len(tokens) > 1:
+        raise ConfigError(
+            "the token is given more than once (--header, --header-file, QANAT_TOKEN);"
+            " give it in one place"
+        )
+    return tuple(headers)
+
+
 @dataclass(frozen=True, slots=True)
 class ConnectOptions:
     """Everything one ``qanat connect`` run needs.
@@ -98,6 +158,8 @@ class ConnectOptions:
         drain_timeout_s: on SIGTERM/SIGINT, how long open connections may
             take to finish after the gateway stopped sending new ones (0:
             disconnect at once).
+        allow_any_target: dial whatever target the gateway asks for
+            (chisel's behaviour); by default only the declared remotes.
         declarations: what ``--describe`` / ``--openapi`` say about ports,
             sent to qanat gateways that keep an endpoint catalogue (never
             to a stock server).
@@ -125,6 +187,7 @@ class ConnectOptions:
     tls_key: str | None = None
     udp_idle_timeout_s: float = 60.0
     udp_max_flows: int = 100
+    allow_any_target: bool = False
     declarations: tuple[Declaration, ...] = ()
 
 
@@ -197,6 +260,15 @@ def add_connect_arguments(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar='"Name: value"',
         help='extra request header, repeatable; the token goes here: --header "token: <token>"',
+    )
+    parser.add_argument(
+        "--header-file",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="read headers from FILE, one 'Name: value' per line (safer than --header for "
+        "the token: not visible in the process list); the QANAT_TOKEN environment variable "
+        "is another way to pass the token",
     )
     parser.add_argument(
         "--keepalive", default="25s", help="keepalive interval (default 25s, 0s disables)"
@@ -277,6 +349,12 @@ def add_connect_arguments(parser: argparse.ArgumentParser) -> None:
         "0s disconnects at once; a second signal stops at once)",
     )
     parser.add_argument(
+        "--allow-any-target",
+        action="store_true",
+        help="dial any host:port the gateway asks for, as chisel does (default: only the "
+        "targets of the remotes given here; others are refused as administratively prohibited)",
+    )
+    parser.add_argument(
         "-v", "--verbose", action="count", default=0, help="more logging (repeat for more)"
     )
 
@@ -303,7 +381,8 @@ def options_from_args(
             f"{MAX_REMOTES} (gateways refuse more); split them over several connectors"
         )
     remotes = tuple(decode_remotes(args.remotes))
-    headers = tuple(parse_header(h) for h in args.header)
+    env = os.environ if environ is None else environ
+    headers = collect_headers(args.header, getattr(args, "header_file", []) or [], env)
     connector_id = getattr(args, "connector_id", None)
     if connector_id is not None and not valid_connector_id(connector_id):
         raise ConfigError(
@@ -323,7 +402,7 @@ def options_from_args(
     )
     pid_file = args.pid_file or ("qanat-connect.pid" if args.pid else None)
     proxy = parse_proxy_url(args.proxy) if args.proxy and args.proxy.strip() else None
-    proxy_env = ProxyEnvironment.from_environ(os.environ if environ is None else environ)
+    proxy_env = ProxyEnvironment.from_environ(env)
     udp_idle = parse_duration(getattr(args, "udp_idle_timeout", "60s"), "--udp-idle-timeout")
     if udp_idle <= 0:
         raise ConfigError("--udp-idle-timeout must be positive")
@@ -351,6 +430,7 @@ def options_from_args(
         tls_key=args.tls_key,
         udp_idle_timeout_s=udp_idle,
         udp_max_flows=udp_max_flows,
+        allow_any_target=bool(getattr(args, "allow_any_target", False)),
         declarations=parse_declarations(
             getattr(args, "describe", []) or [], getattr(args, "openapi", []) or [], remotes
         ),

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from qanat.errors import ChannelOpenFailed
+from qanat.logs import escape
 from qanat.telemetry.throttle import Throttle
 
 if TYPE_CHECKING:
@@ -21,6 +22,8 @@ if TYPE_CHECKING:
 
 #: Targets remembered for log suppression (a gateway chooses targets).
 MAX_TARGETS = 1000
+#: The one suppression key of every channel to a target never declared.
+UNDECLARED = "undeclared targets"
 
 
 class LoggedDialer:
@@ -45,7 +48,12 @@ class LoggedDialer:
             return await self.dialer(target)
         except ChannelOpenFailed as exc:
             self.stats.channels_refused += 1
-            self._note(target, exc.reason or str(exc))
+            if exc.code == ChannelOpenFailed.ADMINISTRATIVELY_PROHIBITED:
+                # One line per interval for all undeclared targets together: a
+                # hostile gateway choosing ever new targets cannot flood the log.
+                self._note(UNDECLARED, f"{escape(target)} and others: {exc.reason}")
+            else:
+                self._note(target, exc.reason or str(exc))
             raise
 
     def _note(self, target: str, reason: str) -> None:
@@ -53,4 +61,4 @@ class LoggedDialer:
         if held is None:
             return
         more = f" ({held} more since the last report)" if held else ""
-        self.log.warning("refused a channel to %s: %s%s", target, reason, more)
+        self.log.warning("refused a channel to %s: %s%s", escape(target), escape(reason), more)

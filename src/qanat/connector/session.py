@@ -6,12 +6,13 @@ import asyncio
 import logging
 import ssl
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from qanat import __version__
-from qanat.connector.dialer import Dialer
+from qanat.connector.dialer import DeclaredTargets, Dialer
 from qanat.connector.egress import Egress, endpoint_of
 from qanat.connector.options import ConnectOptions
 from qanat.connector.refusals import LoggedDialer
@@ -132,7 +133,10 @@ class Session:
             udp=UdpLimits(opts.udp_idle_timeout_s, opts.udp_max_flows),
         )
         self.dialer = raw_dialer
-        dialer = LoggedDialer(raw_dialer, self.log, self.stats)
+        checked: Callable[[str], Awaitable[Any]] = raw_dialer
+        if not opts.allow_any_target:
+            checked = DeclaredTargets(raw_dialer, (r.channel_extra.decode() for r in opts.remotes))
+        dialer = LoggedDialer(checked, self.log, self.stats)
 
         async def dial(target: str) -> Any:
             # Counted so that draining also waits for channels still dialling.

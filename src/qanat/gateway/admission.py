@@ -9,14 +9,17 @@ few lines (parse the head, call ``admit``, answer or upgrade). Order of the
 checks, each cheaper than the next and none revealing more than it must:
 
 1. subprotocol ``chisel-v3`` offered (400 otherwise);
-2. the source is not rate-limited for failed tokens (429);
-3. the token: unknown address and wrong token get the same 401; only a
-   valid token learns that its stage is inactive (403) or renewed (401);
-4. the ``X-Qanat-Connector-Id`` header is well-formed (400);
-5. the connector is not flapping (429 with Retry-After).
+2. the token: unknown address and wrong token get the same 401 (429 once
+   that source has failed too often for that address, or everyone in all:
+   see qanat.gateway.tokenlimit); only a valid token learns that its stage
+   is inactive (403) or renewed (401). A valid token is never limited, so
+   nobody's failures keep a real connector out;
+3. the ``X-Qanat-Connector-Id`` header is well-formed (400);
+4. the connector is not flapping (429 with Retry-After).
 
-Limiter state is an explicit input (``limiters``), keyed today by source
-address (tokens) and connector key (flaps).
+Limiter state is an explicit input (``limiters``), keyed by (source,
+address) and globally (tokens) and by connector key (flaps). The source is
+the client a trusted proxy names, when there is one (the front door's job).
 """
 
 from __future__ import annotations
@@ -164,22 +167,22 @@ def admit(
             f"{peer}: upgrade without the chisel-v3 subprotocol; answered 400",
         )
     source = peer.address
-    if not limiters.tokens.allow(source, now):
-        return Refused(
-            429,
-            b"too many failed token attempts; retry later\n",
-            f"{peer}: token attempts rate-limited",
-            logging.WARNING,
-            metric="rate_limited",
-            headers=(("Retry-After", "60"),),
-        )
     token = request.tokens[0] if len(request.tokens) == 1 else ""
     if len(token) > MAX_TOKEN_CHARS:
         token = ""
     verdict = check_token(stage, token) if stage is not None else TokenVerdict.BAD
     if verdict is not TokenVerdict.OK:
-        if verdict is TokenVerdict.BAD:
-            limiters.tokens.failed(source, now)
+        if verdict is TokenVerdict.BAD and limiters.tokens.refuse_failure(
+            source, request.address_id, now
+        ):
+            return Refused(
+                429,
+                b"too many failed token attempts; retry later\n",
+                f"{peer}: token attempts rate-limited",
+                logging.WARNING,
+                metric="rate_limited",
+                headers=(("Retry-After", "60"),),
+            )
         had_token = bool(request.tokens) or request.oversized_token
         return _token_refusal(verdict, stage, had_token, peer, request.address_id)
     assert stage is not None

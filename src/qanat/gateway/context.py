@@ -15,14 +15,16 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from qanat.gateway.flapping import FlapGuard
-from qanat.gateway.ratelimit import FailureLimiter
+from qanat.gateway.pressure import ConnectionGate, DoorPressure, PressureLimits
 from qanat.gateway.refusals import RefusalLog
 from qanat.gateway.settings import GatewaySettings
 from qanat.gateway.stages import StageSource
+from qanat.gateway.tokenlimit import TokenLimiter
 from qanat.net.ssh import HostKey
 from qanat.runtime import TaskOwner
 from qanat.telemetry.counters import GatewayEvents
 from qanat.telemetry.throttle import Throttle
+from qanat.wire.forwarded import parse_networks
 
 if TYPE_CHECKING:
     from qanat.gateway.server import DescribeSink
@@ -35,19 +37,34 @@ class Limiters:
     """Admission state: explicit inputs of :func:`qanat.gateway.admission.admit`.
 
     Attributes:
-        tokens: failed token attempts per source (brute-force protection).
+        tokens: failed token attempts per (source, address) and in all
+            (brute-force protection; a valid token is never limited).
         flaps: accepted upgrades per connector key (reconnect loops).
+        door: unproven connections per source and in all, the trusted
+            proxies, and the once-per-interval refusal lines.
     """
 
-    tokens: FailureLimiter = field(default_factory=FailureLimiter)
+    tokens: TokenLimiter = field(default_factory=TokenLimiter)
     flaps: FlapGuard = field(default_factory=FlapGuard)
+    door: DoorPressure = field(default_factory=lambda: DoorPressure(ConnectionGate()))
     #: Log lines of refused (flapping) upgrades: one per connector per 10 s.
     flap_log: Throttle = field(default_factory=lambda: Throttle(burst=1, window_s=10.0))
 
     @classmethod
     def from_settings(cls, settings: GatewaySettings) -> Limiters:
         return cls(
-            tokens=FailureLimiter(),
+            tokens=TokenLimiter(),
+            door=DoorPressure(
+                ConnectionGate(
+                    PressureLimits(
+                        per_source=settings.max_unproven_per_source,
+                        total=settings.max_unproven,
+                        head_timeout_s=settings.request_head_timeout_s,
+                        idle_timeout_s=settings.idle_timeout_s,
+                    )
+                ),
+                trusted=parse_networks(settings.trusted_proxy_cidrs),
+            ),
             flap_log=Throttle(burst=1, window_s=10.0),
             flaps=FlapGuard(
                 max_connects=settings.flap_connects,

@@ -39,12 +39,14 @@ from qanat import __version__
 from qanat.errors import HandshakeError
 from qanat.gateway.admission import Admitted, Peer, TunnelRequest, admit
 from qanat.gateway.context import GatewayContext, TunnelHost
+from qanat.gateway.idle import IdleGuard
 from qanat.gateway.stages import StageConfig
 from qanat.gateway.tunnel import Tunnel
 from qanat.net.ssh import serve_tunnel
 from qanat.net.websocket import ServerUpgrade, UpgradeRequest, response_bytes
 from qanat.telemetry import httpd
 from qanat.wire.describe import FEATURE_DESCRIBE
+from qanat.wire.forwarded import client_address
 from qanat.wire.handshake import (
     FEATURE_DRAIN,
     FEATURES_HEADER,
@@ -122,12 +124,23 @@ class FrontDoor(asyncio.Protocol):
         self.timer: asyncio.TimerHandle | None = None
         self.peer = "?"
         self.routed = False
+        self.source = "?"
+        self.gated = False  # counted in the connection gate (unproven)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         self.peer_address = Peer(str(peer[0]), int(peer[1])) if peer else Peer("?", 0)
         self.peer = str(self.peer_address) if peer else "?"
+        self.source = str(peer[0]) if peer else "?"
+        door = self.ctx.limiters.door
+        if not door.gate.admit(self.source):
+            # Over the unproven-connection caps: closed before anything is read.
+            self.routed = True
+            door.noted()
+            transport.abort()  # type: ignore[attr-defined]
+            return
+        self.gated = True
         loop = asyncio.get_running_loop()
         self.timer = loop.call_later(self.ctx.settings.request_head_timeout_s, self._head_timeout)
 
@@ -139,6 +152,13 @@ class FrontDoor(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self.timer is not None:
             self.timer.cancel()
+        self._release()
+
+    def _release(self) -> None:
+        """This connection no longer counts as unproven (a tunnel, or gone)."""
+        if self.gated:
+            self.gated = False
+            self.ctx.limiters.door.gate.release(self.source)
 
     def data_received(self, data: bytes) -> None:
         if self.routed:  # late bytes before the new protocol took over
@@ -158,19 +178,25 @@ class FrontDoor(asyncio.Protocol):
         method, target = match.group(1).decode(), match.group(2).decode("ascii", "replace")
         path = target.split("?", 1)[0]
         tunnel_path = _TUNNEL_PATH.match(path)
+        # Every path waits for its complete head under the head deadline.
+        if b"\r\n\r\n" not in self.buffer and b"\n\n" not in self.buffer:
+            if len(self.buffer) > limit:
+                self._bad("request head too large")
+            return
         if method == "GET" and tunnel_path:
-            if b"\r\n\r\n" not in self.buffer and b"\n\n" not in self.buffer:
-                if len(self.buffer) > limit:
-                    self._bad("request head too large")
-                return
             self._route_done()
             self._tunnel_request(tunnel_path.group(1))
             return
         if path in httpd.OPS_PATHS:  # operations paths, before the portal
             self._route_done()
             assert self.transport is not None
+            self._release()  # the responder answers once and closes
             httpd.hand_over(
-                self.routes.ops, self.ctx.tasks.spawn, self.transport, bytes(self.buffer)
+                self.routes.ops,
+                self.ctx.tasks.spawn,
+                self.transport,
+                bytes(self.buffer),
+                self._client(self.buffer),
             )
             return
         factory = self.routes.fallback()
@@ -180,16 +206,31 @@ class FrontDoor(asyncio.Protocol):
             return
         self._route_done()
         assert self.transport is not None
-        protocol = factory()
-        self.transport.set_protocol(protocol)
-        protocol.connection_made(self.transport)
-        protocol.data_received(bytes(self.buffer))
+        # The portal's connection keeps counting as unproven until it closes,
+        # and is closed when idle (its own keep-alive timer is long).
+        guarded = IdleGuard(factory(), self.ctx.settings.idle_timeout_s, self._release)
+        self.transport.set_protocol(guarded)
+        guarded.connection_made(self.transport)
+        guarded.data_received(bytes(self.buffer))
 
     def _route_done(self) -> None:
         self.routed = True
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+
+    def _client(self, head: bytes | bytearray) -> str:
+        """The client's address: the peer's, or (from a trusted proxy) the
+        right-most untrusted X-Forwarded-For hop."""
+        trusted = self.ctx.limiters.door.trusted
+        if not trusted:
+            return self.source
+        values = [
+            line.partition(b":")[2].decode("latin-1").strip()
+            for line in bytes(head).split(b"\r\n\r\n", 1)[0].split(b"\n")[1:]
+            if line.partition(b":")[0].strip().lower() == b"x-forwarded-for"
+        ]
+        return client_address(self.source, values, trusted)
 
     def _too_long(self) -> bool:
         """A tunnel upgrade whose URL is too long: almost always thousands of
@@ -239,11 +280,15 @@ class FrontDoor(asyncio.Protocol):
             return
         request = tunnel_request(upgrade.request, oversized_token, address_id)
         now = time.monotonic()
-        decision = admit(request, stage, self.peer_address, now, ctx.limiters)
+        client = self._client(self.buffer)
+        peer = self.peer_address if client == self.source else Peer(client, 0)
+        decision = admit(request, stage, peer, now, ctx.limiters)
         if not isinstance(decision, Admitted):
             if decision.metric is not None:
                 ctx.events.token_failure(decision.metric)
-            if decision.log:
+                kind = "unknown address" if stage is None else decision.metric
+                self._note_refusal(client, kind, decision.log, decision.level)
+            elif decision.log:
                 log.log(decision.level, "%s", decision.log)
             self._respond(decision.status, decision.body, headers=dict(decision.headers))
             return
@@ -277,6 +322,7 @@ class FrontDoor(asyncio.Protocol):
                 strike.retry_after_header,
                 strike.strike,
             )
+        self._release()  # a tunnel now: proven by its token
         tcp.write(answer)
         settings = ctx.settings
         tunnel = Tunnel(
@@ -293,6 +339,14 @@ class FrontDoor(asyncio.Protocol):
             ),
         )
         tunnel.log.info("tunnel upgrade accepted (%s)", info.user_agent or "no user agent")
+
+    def _note_refusal(self, client: str, kind: str, line: str, level: int) -> None:
+        """The first refusal of each kind in an interval is logged; the rest
+        are summed up in one line when the interval ends."""
+        door = self.ctx.limiters.door
+        if door.tally.add(client, kind):
+            log.log(level, "%s", line)
+        door.noted()
 
     def _status_probe(self, stage: StageConfig | None) -> None:
         redirect = self.ctx.settings.redirect_url

@@ -38,6 +38,7 @@ from qanat.errors import ChannelOpenFailed
 from qanat.gateway.allowlist import Allowlist
 from qanat.gateway.balancer import Health, Member, Pool, PoolPolicy, Strategy
 from qanat.gateway.bindcheck import unbindable_text
+from qanat.gateway.contested import contested_port
 from qanat.gateway.context import GatewayContext
 from qanat.gateway.failures import RecentFailures
 from qanat.gateway.hedge import OpenTimes, hedge_after_s
@@ -500,6 +501,9 @@ class PortTable:
         hundreds of ports does not stall the other tunnels.
         """
         stage = tunnel.stage
+        refusal = contested_port(self.ctx.stages.stages(), stage, remotes)
+        if refusal is not None:
+            return refusal
         for r in remotes:
             existing = self.open.get(self._key(stage, r))
             if existing is not None:

@@ -174,6 +174,7 @@ class Gateway:
             tunnel.close("gateway shutting down")
         self.ports.close_all()
         self.ctx.refusals.close()
+        self.ctx.limiters.door.close()
         await self.tasks.close(timeout_s=drain_s)
         await self.stages.close()
         if self.server is not None:

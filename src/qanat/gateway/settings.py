@@ -80,6 +80,14 @@ class GatewaySettings:
             long before it is asked again.
         metrics_allow_cidrs: sources allowed to read ``/metrics`` on the
             listener (it names stages and ports); health paths are open.
+        trusted_proxy_cidrs: reverse proxies whose ``X-Forwarded-For`` names
+            the client (token limiter, logs, ``/metrics`` check); from any
+            other peer the header is ignored.
+        max_unproven_per_source / max_unproven: connections not yet a tunnel
+            (reading their head, portal, operations) per source address and in
+            all (0: a quarter of RLIMIT_NOFILE); more are closed at once.
+        idle_timeout_s: a portal connection with nothing received for this
+            long is closed.
         hedge: when a second connector is asked for a channel the first has
             not opened yet (see qanat.gateway.hedge); ``max_s`` is the most a
             frozen connector costs one app connection while another serves.
@@ -122,6 +130,10 @@ class GatewaySettings:
     udp_max_pending: int = 64
     udp_reopen_delay_s: float = 1.0
     metrics_allow_cidrs: tuple[str, ...] = PRIVATE_CIDRS
+    trusted_proxy_cidrs: tuple[str, ...] = ()
+    max_unproven_per_source: int = 64
+    max_unproven: int = 0
+    idle_timeout_s: float = 30.0
     hedge: HedgePolicy = field(default_factory=HedgePolicy)
 
     def __post_init__(self) -> None:

@@ -46,6 +46,7 @@ from asyncssh.constants import (
 )
 
 from qanat.errors import ChannelOpenFailed, ConfigError, RemotesRejected, TunnelError
+from qanat.wire import sshalgs
 from qanat.wire.describe import DESCRIBE_REQUEST
 from qanat.wire.handshake import (
     CHANNEL_TYPE,
@@ -91,17 +92,6 @@ DEFAULT_MAX_PACKET_BYTES = 32 * 1024
 _MAX_VERSION_LINE = 255
 #: Longer than any user name asyncssh accepts (1024 bytes), see _ServerConnection.
 _NO_USER_YET_CHARS = 1025
-#: Cipher preference, as chisel's Go peers order it: AES-GCM runs on AES-NI
-#: through OpenSSL and is several times faster here than chacha20-poly1305,
-#: which asyncssh would otherwise pick first.
-ENCRYPTION_ALGS = (
-    "aes128-gcm@openssh.com",
-    "aes256-gcm@openssh.com",
-    "chacha20-poly1305@openssh.com",
-    "aes128-ctr",
-    "aes192-ctr",
-    "aes256-ctr",
-)
 
 
 # -- host keys --------------------------------------------------------------
@@ -155,7 +145,7 @@ class HostKey:
                 )
             return cls(key)
         key = asyncssh.generate_private_key(cls.ALGORITHM)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         data = key.export_private_key()
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as handle:
@@ -334,7 +324,12 @@ class _ClientConnection(_ChiselDialect, asyncssh.SSHClientConnection):
         try:
             return await self.qanat_dialer(target)
         except ChannelOpenFailed as exc:
-            raise asyncssh.ChannelOpenError(OPEN_CONNECT_FAILED, exc.reason or str(exc)) from None
+            code = (
+                OPEN_ADMINISTRATIVELY_PROHIBITED
+                if exc.code == ChannelOpenFailed.ADMINISTRATIVELY_PROHIBITED
+                else OPEN_CONNECT_FAILED
+            )
+            raise asyncssh.ChannelOpenError(code, exc.reason or str(exc)) from None
         except Exception as exc:
             log.exception("dialer failed for %s", target)
             raise asyncssh.ChannelOpenError(OPEN_CONNECT_FAILED, f"internal error: {exc}") from None
@@ -455,9 +450,11 @@ class SshTunnel:
         try:
             return await opening
         except asyncssh.ChannelOpenError as exc:
-            raise ChannelOpenFailed(f"channel refused: {exc.reason}", reason=exc.reason) from None
+            raise ChannelOpenFailed(
+                f"channel refused: {exc.reason}", reason=exc.reason, code=exc.code
+            ) from None
         except (OSError, asyncssh.Error) as exc:
-            raise ChannelOpenFailed(f"channel failed: {exc}", reason=str(exc)) from None
+            raise ChannelOpenFailed(f"channel failed: {exc}", reason=str(exc), code=0) from None
 
     async def request(self, name: str, payload: bytes = b"") -> tuple[bool, bytes]:
         """Send a global request (``config``, ``ping``) and wait for the reply.
@@ -520,7 +517,11 @@ def serve_tunnel(
         x11_forwarding=False,
         allow_scp=False,
         tcp_keepalive=False,
-        encryption_algs=ENCRYPTION_ALGS,
+        kex_algs=sshalgs.KEX_ALGS,
+        encryption_algs=sshalgs.ENCRYPTION_ALGS,
+        mac_algs=sshalgs.MAC_ALGS,
+        compression_algs=sshalgs.COMPRESSION_ALGS,
+        signature_algs=sshalgs.HOST_KEY_ALGS,
     )
     conn = _ServerConnection(loop, options, wait=None)
     conn.qanat_hooks = hooks
@@ -561,7 +562,12 @@ async def connect_tunnel(
         preferred_auth=",".join(auth_methods),
         keepalive_interval=0,
         tcp_keepalive=False,
-        encryption_algs=ENCRYPTION_ALGS,
+        kex_algs=sshalgs.KEX_ALGS,
+        encryption_algs=sshalgs.ENCRYPTION_ALGS,
+        mac_algs=sshalgs.MAC_ALGS,
+        compression_algs=sshalgs.COMPRESSION_ALGS,
+        server_host_key_algs=sshalgs.HOST_KEY_ALGS,
+        signature_algs=sshalgs.HOST_KEY_ALGS,
     )
     options.waiter = loop.create_future()
     conn = _ClientConnection(loop, options, wait="auth")

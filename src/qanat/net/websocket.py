@@ -10,7 +10,11 @@ chisel peers treat them.
 Every callback runs to completion; there is no task and no queue between the
 socket and the SSH layer. Flow control passes straight through: the SSH layer
 pausing its reading pauses the socket, and the socket's write buffer filling
-up pauses the SSH layer.
+up pauses the SSH layer. It also pauses *reading* from the peer: whatever a
+peer sends may make us answer (a WebSocket pong, an SSH ping reply), so a
+peer that does not read what we send does not get read either. What one
+tunnel can make us hold is thus bounded by the socket's write-buffer high
+water mark plus the answers to one read.
 
 Handshakes: the gateway's front door hands the request head to
 :class:`ServerUpgrade` (websockets' ``ServerProtocol`` inside), reads the
@@ -79,13 +83,13 @@ class FramedTransport(asyncio.Transport):
         return self._link.closing
 
     def pause_reading(self) -> None:
-        self._link.tcp.pause_reading()
+        self._link.set_paused(upper=True)
 
     def resume_reading(self) -> None:
-        self._link.tcp.resume_reading()
+        self._link.set_paused(upper=False)
 
     def is_reading(self) -> bool:
-        return self._link.tcp.is_reading()
+        return not self._link.upper_paused
 
     def get_write_buffer_size(self) -> int:
         return self._link.tcp.get_write_buffer_size()
@@ -111,6 +115,22 @@ class _Link(asyncio.Protocol):
         self.close_reason = ""
         self.loop = asyncio.get_running_loop()
         self.flush_scheduled = False
+        # Reading from the peer stops while the upper protocol asks for it or
+        # while our output to the peer is backed up (see the module docstring).
+        self.upper_paused = False
+        self.output_backed_up = False
+
+    def set_paused(self, *, upper: bool | None = None, output: bool | None = None) -> None:
+        if upper is not None:
+            self.upper_paused = upper
+        if output is not None:
+            self.output_backed_up = output
+        if self.closing or self.tcp.is_closing():
+            return
+        if self.upper_paused or self.output_backed_up:
+            self.tcp.pause_reading()
+        else:
+            self.tcp.resume_reading()
 
     # -- upper -> wire -------------------------------------------------
 
@@ -190,9 +210,11 @@ class _Link(asyncio.Protocol):
         self.upper.connection_lost(exc)
 
     def pause_writing(self) -> None:
+        self.set_paused(output=True)
         self.upper.pause_writing()
 
     def resume_writing(self) -> None:
+        self.set_paused(output=False)
         self.upper.resume_writing()
 
 

@@ -187,7 +187,34 @@ def add_connect_metrics_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_trusted_proxy_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--trusted-proxy",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="reverse proxies (e.g. the TLS-terminating one) whose X-Forwarded-For names the "
+        "client, repeatable; from any other peer the header is ignored (default: none)",
+    )
+
+
+def trusted_proxies_from_args(args: argparse.Namespace) -> tuple[str, ...]:
+    """The ``--trusted-proxy`` networks, validated.
+
+    Raises:
+        ConfigError: an entry is not a CIDR.
+    """
+    from qanat.wire.forwarded import parse_networks
+
+    given = tuple(getattr(args, "trusted_proxy", []) or [])
+    try:
+        return tuple(str(n) for n in parse_networks(given))
+    except ValueError as exc:
+        raise ConfigError(f"{exc}; give e.g. --trusted-proxy 10.0.0.5/32") from None
+
+
 def add_gateway_metrics_argument(parser: argparse.ArgumentParser) -> None:
+    add_trusted_proxy_argument(parser)
     parser.add_argument(
         "--metrics-allow",
         action="append",

@@ -18,6 +18,10 @@ Rules:
   cannot manage identities (users, roles, keys): that needs a person;
 - the system actor may do everything, including what is reserved to the
   operator (a gateway's bind address and port range);
+- creating an organisation is a platform-level act: only a **platform
+  admin** (a user flag, not a role in any organisation; the first admin of
+  the installation is one) or the system actor may do it. A viewer or admin
+  of one organisation cannot create another and become its admin;
 - someone without a role in an organisation is told it does not exist or is
   not theirs, so organisation names cannot be probed.
 """
@@ -138,6 +142,24 @@ def require_system(actor: Actor, what: str) -> None:
             f"{actor.label} cannot {what}: that is set by the operator of this qanat"
             " installation (server configuration), not per organisation"
         )
+
+
+def require_platform_admin(tx: Transaction, actor: Actor, what: str) -> None:
+    """Refuse anyone but a platform admin or the installation's operator.
+
+    Raises:
+        Forbidden: naming the actor and who can do it.
+    """
+    if actor.kind is ActorKind.SYSTEM:
+        return
+    user_id = actor.user_id if actor.kind is ActorKind.USER else None
+    if user_id is not None and tx.is_platform_admin(user_id):
+        return
+    raise Forbidden(
+        f"{actor.label} cannot {what}: that needs the platform admin role (a role of the"
+        " installation, not of an organisation); ask a platform admin, such as the first"
+        " admin of this qanat installation"
+    )
 
 
 def _api_key_role(tx: Transaction, actor: Actor, org: OrgRecord, now: datetime) -> Role | None:

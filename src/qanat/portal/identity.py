@@ -9,11 +9,19 @@ a slow login never holds a lock.
 from __future__ import annotations
 
 import logging
+import time
 from datetime import datetime
 
 from qanat.errors import Conflict, InvalidInput, NotFound, Unauthorized
 from qanat.portal import apikeys, names
-from qanat.portal.access import Actor, ActorKind, require, require_person, role_in
+from qanat.portal.access import (
+    Actor,
+    ActorKind,
+    require,
+    require_person,
+    require_platform_admin,
+    role_in,
+)
 from qanat.portal.context import PortalContext
 from qanat.portal.passwords import MAX_PASSWORD_CHARS
 from qanat.portal.views import ApiKeyInfo, ApiKeyState, NewApiKey, UserInfo
@@ -104,8 +112,9 @@ class IdentityOps(PortalContext):
     def create_first_admin(self, source: str, username: str, password: str) -> bool:
         """Create the installation's first user, if there is no user at all.
 
-        The first user has no organisation yet; creating one makes them its
-        admin. Returns False (and changes nothing) when users exist.
+        The first user is a platform admin (may create organisations) and has
+        no organisation yet; creating one makes them its admin.
+        Returns False (and changes nothing) when users exist.
 
         Raises:
             InvalidInput: malformed username or too short a password.
@@ -116,7 +125,7 @@ class IdentityOps(PortalContext):
         with self._store.transaction() as tx:
             if tx.user_count() > 0:
                 return False
-            tx.add_user(login, password_hash, now)
+            tx.add_user(login, password_hash, now, platform_admin=True)
             self._audit(
                 tx,
                 Actor.system("qanat-up"),
@@ -222,6 +231,56 @@ class IdentityOps(PortalContext):
                 details={"previous": previous.value},
             )
 
+    def set_platform_admin(self, actor: Actor, source: str, username: str, value: bool) -> None:
+        """Give or take the platform admin role (may create organisations).
+
+        Only a platform admin or the operator may; the last platform admin
+        cannot be removed by a user (the operator still can).
+
+        Raises:
+            NotFound: no such user.
+            Forbidden: the actor is not a platform admin.
+        """
+        require_person(actor, "change platform roles")
+        login = names.username(username)
+        now = self._clock()
+        with self._store.transaction() as tx:
+            require_platform_admin(tx, actor, "change platform roles")
+            user = _user(tx, login)
+            tx.set_platform_admin(user.id, value)
+            self._audit(
+                tx,
+                actor,
+                source,
+                "platform_admin.grant" if value else "platform_admin.revoke",
+                org=None,
+                target=f"user:{login}",
+                now=now,
+                details={},
+            )
+
+    def end_sessions(self, user_id: int, at: float) -> None:
+        """Revoke every browser session of the user issued before ``at`` (sign-out)."""
+        with self._store.transaction() as tx:
+            tx.revoke_sessions(user_id, at)
+
+    def session_valid(self, user_id: int, issued_at: float) -> bool:
+        """Is a session of ``user_id`` issued at ``issued_at`` still valid?"""
+        with self._store.transaction(write=False) as tx:
+            if not tx.user_exists(user_id):
+                return False
+            after = tx.sessions_valid_after(user_id)
+        return after is None or issued_at > after
+
+    def is_platform_admin(self, actor: Actor) -> bool:
+        """Whether the actor may create organisations."""
+        if actor.kind is ActorKind.SYSTEM:
+            return True
+        if actor.kind is not ActorKind.USER or actor.user_id is None:
+            return False
+        with self._store.transaction(write=False) as tx:
+            return tx.is_platform_admin(actor.user_id)
+
     def members(self, actor: Actor, org: str) -> list[MembershipRecord]:
         """Users with a role in ``org`` (viewer)."""
         with self._store.transaction(write=False) as tx:
@@ -241,6 +300,8 @@ class IdentityOps(PortalContext):
     def change_password(self, actor: Actor, source: str, current: str, new: str) -> None:
         """Change the acting user's own password.
 
+        Every browser session of the user issued before the change ends.
+
         Raises:
             Unauthorized: ``current`` is wrong.
             InvalidInput: ``new`` is too short or too long.
@@ -255,6 +316,7 @@ class IdentityOps(PortalContext):
         with self._store.transaction() as tx:
             assert checked.user_id is not None
             tx.set_password_hash(checked.user_id, new_hash)
+            tx.revoke_sessions(checked.user_id, time.time())
             self._audit(
                 tx,
                 actor,

@@ -25,7 +25,13 @@ from typing import Any
 
 from qanat.errors import Conflict, Forbidden
 from qanat.portal import names
-from qanat.portal.access import Actor, ActorKind, require, require_system
+from qanat.portal.access import (
+    Actor,
+    ActorKind,
+    require,
+    require_platform_admin,
+    require_system,
+)
 from qanat.portal.context import PortalContext
 from qanat.portal.views import (
     Activation,
@@ -53,12 +59,14 @@ class LifecycleOps(PortalContext):
     def create_org(self, actor: Actor, source: str, name: str) -> OrgInfo:
         """Create an organisation with the default stages, all Inactive.
 
-        A user who creates an organisation becomes its admin.
+        Only a platform admin (or the operator) may; a user who creates an
+        organisation becomes its admin. Each stage gets its own bind address
+        from the installation's pool (see :class:`~qanat.portal.PortalConfig`).
 
         Raises:
             InvalidInput: the name is malformed.
-            Conflict: the name is taken.
-            Forbidden: the actor is an API key.
+            Conflict: the name is taken, or the bind address pool is used up.
+            Forbidden: the actor is an API key or not a platform admin.
         """
         org_name = names.org_name(name)
         if actor.kind is ActorKind.API_KEY:
@@ -69,9 +77,12 @@ class LifecycleOps(PortalContext):
         stage_names = [names.stage_name(s) for s in self._config.default_stages]
         now = self._clock()
         with self._store.transaction() as tx:
+            require_platform_admin(tx, actor, "create organisations")
             org = tx.add_org(org_name, now)
             for stage in stage_names:
-                tx.add_stage(org, stage, self._config.stage_defaults, now)
+                tx.add_stage(
+                    org, stage, self._config.stage_defaults, now, bind_pool=self._config.bind_pool
+                )
             if actor.kind is ActorKind.USER and actor.user_id is not None:
                 tx.set_role(actor.user_id, org.id, Role.ADMIN)
             self._audit(
@@ -114,7 +125,13 @@ class LifecycleOps(PortalContext):
         now = self._clock()
         with self._store.transaction() as tx:
             org_rec = require(tx, actor, org, Role.ADMIN, now)
-            stage = tx.add_stage(org_rec, stage_name, self._config.stage_defaults, now)
+            stage = tx.add_stage(
+                org_rec,
+                stage_name,
+                self._config.stage_defaults,
+                now,
+                bind_pool=self._config.bind_pool,
+            )
             self._audit(tx, actor, source, "stage.add", org=org_rec.name, target=stage.key, now=now)
             return self._stage_info(tx.gateway(stage))
 

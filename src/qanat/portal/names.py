@@ -102,6 +102,17 @@ def bind_host(text: str) -> str:
         ) from None
 
 
+def bind_pool(text: str) -> str:
+    """A network (``10.20.0.0/16``) or one address new stages' bind addresses come from."""
+    try:
+        return str(ipaddress.ip_network(text.strip(), strict=False))
+    except ValueError:
+        raise InvalidInput(
+            f"bind address pool {text!r} is not an address or a network; use e.g."
+            " 127.0.0.0/8 or 10.20.0.0/16 (each stage gets one address of it)"
+        ) from None
+
+
 def port_range(port_min: int, port_max: int) -> tuple[int, int]:
     if not 1 <= port_min <= port_max <= 65535:
         raise InvalidInput(

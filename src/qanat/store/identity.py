@@ -19,8 +19,10 @@ class IdentityQueries:
 
     # -- users ---------------------------------------------------------------
 
-    def add_user(self, username: str, password_hash: str, now: datetime) -> UserRecord:
-        """Create a user.
+    def add_user(
+        self, username: str, password_hash: str, now: datetime, *, platform_admin: bool = False
+    ) -> UserRecord:
+        """Create a user (``platform_admin``: may create organisations).
 
         Raises:
             Conflict: the username is taken.
@@ -30,7 +32,12 @@ class IdentityQueries:
                 f"user {username!r} already exists; give them a role in the organisation"
                 " instead of creating them again"
             )
-        user = User(username=username, password_hash=password_hash, created_at=now)
+        user = User(
+            username=username,
+            password_hash=password_hash,
+            created_at=now,
+            platform_admin=platform_admin,
+        )
         self._session.add(user)
         self._session.flush()
         return _user(user)
@@ -41,6 +48,30 @@ class IdentityQueries:
     def find_user(self, username: str) -> UserRecord | None:
         user = self._session.scalars(select(User).where(User.username == username)).one_or_none()
         return None if user is None else _user(user)
+
+    def is_platform_admin(self, user_id: int) -> bool:
+        user = self._session.get(User, user_id)
+        return user is not None and bool(user.platform_admin)
+
+    def set_platform_admin(self, user_id: int, value: bool) -> None:
+        user = self._session.get(User, user_id)
+        if user is not None:
+            user.platform_admin = value
+            self._session.flush()
+
+    def sessions_valid_after(self, user_id: int) -> float | None:
+        """Sessions issued before this time are revoked (None: none revoked)."""
+        user = self._session.get(User, user_id)
+        return None if user is None else user.sessions_valid_after
+
+    def user_exists(self, user_id: int) -> bool:
+        return self._session.get(User, user_id) is not None
+
+    def revoke_sessions(self, user_id: int, at: float) -> None:
+        user = self._session.get(User, user_id)
+        if user is not None:
+            user.sessions_valid_after = at
+            self._session.flush()
 
     def set_password_hash(self, user_id: int, password_hash: str) -> None:
         user = self._session.get(User, user_id)
@@ -149,7 +180,9 @@ class IdentityQueries:
 
 
 def _user(user: User) -> UserRecord:
-    return UserRecord(user.id, user.username, user.password_hash, user.created_at)
+    return UserRecord(
+        user.id, user.username, user.password_hash, user.created_at, bool(user.platform_admin)
+    )
 
 
 def _api_key(key: ApiKey, org_name: str) -> ApiKeyRecord:

@@ -28,6 +28,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -153,6 +154,10 @@ class User(Base):
     username: Mapped[str] = mapped_column(String(USERNAME_MAX), unique=True)
     password_hash: Mapped[str] = mapped_column(String(HASH_MAX))
     created_at: Mapped[datetime]
+    # Platform role: may create organisations (see portal/access.py).
+    platform_admin: Mapped[bool] = mapped_column(default=False, server_default=false())
+    # Browser sessions issued before this (epoch seconds) are refused.
+    sessions_valid_after: Mapped[float | None] = mapped_column(Float)
 
 
 class Membership(Base):

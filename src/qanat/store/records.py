@@ -108,6 +108,7 @@ class UserRecord:
     username: str
     password_hash: str
     created_at: datetime
+    platform_admin: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable
+from dataclasses import replace
 from datetime import datetime
 
 from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
 from qanat.errors import Conflict, NotFound
+from qanat.isolation import Binding, first_overlap, free_address
 from qanat.store.models import Gateway, Org, RenewedToken, Stage
 from qanat.store.records import (
     GatewayRecord,
@@ -65,12 +67,23 @@ class TenancyQueries:
     # -- stages --------------------------------------------------------------
 
     def add_stage(
-        self, org: OrgRecord, name: str, settings: PrivateGatewaySettings, now: datetime
+        self,
+        org: OrgRecord,
+        name: str,
+        settings: PrivateGatewaySettings,
+        now: datetime,
+        *,
+        bind_pool: str | None = None,
     ) -> StageRecord:
         """Create a stage and its (inactive) gateway.
 
+        With ``bind_pool`` the gateway's bind address is the first address of
+        that network no other stage uses; otherwise ``settings.bind_host``.
+
         Raises:
-            Conflict: the organisation has a stage of that name (any case).
+            Conflict: the organisation has a stage of that name (any case), the
+                pool has no free address, or the (address, port range)
+                overlaps another stage's.
         """
         existing = self.find_stage(org, name)
         if existing is not None:
@@ -78,6 +91,17 @@ class TenancyQueries:
                 f"organisation {org.name!r} already has a stage named {existing.name!r};"
                 " stage names are unique per organisation (ignoring case): choose another"
             )
+        key = f"{org.name}/{name}"
+        if bind_pool is not None:
+            host = free_address(bind_pool, (b.bind_host for b in self._bindings()))
+            if host is None:
+                raise Conflict(
+                    f"no free bind address left in {bind_pool} for stage {key!r}: every"
+                    " address there belongs to another stage; give the installation a larger"
+                    " network (qanat up --endpoint-bind CIDR)"
+                )
+            settings = replace(settings, bind_host=host)
+        self._refuse_overlap(key, settings, exclude=None)
         stage = Stage(org_id=org.id, name=name, name_key=_name_key(name), created_at=now)
         self._session.add(stage)
         self._session.flush()
@@ -156,6 +180,12 @@ class TenancyQueries:
         row = self._session.get(Gateway, record.id)
         if row is None:
             raise NotFound(f"gateway of stage {record.key!r} no longer exists")
+        if (row.bind_host, row.port_min, row.port_max) != (
+            record.settings.bind_host,
+            record.settings.port_min,
+            record.settings.port_max,
+        ):
+            self._refuse_overlap(record.key, record.settings, exclude=record.id)
         row.state = record.state.value
         row.address_id = record.address_id
         row.token_hash = record.token_hash
@@ -179,6 +209,42 @@ class TenancyQueries:
         self._session.flush()
         self._stages_changed = True
         return self._gateway_records(_gateway_query().where(Gateway.id == record.id))[0]
+
+    def _bindings(self, exclude: int | None = None) -> list[Binding]:
+        """Every gateway's (address, port range), in creation order."""
+        query = (
+            select(
+                Gateway.id,
+                Org.name,
+                Stage.name,
+                Gateway.bind_host,
+                Gateway.port_min,
+                Gateway.port_max,
+            )
+            .join(Stage, Gateway.stage_id == Stage.id)
+            .join(Org, Stage.org_id == Org.id)
+            .order_by(Gateway.id)
+        )
+        return [
+            Binding(f"{org}/{stage}", host, low, high)
+            for gid, org, stage, host, low, high in self._session.execute(query)
+            if gid != exclude
+        ]
+
+    def _refuse_overlap(
+        self, key: str, settings: PrivateGatewaySettings, exclude: int | None
+    ) -> None:
+        """Raise Conflict when ``settings`` would share an (address, port) with another stage."""
+        candidate = Binding(key, settings.bind_host, settings.port_min, settings.port_max)
+        other = first_overlap(candidate, self._bindings(exclude))
+        if other is not None:
+            raise Conflict(
+                f"stage {key!r} cannot listen on {settings.bind_host} ports"
+                f" {settings.port_min}-{settings.port_max}: stage {other.key!r} listens on"
+                f" {other.bind_host} ports {other.port_min}-{other.port_max}, and two stages"
+                " never share an (address, port), or one would receive the other's app"
+                " connections; choose another bind address or a disjoint port range"
+            )
 
     def _gateway_records(self, query: Select[Gateway, Stage, Org]) -> list[GatewayRecord]:
         rows = self._session.execute(query.order_by(Gateway.id)).all()

@@ -165,12 +165,22 @@ class OpsHttp(asyncio.Protocol):
 
 
 def hand_over(
-    routes: OpsRoutes, spawn: Spawn, transport: asyncio.BaseTransport, head: bytes
+    routes: OpsRoutes,
+    spawn: Spawn,
+    transport: asyncio.BaseTransport,
+    head: bytes,
+    client: str = "",
 ) -> None:
-    """Let the operations responder take a connection whose head was already read."""
+    """Let the operations responder take a connection whose head was already read.
+
+    ``client`` is the source the ``/metrics`` check applies to (behind a
+    trusted proxy, the client it names); default the TCP peer.
+    """
     protocol = OpsHttp(routes, spawn)
     transport.set_protocol(protocol)
     protocol.connection_made(transport)
+    if client:
+        protocol.peer = client
     protocol.data_received(head)
 
 

@@ -176,17 +176,21 @@ class Processes:
     def log(self, name: str) -> str:
         return (self.logs / f"{name}.log").read_text(errors="replace")
 
-    def wait_log(self, name: str, needle: str, timeout_s: float) -> str:
-        """Wait (bounded, polling) until ``needle`` is in the log of ``name``."""
+    def wait_log(self, name: str, needle: str, timeout_s: float, since: int = 0) -> str:
+        """Wait (bounded, polling) until ``needle`` is in the log of ``name``.
+
+        Only the log from character ``since`` on is searched, so a test can
+        wait for a line of its own rather than an earlier test's.
+        """
         end = time.monotonic() + timeout_s
         while time.monotonic() < end:
             text = self.log(name)
-            if needle in text:
+            if needle in text[since:]:
                 return text
             proc = self.procs[name]
             if proc.poll() is not None:
                 text = self.log(name)
-                if needle in text:
+                if needle in text[since:]:
                     return text
                 raise AssertionError(
                     f"{name} exited ({proc.returncode}) before {needle!r}:\n{text}"

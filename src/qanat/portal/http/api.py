@@ -9,6 +9,7 @@ become problem objects in the application's middleware.
 from __future__ import annotations
 
 import re
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -52,7 +53,7 @@ async def sign_in(request: web.Request) -> web.StreamResponse:
     doc = await json_body(request)
     username = field_str(doc, "username") or ""
     password = field_str(doc, "password") or ""
-    actor = await d.run(d.portal.authenticate_password, username, password, source_of(request))
+    actor = await d.sign_in(username, password, source_of(request))
     assert actor.user_id is not None
     cookie, session = d.signer.issue(actor.user_id, actor.name)
     response = _json(
@@ -76,7 +77,12 @@ def set_session_cookie(request: web.Request, response: web.StreamResponse, value
 
 
 async def sign_out(request: web.Request) -> web.StreamResponse:
-    await api_actor(request)
+    d = deps(request)
+    actor = await api_actor(request)
+    session = session_of(request)
+    if session is not None and actor.user_id == session.user_id:
+        # Ends this and every other browser session of the user.
+        await d.run(d.portal.end_sessions, session.user_id, time.time())
     response = web.Response(status=204)
     response.del_cookie(SESSION_COOKIE, path="/")
     return response
@@ -274,6 +280,18 @@ async def create_user(request: web.Request) -> web.StreamResponse:
     return _json(render.user(info), status=201)
 
 
+async def set_platform_admin(request: web.Request) -> web.StreamResponse:
+    d = deps(request)
+    actor = await api_actor(request)
+    doc = await json_body(request)
+    value = doc.get("platform_admin")
+    if not isinstance(value, bool):
+        raise InvalidInput('platform_admin must be true or false, e.g. {"platform_admin": true}')
+    username = request.match_info["username"]
+    await d.run(d.portal.set_platform_admin, actor, source_of(request), username, value)
+    return _json({"username": username, "platform_admin": value})
+
+
 async def set_role(request: web.Request) -> web.StreamResponse:
     d = deps(request)
     actor = await api_actor(request)
@@ -432,10 +450,21 @@ ROUTES: tuple[ApiRoute, ...] = (
         create_org,
         "createOrg",
         "Create an organisation with its default stages (the caller becomes admin)",
-        role="user (not an API key)",
+        role="platform admin (a user, not an API key)",
         body="NewOrg",
         response="Org",
         status=201,
+        errors=_WRITE,
+    ),
+    ApiRoute(
+        "PUT",
+        PREFIX + "/users/{username}/platform-admin",
+        set_platform_admin,
+        "setPlatformAdmin",
+        "Give or take the platform admin role (who may create organisations)",
+        role="platform admin (a user, not an API key)",
+        body="PlatformAdmin",
+        response="PlatformAdmin",
         errors=_WRITE,
     ),
     ApiRoute(

@@ -19,7 +19,14 @@ from aiohttp import web
 from qanat.errors import QanatError, Unauthorized
 from qanat.portal.http import api, problems, webadmin, webcatalogue
 from qanat.portal.http import web as pages
-from qanat.portal.http.context import DEPS, Deps, PortalHttpSettings, body_limit
+from qanat.portal.http.context import (
+    DEPS,
+    SESSION_KEY,
+    Deps,
+    PortalHttpSettings,
+    body_limit,
+    check_session,
+)
 from qanat.portal.http.filters import FILTERS
 from qanat.portal.http.openapi import add_routes
 from qanat.portal.http.sessions import Signer
@@ -27,6 +34,9 @@ from qanat.portal.localadmin import LocalAdmin
 from qanat.portal.service import Portal
 
 log = logging.getLogger("qanat.portal.http")
+
+#: One year, without includeSubDomains (the gateway's name may share a domain).
+HSTS_MAX_AGE_S = 365 * 24 * 3600
 
 _CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:;"
@@ -59,6 +69,7 @@ async def _errors(
         )
         return problems.problem(413, detail) if api_request else _error_page(request, 413, detail)
     try:
+        request[SESSION_KEY] = await check_session(request)
         response = await handler(request)
     except QanatError as exc:
         if api_request:
@@ -75,6 +86,7 @@ async def _errors(
         )
     except web.HTTPException as exc:
         if exc.status < 400:
+            _secure_headers(request, exc)
             raise
         if api_request:
             text = exc.text or ""
@@ -83,18 +95,36 @@ async def _errors(
             response = problems.problem(exc.status, text)
         else:
             response = _error_page(request, exc.status, exc.reason)
+    except (UnicodeError, ValueError, TypeError, RecursionError) as exc:
+        # Malformed input that reached a library (form decoding, cookies...):
+        # the client's fault, one short line, no traceback.
+        log.warning(
+            "portal: %s %s: bad request (%s: %s)",
+            request.method,
+            request.path,
+            type(exc).__name__,
+            str(exc)[:200],
+        )
+        detail = "the request could not be read (malformed encoding or structure); fix it"
+        response = (
+            problems.problem(400, detail) if api_request else _error_page(request, 400, detail)
+        )
     except Exception:
         log.exception("portal: %s %s failed", request.method, request.path)
         detail = "the portal failed unexpectedly; the error is in its log"
         response = (
             problems.problem(500, detail) if api_request else _error_page(request, 500, detail)
         )
-    _secure_headers(response)
+    _secure_headers(request, response)
     return response
 
 
-def _secure_headers(response: web.StreamResponse) -> None:
+def _secure_headers(request: web.Request, response: web.StreamResponse) -> None:
     headers = response.headers
+    if request.app[DEPS].settings.secure_cookies:
+        # Served over HTTPS (directly or behind the TLS-terminating proxy).
+        headers.setdefault("Strict-Transport-Security", f"max-age={HSTS_MAX_AGE_S}")
+    headers["Server"] = "qanat"
     headers.setdefault("X-Content-Type-Options", "nosniff")
     headers.setdefault("X-Frame-Options", "DENY")
     headers.setdefault("Referrer-Policy", "same-origin")
@@ -133,6 +163,7 @@ def build_app(
         templates=_templates(),
         local_admin=local_admin,
     )
+    app.on_cleanup.append(_close_hashing_pool)
     add_routes(app, api.ROUTES)
     app.router.add_route("*", api.PREFIX + "/{tail:.*}", api.not_found)
     # Before pages.add_routes: its POST .../stages/{stage}/{action} would match.
@@ -140,6 +171,12 @@ def build_app(
     webadmin.add_routes(app)
     pages.add_routes(app)
     return app
+
+
+async def _close_hashing_pool(app: web.Application) -> None:
+    guard = app[DEPS].guard
+    if guard is not None:
+        guard.pool.close()
 
 
 def set_local_admin(app: web.Application, local_admin: LocalAdmin | None) -> None:

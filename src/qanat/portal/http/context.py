@@ -23,6 +23,8 @@ from qanat.portal.http.problems import BadRequest
 from qanat.portal.http.sessions import CSRF_HEADER, SESSION_COOKIE, Session, Signer
 from qanat.portal.localadmin import LocalAdmin
 from qanat.portal.service import Portal
+from qanat.portal.signin import SignInGuard, SignInLimits
+from qanat.wire.forwarded import Network, client_address, parse_networks
 
 T = TypeVar("T")
 
@@ -43,6 +45,9 @@ class PortalHttpSettings:
         refresh_s: how often the stage page re-reads its status.
         connector_ca_file: the development certificate connectors must trust
             (``--tls-ca`` in the page's connect command); "" for a real one.
+        signin: sign-in throttling and the hashing pool's bounds.
+        trusted_proxy_cidrs: reverse proxies whose X-Forwarded-For names the
+            client (the gateway's ``--trusted-proxy``).
     """
 
     max_body_bytes: int = 64 * 1024
@@ -51,6 +56,8 @@ class PortalHttpSettings:
     session_ttl_s: float = 12 * 3600
     refresh_s: float = 3.0
     connector_ca_file: str = ""
+    signin: SignInLimits = field(default_factory=SignInLimits)
+    trusted_proxy_cidrs: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)
@@ -63,6 +70,33 @@ class Deps:
     templates: jinja2.Environment
     local_admin: LocalAdmin | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    guard: SignInGuard | None = None
+    trusted: tuple[Network, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.guard is None:
+            self.guard = SignInGuard(self.settings.signin)
+        self.trusted = parse_networks(self.settings.trusted_proxy_cidrs)
+
+    async def sign_in(self, username: str, password: str, source: str) -> Actor:
+        """Check a password: throttled per name and source, on the hashing pool.
+
+        Raises:
+            TooManyAttempts: throttled, or too many sign-ins in progress.
+            Unauthorized: wrong name or password.
+        """
+        guard = self.guard
+        assert guard is not None
+        guard.check(username, source)
+        try:
+            actor = await guard.pool.run(
+                self.portal.authenticate_password, username, password, source
+            )
+        except Unauthorized:
+            guard.failed(username, source)
+            raise
+        guard.succeeded(source)
+        return actor
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a blocking service call in a worker thread."""
@@ -77,12 +111,33 @@ def deps(request: web.Request) -> Deps:
 
 
 def source_of(request: web.Request) -> str:
-    """The client's address for the audit log."""
-    return (request.remote or "unknown")[:64]
+    """The client's address for the audit log and the sign-in throttle: the
+    peer's, or behind a trusted proxy the client it names (X-Forwarded-For)."""
+    peer = request.remote or "unknown"
+    trusted = deps(request).trusted
+    if trusted:
+        peer = client_address(peer, request.headers.getall("X-Forwarded-For", []), trusted)
+    return peer[:64]
+
+
+SESSION_KEY: web.RequestKey[Session | None] = web.RequestKey("qanat_session", Session)
+
+
+async def check_session(request: web.Request) -> Session | None:
+    """The request's session if its cookie is genuine, unexpired and not revoked
+    (signed out, password changed); read once per request (see app.py)."""
+    d = deps(request)
+    session = d.signer.read(request.cookies.get(SESSION_COOKIE))
+    if session is not None and not await d.run(
+        d.portal.session_valid, session.user_id, session.issued_at
+    ):
+        session = None
+    return session
 
 
 def session_of(request: web.Request) -> Session | None:
-    return deps(request).signer.read(request.cookies.get(SESSION_COOKIE))
+    """The session :func:`check_session` found for this request."""
+    return request.get(SESSION_KEY)
 
 
 def _presented_key(request: web.Request) -> str | None:
@@ -154,6 +209,10 @@ async def json_body(request: web.Request) -> dict[str, Any]:
         doc = json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
         raise BadRequest("request body is not UTF-8 text; send a JSON object") from None
+    except RecursionError:
+        raise BadRequest(
+            "request body nests arrays or objects too deeply; send a flat JSON object"
+        ) from None
     except json.JSONDecodeError as exc:
         raise BadRequest(
             f"request body is not valid JSON: {exc.msg} at line {exc.lineno} column"

@@ -84,6 +84,17 @@ SCHEMAS: dict[str, Any] = {
     },
     "NewOrg": {"type": "object", "required": ["name"], "properties": {"name": _STR}},
     "NewStage": {"type": "object", "required": ["name"], "properties": {"name": _STR}},
+    "PlatformAdmin": {
+        "type": "object",
+        "required": ["platform_admin"],
+        "properties": {
+            "username": _STR,
+            "platform_admin": {
+                "type": "boolean",
+                "description": "may create organisations (a role of the installation)",
+            },
+        },
+    },
     "Allowlist": {
         "type": "object",
         "required": ["allow_cidrs"],

@@ -9,6 +9,7 @@ mapping from exceptions to statuses is this one table.
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from aiohttp import web
@@ -24,6 +25,7 @@ from qanat.errors import (
     QanatError,
     StoreError,
     TooLarge,
+    TooManyAttempts,
     Unauthorized,
 )
 
@@ -37,6 +39,7 @@ class BadRequest(InvalidInput):
 # (exception, HTTP status, problem slug, title); the first match wins.
 _TABLE: tuple[tuple[type[QanatError], int, str, str], ...] = (
     (BadRequest, 400, "malformed-request", "Malformed request"),
+    (TooManyAttempts, 429, "too-many-attempts", "Too many attempts"),
     (NotFound, 404, "not-found", "Not found"),
     (Conflict, 409, "conflict", "Conflict with the current state"),
     (Forbidden, 403, "forbidden", "Not allowed for your role"),
@@ -58,6 +61,7 @@ _TITLES = {
     413: ("body-too-large", "Request body too large"),
     415: ("unsupported-media-type", "Unsupported media type"),
     422: ("invalid-input", "Invalid input"),
+    429: ("too-many-attempts", "Too many attempts"),
     500: ("internal-error", "Internal error"),
     503: ("unavailable", "Service unavailable"),
 }
@@ -111,4 +115,6 @@ def from_error(exc: QanatError) -> web.Response:
         headers["WWW-Authenticate"] = 'Bearer realm="qanat"'
     if status == 503:
         headers["Retry-After"] = "2"
+    if isinstance(exc, TooManyAttempts):
+        headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
     return problem(status, str(exc), slug=slug, title=title, headers=headers)

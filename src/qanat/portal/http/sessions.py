@@ -2,9 +2,11 @@
 
 A session is a cookie (``HttpOnly``, ``SameSite=Lax``, ``Secure`` when the
 portal is served over HTTPS) holding the user's id and name, an expiry and a
-random nonce, signed with HMAC-SHA256. Nothing is stored on the server, so
-any portal process that shares the secret (``<data dir>/portal-secret``)
-accepts it. Roles are not in the cookie: every request reads them again.
+random nonce, signed with HMAC-SHA256, and the time it was issued. Any portal
+process that shares the secret (``<data dir>/portal-secret``) accepts it.
+Roles are not in the cookie: every request reads them again, and with them
+the user's ``sessions_valid_after``: signing out (or changing the password)
+ends every session of that user issued before.
 
 CSRF: every form and every cookie-authenticated request that changes
 something must carry a token derived from the session's nonce (form field
@@ -40,6 +42,7 @@ class Session:
     username: str
     expires_at: float
     nonce: str
+    issued_at: float = 0.0
 
 
 def load_secret(data_dir: Path | None) -> bytes:
@@ -103,11 +106,18 @@ class Signer:
 
     def issue(self, user_id: int, username: str) -> tuple[str, Session]:
         """A new session and its cookie value."""
-        expires_at = float(int(time.time() + self.session_ttl_s))
-        session = Session(user_id, username, expires_at, secrets.token_hex(16))
+        now = time.time()
+        expires_at = float(int(now + self.session_ttl_s))
+        session = Session(user_id, username, expires_at, secrets.token_hex(16), round(now, 6))
         payload = _b64(
             json.dumps(
-                {"u": user_id, "n": username, "e": int(session.expires_at), "r": session.nonce}
+                {
+                    "u": user_id,
+                    "n": username,
+                    "e": int(session.expires_at),
+                    "r": session.nonce,
+                    "i": session.issued_at,
+                }
             ).encode()
         )
         return f"{payload}.{self._mac('session', payload)}", session
@@ -121,8 +131,14 @@ class Signer:
             return None
         try:
             doc = json.loads(_unb64(payload))
-            session = Session(int(doc["u"]), str(doc["n"]), float(doc["e"]), str(doc["r"]))
-        except (ValueError, KeyError, TypeError):
+            session = Session(
+                int(doc["u"]),
+                str(doc["n"]),
+                float(doc["e"]),
+                str(doc["r"]),
+                float(doc.get("i", 0.0)),
+            )
+        except (ValueError, KeyError, TypeError, AttributeError):
             return None
         return session if session.expires_at > time.time() else None
 
@@ -143,8 +159,4 @@ class Signer:
         return self._mac("login", nonce)
 
     def login_ok(self, nonce: str | None, token: str | None) -> bool:
-        return (
-            bool(nonce)
-            and bool(token)
-            and hmac.compare_digest(str(token), self.login_token(str(nonce)))
-        )
+        return bool(nonce) and bool(token) and _same(str(token), self.login_token(str(nonce)))

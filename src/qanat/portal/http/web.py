@@ -20,13 +20,21 @@ the live refresh.
 from __future__ import annotations
 
 import shlex
+import time
 from importlib import resources
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from aiohttp import web
 
-from qanat.errors import Forbidden, InvalidInput, NotFound, PortalError, Unauthorized
+from qanat.errors import (
+    Forbidden,
+    InvalidInput,
+    NotFound,
+    PortalError,
+    TooManyAttempts,
+    Unauthorized,
+)
 from qanat.portal.http import render
 from qanat.portal.http.api import orgs_with_roles, set_session_cookie
 from qanat.portal.http.context import deps, session_actor, session_of, source_of
@@ -127,25 +135,47 @@ async def signin(request: web.Request) -> web.StreamResponse:
             username=username,
         )
     try:
-        actor = await d.run(
-            d.portal.authenticate_password, username, form.get("password", ""), source_of(request)
-        )
+        actor = await d.sign_in(username, form.get("password", ""), source_of(request))
     except Unauthorized as exc:
         return _signin_page(request, str(exc), status=401, username=username)
+    except TooManyAttempts as exc:
+        return _signin_page(request, str(exc), status=429, username=username)
     assert actor.user_id is not None
     cookie, _ = d.signer.issue(actor.user_id, actor.name)
-    target = request.query.get("next") or form.get("next") or "/orgs"
-    if not target.startswith("/") or target.startswith("//"):
-        target = "/orgs"  # never redirect off-site
+    target = same_origin_path(request.query.get("next") or form.get("next") or "")
     response = web.HTTPSeeOther(target)
     set_session_cookie(request, response, cookie)
     response.del_cookie(LOGIN_COOKIE, path="/signin")
     raise response
 
 
+def same_origin_path(target: str, default: str = "/orgs") -> str:
+    """``target`` if it is a path on this portal, else ``default``.
+
+    Browsers drop tabs and newlines from URLs and read ``\\`` as ``/``, so
+    ``/\t/evil.example`` would become ``//evil.example`` (another site):
+    only printable characters without a backslash, one leading slash, no
+    scheme and no host are accepted.
+    """
+    if (
+        not target.startswith("/")
+        or target.startswith("//")
+        or "\\" in target
+        or not target.isprintable()
+        or any(c.isspace() for c in target)
+    ):
+        return default
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc:
+        return default
+    return target
+
+
 async def signout(request: web.Request) -> web.StreamResponse:
+    d = deps(request)
     session = _require_session(request)
     await _form(request, session)
+    await d.run(d.portal.end_sessions, session.user_id, time.time())
     response = web.HTTPSeeOther("/signin")
     response.del_cookie(SESSION_COOKIE, path="/")
     raise response
