@@ -15,12 +15,15 @@ How it works, module by module (the picture is in docs/architecture.md):
   self-validating tuning.
 - ``frontdoor``: every TCP connection on the listen address starts here. The
   request head (bounded in size and time) decides: ``GET /sg_<id>`` with an
-  upgrade goes to ``admission.admit()``, a pure decision (subprotocol, token
-  rate limit per source from ``ratelimit``, token, connector id, reconnect
-  storms from ``flapping``) tested as a table; a plain GET of an address is a
-  status probe (or a 302); ``/healthz``, ``/readyz``, ``/metrics`` go to
-  ``qanat.telemetry.httpd``; anything else to the portal when one runs in the
-  same process.
+  upgrade goes to ``admission.admit()``, a pure decision (subprotocol, token,
+  failed attempts rate-limited per (source, address) and globally by
+  ``tokenlimit``, connector id, reconnect storms from ``flapping``) tested as
+  a table; a plain GET of an address is a status probe (or a 302);
+  ``/healthz``, ``/readyz``, ``/metrics`` go to ``qanat.telemetry.httpd``;
+  anything else to the portal when one runs in the same process. Connections
+  that are not a tunnel yet are capped per source and in all (``pressure``;
+  portal ones closed when idle, ``idle``); a port inside an earlier stage's
+  overlapping range is refused (``contested``).
 - ``tunnel``: one connector's SSH session, built complete (it starts its SSH
   server): the ``config`` request (validated remotes), keepalive pings and
   dead-peer removal, draining, ``describe@qanat``, the connections riding on it.
