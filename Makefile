@@ -9,7 +9,7 @@ BENCH_STAMP := $(VENV)/.installed-bench
 # Extra arguments for bench/run.py, e.g. `make bench BENCH_ARGS="--quick --only ssh"`.
 BENCH_ARGS ?=
 
-.PHONY: demo test lint typecheck unit bench system-deps clean
+.PHONY: demo cluster-demo test lint typecheck unit bench system-deps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,11 @@ system-deps:
 
 demo: $(STAMP)
 	$(PY) -m qanat.demo
+
+# Several gateway nodes on this machine: NATS, PostgreSQL, HAProxy, a portal,
+# three nodes; a connector on one node, an app on another (docs/cluster.md).
+cluster-demo: $(STAMP) system-deps
+	$(PY) scripts/cluster_demo.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench scripts
@@ -45,6 +50,7 @@ bench: $(BENCH_STAMP) system-deps
 	$(PY) bench/run.py $(BENCH_ARGS)
 	$(PY) bench/failover.py
 	$(PY) bench/bindstall.py
+	$(PY) bench/cluster.py $(filter --quick,$(BENCH_ARGS))
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -5,9 +5,10 @@ set -euo pipefail
 # tinyproxy (HTTP CONNECT with basic auth) and microsocks (SOCKS5 with
 # user/password) are the real proxies of tests/corporate. Go with x/crypto
 # and gorilla/websocket builds the interop peer of tests/interop (offline,
-# GOPATH mode, from /usr/share/gocode).
+# GOPATH mode, from /usr/share/gocode). nats-server and haproxy run the
+# several-node tests of tests/cluster and `make cluster-demo`.
 packages=(openssh-server openssh-client iproute2 nftables postgresql tinyproxy microsocks chromium
-  golang-go golang-golang-x-crypto-dev golang-github-gorilla-websocket-dev)
+  golang-go golang-golang-x-crypto-dev golang-github-gorilla-websocket-dev nats-server haproxy)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -4,10 +4,11 @@ Apps in a cloud platform reach endpoints inside private networks through
 connectors that only ever dial out. The package draws the architecture::
 
     wire/       pure protocol code, no I/O: chisel remotes, the `config`
-                message, tokens and addresses, the UDP gob codec
-    net/        one adapter per foreign library: WebSocket framing
-                (websockets, sans-IO) and SSH (asyncssh), plus the byte pipe
-                that splices a TCP socket to an SSH channel
+                message, tokens and addresses, the UDP gob codec, and our
+                own sans-IO SSH-2 (wire/ssh/)
+    net/        adapters driven by asyncio callbacks: WebSocket framing
+                (websockets, sans-IO) and SSH (over wire/ssh), plus the byte
+                pipe that splices a TCP socket to an SSH channel
     gateway/    the data plane: accepts connector tunnels, binds each
                 declared port on the stage's address, turns app connections
                 into SSH channels

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -132,10 +133,24 @@ def _cmd_gateway(args: argparse.Namespace) -> int:
         tls_client_ca_path=Path(args.tls_client_ca) if args.tls_client_ca else None,
     )
     if args.database_url:
+        from qanat.cluster import options as cluster_options
         from qanat.store import normalize_url
         from qanat.up import default_node, run_db_gateway
 
-        return run(run_db_gateway(settings, normalize_url(args.database_url), default_node()))
+        nats = cluster_options.nats_settings(args)
+        cluster = cluster_options.cluster_settings(args, nats) if nats is not None else None
+        mapping = cluster_options.bind_map(args.bind_map)
+        return run(
+            run_db_gateway(
+                settings,
+                normalize_url(args.database_url),
+                default_node(),
+                cluster,
+                cluster_options.map_binds(mapping) if mapping else None,
+            )
+        )
+    if args.nats:
+        raise ConfigError("--nats needs --database-url: cluster nodes share the portal's database")
     source = FileStageSource(stage_file)
 
     async def reload_stages() -> None:
@@ -258,8 +273,11 @@ def _cmd_portal(args: argparse.Namespace) -> int:
     private_umask()
     secure_data_dir(data_dir)
     url = database_url(data_dir, {"QANAT_DATABASE_URL": args.database_url or ""})
+    from qanat.cluster.options import nats_settings
+
     public = _public_url(args.public_url) or "http://127.0.0.1:8080"
-    return run(run_portal(data_dir, url, _host_port(args.listen, "--listen"), public))
+    nats = nats_settings(args)
+    return run(run_portal(data_dir, url, _host_port(args.listen, "--listen"), public, nats))
 
 
 def _public_url(text: str | None) -> str | None:
@@ -354,7 +372,8 @@ def _add_gateway_tuning(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_portal_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    import os
+
+    from qanat.cluster import options as cluster_options
 
     env_db = os.environ.get("QANAT_DATABASE_URL") or None
     up = sub.add_parser(
@@ -400,6 +419,7 @@ def _add_portal_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignor
     )
     portal.add_argument("--database-url", default=env_db, help="default: SQLite in --data-dir")
     portal.add_argument("-v", "--verbose", action="count", default=0)
+    cluster_options.add_nats_arguments(portal)
     portal.set_defaults(func=_cmd_portal)
 
     from qanat.admincli import add_admin_parser
@@ -467,6 +487,7 @@ def build_parser(*, admin_only: bool = False) -> argparse.ArgumentParser:
         add_admin_parser(sub, DEFAULT_DATA_DIR)
         return parser
 
+    from qanat.cluster import options as cluster_options
     from qanat.connector.options import add_connect_arguments
     from qanat.ops import commands as ops_commands
 
@@ -521,8 +542,9 @@ def build_parser(*, admin_only: bool = False) -> argparse.ArgumentParser:
     gateway.add_argument("--ports", default="1024-65535", help="add-stage: allowed port range")
     gateway.add_argument(
         "--database-url",
-        default=None,
-        help="take stages from the portal's database (sqlite:///... or postgresql://...)",
+        default=os.environ.get("QANAT_DATABASE_URL") or None,
+        help="take stages from the portal's database (sqlite:///... or postgresql://...); "
+        "env QANAT_DATABASE_URL",
     )
     gateway.add_argument(
         "--allow",
@@ -533,6 +555,8 @@ def build_parser(*, admin_only: bool = False) -> argparse.ArgumentParser:
     )
     gateway.add_argument("-v", "--verbose", action="count", default=0)
     ops_commands.add_gateway_metrics_argument(gateway)
+    cluster_options.add_nats_arguments(gateway)
+    cluster_options.add_node_arguments(gateway)
     gateway.set_defaults(func=_cmd_gateway)
 
     ops_commands.add_commands(sub)  # diagnose, probe
@@ -552,7 +576,6 @@ def build_parser(*, admin_only: bool = False) -> argparse.ArgumentParser:
         default=str(DEFAULT_DATA_DIR),
         help="gateway (or qanat up) data directory: its stages.toml or its database",
     )
-    import os
 
     hosts.add_argument(
         "--database-url",

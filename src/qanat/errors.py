@@ -29,7 +29,7 @@ thing that went wrong and what to do about it::
         ├── DatabaseUnreachable  cannot connect or open the database
         └── MigrationError     the schema could not be brought up to date
 
-Foreign exceptions (asyncssh, websockets, OSError) are translated at the
+Foreign exceptions (websockets, OSError) are translated at the
 adapter boundary in ``qanat.net``, and database exceptions in ``qanat.store``,
 so that the rest of the code only sees these.
 """

@@ -84,9 +84,7 @@ def setup_logging(verbose: int = 0, fmt: str = "human") -> None:
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbose >= 2 else logging.INFO)
     logging.getLogger("qanat").setLevel(logging.DEBUG if verbose >= 1 else logging.INFO)
-    # asyncssh and websockets are chatty at INFO; their news reaches the
-    # operator through our own messages.
-    # (-vvv turns on asyncssh's packet debugging: qanat.net.ssh.debug_packets,
-    # called by the CLI, so that this module imports no foreign library.)
-    logging.getLogger("asyncssh").setLevel(logging.DEBUG if verbose >= 3 else logging.WARNING)
+    # websockets is chatty at INFO; its news reaches the operator through
+    # our own messages. -vvv adds the SSH adapter's debug lines
+    # (qanat.net.ssh.debug_packets, called by the CLI).
     logging.getLogger("websockets").setLevel(logging.WARNING)

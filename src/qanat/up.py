@@ -15,7 +15,8 @@ The same pieces run as separate processes sharing one database:
 ``qanat portal`` (pages and API on their own port) and ``qanat gateway
 --database-url URL`` (tunnels; stages from the database). A change made in
 the portal reaches every gateway through the same polling source, within a
-second; that source is the one interface to replace with a message bus.
+second; with ``--nats`` (several nodes, qanat.cluster) a NATS message after
+each commit wakes the nodes at once and the poll is only the fallback.
 
 Every database call of the portal and of the gateway's hooks runs in a
 worker thread, so a slow or locked database never stalls the tunnels.
@@ -30,15 +31,20 @@ import os
 import signal
 import socket
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from qanat import __version__
+from qanat.cluster.control import ControlPublisher
+from qanat.cluster.natsbus import Bus, NatsSettings
+from qanat.cluster.node import ClusterNode, ClusterSettings
 from qanat.datadir import secure_data_dir
 from qanat.errors import ConfigError
-from qanat.gateway.serve import GatewayService, serve_gateway
+from qanat.gateway.serve import GatewayPart, GatewayService, serve_gateway
 from qanat.gateway.server import Gateway
 from qanat.gateway.settings import GatewaySettings
+from qanat.gateway.stages import StageConfig
 from qanat.portal import PasswordHasher, Portal, PortalConfig, localadmin
 from qanat.portal.config import DEFAULT_BIND_POOL
 from qanat.portal.declared import catalogue_sink
@@ -397,14 +403,29 @@ async def run_up(config: UpConfig) -> int:
 
 
 async def run_portal(
-    data_dir: Path, database_url: str, listen: tuple[str, int], public_url: str
+    data_dir: Path,
+    database_url: str,
+    listen: tuple[str, int],
+    public_url: str,
+    nats: NatsSettings | None = None,
 ) -> int:
-    """``qanat portal``: pages and API only, on their own listen address."""
+    """``qanat portal``: pages and API only, on their own listen address.
+
+    With ``nats`` every committed stage change is also published on the
+    control bus (cluster hook, qanat.cluster.control).
+    """
     logging.getLogger("alembic").setLevel(logging.WARNING)
     make_data_dir(data_dir)
     store = await asyncio.to_thread(open_store, StoreConfig(url=database_url))
     http: PortalHttp | None = None
+    bus: Bus | None = None
+    publisher: ControlPublisher | None = None
     try:
+        if nats is not None:
+            bus = Bus(nats, "qanat-portal")
+            publisher = ControlPublisher(bus, asyncio.get_running_loop())
+            store.stage_listeners.append(publisher.committed)
+            await bus.start()
         portal = Portal(store, PortalConfig(public_url))
         app = build_app(
             portal,
@@ -420,25 +441,47 @@ async def run_portal(
         set_local_admin(app, local)
         _say(f"qanat portal on {url}/ (database {redact_url(database_url)})")
         _say(f"  stage addresses: {public_url}/sg_<id>")
+        if nats is not None:
+            _say(f"  control bus: NATS {nats.display}")
         _announce_first_admin(first, data_dir)
         await _until_signal()
     finally:
         if http is not None:
             await http.close()
+        if publisher is not None:
+            await publisher.close()
+        if bus is not None:
+            await bus.close()
         store.close()
     return 0
 
 
-async def run_db_gateway(settings: GatewaySettings, database_url: str, node: str) -> int:
-    """``qanat gateway --database-url``: tunnels with stages from the portal's database."""
+async def run_db_gateway(
+    settings: GatewaySettings,
+    database_url: str,
+    node: str,
+    cluster: ClusterSettings | None = None,
+    bind_map: Callable[[StageConfig], StageConfig] | None = None,
+) -> int:
+    """``qanat gateway --database-url``: tunnels with stages from the portal's database.
+
+    Cluster hook: with ``cluster`` the node joins the others over NATS
+    (qanat.cluster.node), and SIGTERM drains instead of stopping at once.
+    """
     store = await asyncio.to_thread(open_store, StoreConfig(url=database_url), migrate=False)
     try:
-        source = DatabaseStageSource(store)
+        source = DatabaseStageSource(store, transform=bind_map)
+        node = cluster.node if cluster is not None else node
+        # A cluster node stays ready without the database (see DatabasePart).
+        parts: list[GatewayPart] = [DatabasePart(store, node, readiness=cluster is None)]
+        if cluster is not None:
+            # Last part: its drain (stop_accepting) runs first on SIGTERM.
+            parts.append(ClusterNode(source, cluster))
         service = GatewayService(
             settings,
             source,
             stages_label=f"database {redact_url(database_url)}",
-            parts=[DatabasePart(store, node)],
+            parts=parts,
             reload_stages=source.refresh_now,
         )
         return await serve_gateway(service)

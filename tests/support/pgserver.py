@@ -86,6 +86,14 @@ class PgServer:
             conn.execute(f'CREATE SCHEMA "{name}"')
         return self.url(DATABASE) + f"?options=-csearch_path%3D{name}"
 
+    def pause(self) -> None:
+        """Stop the server (fast shutdown: clients are disconnected), keeping its data."""
+        self._run("pg_ctl", "-D", "data", "-m", "fast", "-w", "stop")
+
+    def resume(self) -> None:
+        """Start it again on the same port."""
+        self._start(port=self.port)
+
     def stop(self) -> None:
         if (self.root / "data" / "postmaster.pid").exists():
             with contextlib.suppress(subprocess.SubprocessError, OSError):
@@ -112,10 +120,10 @@ class PgServer:
             "--no-sync",
         )
 
-    def _start(self) -> None:
+    def _start(self, port: int = 0) -> None:
         last_error = ""
         for _ in range(3):  # the free port may be taken before the server binds it
-            self.port = free_port()
+            self.port = port or free_port()
             options = (
                 f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.root}"
                 " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"

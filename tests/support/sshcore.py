@@ -108,8 +108,9 @@ class CoreProtocol(asyncio.Protocol, BaseHandler):
 
     def ssh_channel_eof(self, chan_id: int) -> None:
         self.eofs.add(chan_id)
-        if self.echo:
+        if self.echo:  # both directions done: close, as sshd does
             self.conn.send_eof(chan_id)
+            self.conn.close_channel(chan_id)
 
     def ssh_channel_closed(self, chan_id: int) -> None:
         self.closed.add(chan_id)

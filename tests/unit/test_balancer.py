@@ -213,3 +213,26 @@ def test_order_is_always_a_permutation(
                 h is Health.HEALTHY or (h is Health.COOLING and i == 0)
                 for i, h in enumerate(healths[: last_healthy + 1])
             )
+
+
+@dataclass
+class FakeNode(FakeTunnel):
+    """Another gateway node in the pool (qanat.cluster's RemoteTunnel)."""
+
+    remote: bool = True
+
+
+def test_local_connectors_come_before_other_nodes_and_nodes_before_unwell_ones() -> None:
+    pool = Pool(PoolPolicy())
+    local = [FakeTunnel(1), FakeTunnel(2)]
+    nodes = [FakeNode(-1), FakeNode(-2)]
+    for t in (nodes[0], local[0], nodes[1], local[1]):
+        pool.add(Member(t, "127.0.0.1:80", b"127.0.0.1:80"))
+    firsts = Counter(serve_one(pool).tunnel.id for _ in range(100))
+    assert firsts == {1: 50, 2: 50}  # local ones share the load, nodes only behind
+    assert {m.tunnel.id for m in pool.order(0.0)[2:]} == {-1, -2}
+    local[0].draining = True
+    local[1].missed_pings = 1
+    order = [m.tunnel.id for m in pool.order(0.0)]
+    assert set(order[:2]) == {-1, -2}  # healthy nodes before an unwell local connector
+    assert order[2:] == [2, 1]  # then suspect, then draining

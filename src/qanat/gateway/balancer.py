@@ -135,6 +135,10 @@ class Member:
         return min(policy.stall_s, max(policy.stall_min_s, 10 * self.open_avg_s))
 
 
+def _is_remote(member: Member) -> bool:
+    return bool(getattr(member.tunnel, "remote", False))
+
+
 class Pool:
     """The members of one port and the order to try them in."""
 
@@ -205,6 +209,9 @@ class Pool:
             if policy.strategy is Strategy.LEAST_CONNECTIONS:
                 # Stable sort: ties keep the round-robin order.
                 preferred.sort(key=lambda m: m.open + len(m.pending))
+            # Local first: this node's own connectors before other nodes'
+            # (qanat.cluster); stable, so each group keeps its balance order.
+            preferred.sort(key=_is_remote)
         head = [probe] if probe is not None else []
         return head + preferred + unwell + cooling + draining
 

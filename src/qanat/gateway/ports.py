@@ -32,7 +32,7 @@ import errno
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from qanat.errors import ChannelOpenFailed
 from qanat.gateway.allowlist import Allowlist
@@ -244,15 +244,34 @@ class _Attempt:
         )
 
 
+class RelayReply(Protocol):
+    """How a connection relayed from another node is answered (qanat.cluster.link)."""
+
+    def opened(self, transport: asyncio.Transport) -> None: ...
+
+    def failed(self, transport: asyncio.Transport, reason: str) -> None: ...
+
+
+def is_remote(member: Member) -> bool:
+    """Whether ``member`` is another gateway node (qanat.cluster), not a local tunnel."""
+    return bool(getattr(member.tunnel, "remote", False))
+
+
 class AppConnection(asyncio.Protocol):
     """An app connection on an endpoint, until its channel is open.
 
     Reading is paused until a connector has accepted the channel, so nothing
     the app sends early is lost or buffered by us.
+
+    Cluster hook: with ``relay`` the connection came from another gateway
+    node over the node link (the app's source was checked there); only
+    this node's own tunnels are tried, and the outcome is answered through
+    ``relay`` before any byte flows.
     """
 
-    def __init__(self, endpoint: TcpPort) -> None:
+    def __init__(self, endpoint: TcpPort, relay: RelayReply | None = None) -> None:
         self.endpoint = endpoint
+        self.relay = relay
         self.transport: asyncio.Transport | None = None
         self.task: asyncio.Task[None] | None = None
         self.lost = False
@@ -264,7 +283,7 @@ class AppConnection(asyncio.Protocol):
         # uvloop's transports do not derive from asyncio.Transport: no isinstance.
         self.transport = transport = cast(asyncio.Transport, base)
         peer = transport.get_extra_info("peername") or ("?", 0)
-        if not ep.allows(str(peer[0])):
+        if self.relay is None and not ep.allows(str(peer[0])):
             # Closed at once (RST: the app can tell this from a failed
             # channel), counted, logged within the throttle's bound.
             ep.refused(str(peer[0]))
@@ -287,7 +306,11 @@ class AppConnection(asyncio.Protocol):
         timeout_s = settings.channel_open_timeout_s
         started = time.perf_counter()
         reasons: list[str] = []
-        queue = [m for m in pool.order(time.monotonic()) if cast("Tunnel", m.tunnel).serving]
+        queue = [
+            m
+            for m in pool.order(time.monotonic())
+            if cast("Tunnel", m.tunnel).serving and (self.relay is None or not is_remote(m))
+        ]
         running: dict[asyncio.Task[Any], _Attempt] = {}
         winner: _Attempt | None = None
         hedged = False
@@ -358,6 +381,8 @@ class AppConnection(asyncio.Protocol):
                 splice.close()
                 return
             ep.ctx.events.channel_opened(ep.stage_key, str(ep.port), time.perf_counter() - started)
+            if self.relay is not None:
+                self.relay.opened(transport)
             splice.attach_tcp(transport, self.early, self.eof)
             return
         ep.open_connections -= 1
@@ -368,6 +393,9 @@ class AppConnection(asyncio.Protocol):
         reason = "; ".join(reasons) or "no connector serves this port"
         ep.log.warning("app connection from %s failed: %s", source, reason)
         ep.recent_failures.add("channel", source, reason)
+        if self.relay is not None:
+            self.relay.failed(transport, reason)
+            return
         tcpclose.close_after_refusal(transport)  # FIN: closed without data
 
     def _outcome(self, attempt: _Attempt, timeout_s: float) -> str | None:
@@ -578,6 +606,32 @@ class PortTable:
         if not endpoint.pool.members and self.open.get(endpoint.key) is endpoint:
             endpoint.close()
             del self.open[endpoint.key]
+
+    async def join_remote(self, stage: StageConfig, remote: Remote, tunnel: Any) -> str | None:
+        """Cluster hook: put another node (``tunnel``, a RemoteTunnel) into a TCP port's pool.
+
+        Creates the port's listener when this node has no connector for it.
+        Returns None, or why the node cannot be added (undone by :meth:`unbind`).
+        """
+        key = self._key(stage, remote)
+        port = self.open.get(key)
+        if port is None and key in self._binding:
+            port = await asyncio.shield(self._binding[key])
+        if port is None:
+            try:
+                port = await self._create(stage, remote, key)
+            except OSError as exc:
+                return f"cannot listen on {stage.bind_host}:{remote.local_port}: {exc}"
+        if port.stage_key != stage.key:
+            return f"port {remote.local_port} is served for another stage on this node"
+        if not self.ctx.settings.allow_target_mismatch and any(
+            m.target != remote.target for m in port.pool.members
+        ):
+            self._close_if_empty(port)
+            return f"port {remote.local_port} is served with another target on this node"
+        port.pool.add(Member(tunnel, remote.target, remote.channel_extra))
+        tunnel.ports = [port]
+        return None
 
     def unbind(self, tunnel: Tunnel) -> list[str]:
         """Remove ``tunnel`` from every pool; close listeners left empty.

@@ -5,7 +5,7 @@ Bytes flow both ways without a task or a queue. Back-pressure:
 - the TCP peer reads slowly -> its transport's buffer passes the high-water
   mark -> asyncio calls ``pause_writing`` on the TCP end -> we stop reading
   the channel -> the SSH window is not replenished -> the far side stops.
-- the channel's send buffer fills (window exhausted) -> asyncssh calls the
+- the channel's send buffer fills (window exhausted) -> net/ssh calls the
   session's ``pause_writing`` -> we stop reading the TCP socket.
 
 So a slow reader costs at most one window plus one socket buffer of memory.
@@ -192,7 +192,7 @@ class _TcpEnd(asyncio.Protocol):
 
 
 class _ChanEnd:
-    """asyncssh session interface (duck-typed; asyncssh only calls these)."""
+    """SSH session interface (duck-typed; net/ssh only calls these)."""
 
     __slots__ = ("s",)
 
@@ -208,11 +208,10 @@ class _ChanEnd:
                 chan.write_eof()
 
     def session_started(self) -> None:
-        # asyncssh holds a new channel's data until its owner starts reading;
-        # inbound channels are never started for us, so start them here.
+        # net/ssh calls this right after connection_made, for both directions.
         # On the gateway the app's TCP end is attached only after the open
         # completes (attach_tcp), and data sent right after the confirmation
-        # (an SMTP banner) may already be buffered: keep it in asyncssh until
+        # (an SMTP banner) may already be buffered: keep it in net/ssh until
         # attach_tcp resumes reading, instead of delivering it to no one.
         if self.s.tcp is None:
             self.s.chan.pause_reading()
@@ -220,7 +219,7 @@ class _ChanEnd:
             self.s.chan.resume_reading()
 
     def data_received(self, data: bytes, datatype: Any = None) -> None:
-        # asyncssh hands over one SSH packet at a time, often several from one
+        # net/ssh hands over one SSH packet at a time, often several from one
         # socket read; they go out in one writev at the end of this loop
         # iteration instead of one syscall each.
         s = self.s
@@ -232,7 +231,13 @@ class _ChanEnd:
         pending = s.pending
         if pending is None:
             s.pending = [data]
-            s.loop.call_soon(s.flush_pending)
+            # All packets of one SSH read go out in one writev right after
+            # it (net/ssh's batch); elsewhere at the end of this iteration.
+            after = getattr(s.chan, "call_after_batch", None)
+            if after is not None:
+                after(s.flush_pending)
+            else:
+                s.loop.call_soon(s.flush_pending)
         else:
             pending.append(data)
 

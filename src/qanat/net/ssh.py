@@ -1,17 +1,20 @@
-"""asyncssh adapter: chisel-v3's SSH dialect. Nothing else imports asyncssh.
+"""The asyncio adapter of qanat's own SSH core: chisel-v3's SSH dialect.
 
-chisel speaks standard SSH with four twists, all handled here:
+:mod:`qanat.wire.ssh` does SSH without I/O; this module drives it from
+asyncio callbacks (no task per packet, one write per event-loop iteration
+for every channel of a tunnel) and speaks chisel's dialect on top:
 
-1. Version lines are ``SSH-chisel-v3-server`` / ``SSH-chisel-v3-client``
-   (no ``2.0``). asyncssh only accepts ``SSH-2.0-``, so the two connection
-   classes below replace its version exchange. The lines enter the key
-   exchange hash, so they must be exactly what goes on the wire.
+1. Version lines ``SSH-chisel-v3-server`` / ``SSH-chisel-v3-client``, each
+   written on its own (one WebSocket frame each, as chisel does).
 2. The client's first global request ``config`` carries raw JSON (not an SSH
-   string) and a refusal carries the error text as the payload of
+   string); a refusal carries the error text as the payload of
    ``SSH_MSG_REQUEST_FAILURE`` (the Go library allows a payload there).
 3. Keepalive is a global request ``ping`` answered with success + ``pong``.
 4. App connections travel in channels of type ``chisel`` whose extra data is
    the raw ``host:port`` (``/udp`` appended for UDP).
+5. User authentication as Go's client does it (empty user, ``none`` then
+   ``password``); the gateway lets every client in (the token checked before
+   the upgrade is the credential), see PROTOCOL.md §3.
 
 Two qanat-only extras, global requests from connector to gateway sent only
 to a gateway that advertised them in the 101 answer: ``drain@qanat`` ("send
@@ -19,10 +22,12 @@ me no new channels") and ``describe@qanat`` (what an endpoint is, with its
 OpenAPI document; see :mod:`qanat.wire.describe`).
 
 The gateway gets an :class:`SshTunnel` from :func:`serve_tunnel`; the
-connector gets one from :func:`connect_tunnel`. Both only see qanat's errors.
-This module touches a few private asyncssh members (version exchange, global
-request queue, generic channel open); pyproject pins the asyncssh range and
-tests/adapter/test_ssh_adapter.py exercises every one of them.
+connector gets one from :func:`connect_tunnel`. Sessions (the splice's
+channel end, the UDP channels) see a channel with ``write``, ``write_eof``,
+``close``, ``pause_reading``, ``resume_reading`` and are called with
+``connection_made(chan)``, ``session_started()``, ``data_received(data,
+None)``, ``eof_received()``, ``connection_lost(exc)``, ``pause_writing()``,
+``resume_writing()``. Only qanat's errors leave this module.
 """
 
 from __future__ import annotations
@@ -33,19 +38,13 @@ import hashlib
 import logging
 import os
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-import asyncssh
-from asyncssh.constants import (
-    MSG_REQUEST_FAILURE,
-    MSG_REQUEST_SUCCESS,
-    OPEN_ADMINISTRATIVELY_PROHIBITED,
-    OPEN_CONNECT_FAILED,
-)
-
 from qanat.errors import ChannelOpenFailed, ConfigError, RemotesRejected, TunnelError
+from qanat.runtime import TaskOwner
 from qanat.wire import sshalgs
 from qanat.wire.describe import DESCRIBE_REQUEST
 from qanat.wire.handshake import (
@@ -57,31 +56,20 @@ from qanat.wire.handshake import (
     PONG_PAYLOAD,
     SERVER_VERSION,
 )
+from qanat.wire.ssh import (
+    OPEN_ADMINISTRATIVELY_PROHIBITED,
+    OPEN_CONNECT_FAILED,
+    OPEN_UNKNOWN_CHANNEL_TYPE,
+    EcdsaKey,
+    SshConnection,
+    SshLocalError,
+    SshRemoteError,
+)
+from qanat.wire.ssh.errors import DISCONNECT_BY_APPLICATION
+from qanat.wire.ssh.kex import CIPHERS as CORE_CIPHERS
+from qanat.wire.ssh.kex import KEX_ALGORITHMS as CORE_KEX
 
 log = logging.getLogger("qanat.ssh")
-
-
-def _skip_packet_logging_unless_enabled() -> None:
-    """asyncssh formats a line and copies the payload for *every* packet
-    before its logger checks the level (4-5 us and a 32 KiB copy per data
-    packet, measured). Gate the work on the level it will be checked
-    against; with ``-vvv`` (asyncssh debug level 3) nothing changes."""
-    from asyncssh.logging import SSHLogger
-    from asyncssh.packet import SSHPacketLogger
-
-    original = SSHPacketLogger._log_packet
-    if getattr(original, "_qanat_gated", False):
-        return
-
-    def _log_packet(self: Any, *args: Any) -> None:
-        if SSHLogger._debug_level >= 3:
-            original(self, *args)
-
-    _log_packet._qanat_gated = True  # type: ignore[attr-defined]
-    setattr(SSHPacketLogger, "_log_packet", _log_packet)  # noqa: B010 - patching on purpose
-
-
-_skip_packet_logging_unless_enabled()
 
 #: Per-channel receive window and the largest data packet we ask peers to
 #: send (OpenSSH's and Go's value). Measured: 128 KiB and 224 KiB packets
@@ -89,17 +77,20 @@ _skip_packet_logging_unless_enabled()
 #: docs/benchmarks.md.
 DEFAULT_WINDOW_BYTES = 2 * 1024 * 1024
 DEFAULT_MAX_PACKET_BYTES = 32 * 1024
-_MAX_VERSION_LINE = 255
-#: Longer than any user name asyncssh accepts (1024 bytes), see _ServerConnection.
-_NO_USER_YET_CHARS = 1025
+#: Largest write handed to the transport at once (one WebSocket frame).
+MAX_WRITE_BYTES = 256 * 1024
+#: What the core offers: the reviewed lists of qanat.wire.sshalgs, in their
+#: order, limited to what qanat.wire.ssh implements.
+KEX_ALGS = tuple(a for a in sshalgs.KEX_ALGS if a in CORE_KEX)
+ENCRYPTION_ALGS = tuple(c for c in sshalgs.ENCRYPTION_ALGS if c in CORE_CIPHERS)
 
 
 # -- host keys --------------------------------------------------------------
 
 
 def debug_packets() -> None:
-    """``-vvv``: let asyncssh log its packet-level debugging."""
-    asyncssh.set_debug_level(3)
+    """``-vvv``: the SSH adapter's own debug lines (``qanat.ssh``)."""
+    log.setLevel(logging.DEBUG)
 
 
 def chisel_fingerprint(public_data: bytes) -> str:
@@ -119,12 +110,13 @@ def same_fingerprint(a: str, b: str) -> bool:
 
 
 class HostKey:
-    """The gateway's ECDSA P-256 host key, generated once and persisted."""
+    """The gateway's ECDSA P-256 host key, generated once and persisted
+    (OpenSSH private key format, as ``ssh-keygen`` writes it)."""
 
     ALGORITHM = "ecdsa-sha2-nistp256"
 
-    def __init__(self, key: Any) -> None:
-        self._key = key
+    def __init__(self, key: EcdsaKey) -> None:
+        self.key = key
 
     @classmethod
     def load_or_create(cls, path: Path) -> HostKey:
@@ -135,92 +127,22 @@ class HostKey:
         """
         if path.exists():
             try:
-                key = asyncssh.read_private_key(str(path))
-            except (OSError, asyncssh.KeyImportError) as exc:
-                raise ConfigError(f"host key {path}: {exc}") from None
-            if key.get_algorithm() != cls.ALGORITHM:
+                return cls(EcdsaKey.from_openssh(path.read_bytes()))
+            except (OSError, ValueError, TypeError) as exc:
                 raise ConfigError(
-                    f"host key {path} is {key.get_algorithm()}, expected {cls.ALGORITHM}; "
-                    "move it away to generate a new one"
-                )
-            return cls(key)
-        key = asyncssh.generate_private_key(cls.ALGORITHM)
+                    f"host key {path}: {exc}; expected an unencrypted {cls.ALGORITHM} key "
+                    "(move it away to generate a new one)"
+                ) from None
+        key = EcdsaKey.generate()
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        data = key.export_private_key()
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            handle.write(key.to_openssh())
         return cls(key)
 
     @property
     def fingerprint(self) -> str:
-        return chisel_fingerprint(self._key.public_data)
-
-    @property
-    def asyncssh_key(self) -> Any:
-        return self._key
-
-
-# -- version exchange and global requests -------------------------------------
-
-
-class _ChiselDialect:
-    """Mixin replacing asyncssh's version exchange with chisel's lines."""
-
-    _qanat_version: bytes
-    _inpbuf: bytes
-
-    def _send_version(self) -> None:
-        version = self._qanat_version
-        if self.is_client():  # type: ignore[attr-defined]
-            self._client_version = version
-        else:
-            self._server_version = version
-        self.set_extra_info(local_version=version.decode())  # type: ignore[attr-defined]
-        self._send(version + b"\r\n")  # type: ignore[attr-defined]
-
-    def _recv_version(self) -> bool:
-        idx = self._inpbuf.find(b"\n", 0, _MAX_VERSION_LINE)
-        if idx < 0:
-            if len(self._inpbuf) >= _MAX_VERSION_LINE:
-                self._force_close(  # type: ignore[attr-defined]
-                    asyncssh.ProtocolError("peer sent no SSH version line (not an SSH stream)")
-                )
-            return False
-        line = self._inpbuf[:idx].rstrip(b"\r")
-        self._inpbuf = self._inpbuf[idx + 1 :]
-        if not line.startswith(b"SSH-"):
-            self._force_close(  # type: ignore[attr-defined]
-                asyncssh.ProtocolNotSupported(f"not an SSH version line: {line[:40]!r}")
-            )
-            return False
-        if self.is_client():  # type: ignore[attr-defined]
-            self._server_version = line
-        else:
-            self._client_version = line
-        self.set_extra_info(peer_version=line.decode("ascii", "replace"))  # type: ignore[attr-defined]
-        self._send_kexinit()  # type: ignore[attr-defined]
-        self._kexinit_sent = True
-        self._recv_handler = self._recv_pkthdr  # type: ignore[attr-defined]
-        return True
-
-    def _qanat_reply(self, ok: bool, payload: bytes = b"") -> None:
-        """Answer the global request at the head of the queue, with a payload
-        even on failure (as chisel's Go server does)."""
-        queue = self._global_request_queue  # type: ignore[attr-defined]
-        _, _, want_reply = queue.pop(0)
-        if want_reply:
-            self.send_packet(MSG_REQUEST_SUCCESS if ok else MSG_REQUEST_FAILURE, payload)  # type: ignore[attr-defined]
-        if queue:
-            self._service_next_global_request()  # type: ignore[attr-defined]
-
-    def _process_ping_global_request(self, _packet: Any) -> None:
-        self._qanat_reply(True, PONG_PAYLOAD)
-
-    async def qanat_request(self, name: str, payload: bytes) -> tuple[bool, bytes]:
-        """Send a global request with a raw payload; return (ok, reply payload)."""
-        pkttype, packet = await self._make_global_request(name.encode(), payload)  # type: ignore[attr-defined]
-        return pkttype == MSG_REQUEST_SUCCESS, packet.get_remaining_payload()
+        return chisel_fingerprint(self.key.public_blob)
 
 
 class ServerHooks(Protocol):
@@ -239,150 +161,459 @@ class ServerHooks(Protocol):
         """A ``describe@qanat`` piece; None to accept, or the refusal text."""
 
 
-class _ServerConnection(_ChiselDialect, asyncssh.SSHServerConnection):
-    _qanat_version = SERVER_VERSION
-    qanat_hooks: ServerHooks
+# -- channels as sessions see them ----------------------------------------------
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        # asyncssh calls begin_auth() only when a request's user name differs
-        # from the previous one, and starts from "": so Go's client (empty
-        # user, PROTOCOL.md section 3) never reached begin_auth() and its
-        # "none" was refused with no method listed. A name no request can
-        # carry (asyncssh refuses names this long) makes the first request,
-        # whatever its name and method, go through begin_auth(), which lets
-        # everyone in: the token checked before the upgrade is the credential.
-        self._username = "\0" * _NO_USER_YET_CHARS
 
-    def _process_config_global_request(self, packet: Any) -> None:
-        # Binding listeners is asynchronous; later global requests wait in
-        # asyncssh's queue until this one is answered, as the protocol wants.
-        self.create_task(self._qanat_config(packet.get_remaining_payload()))
+class _Channel:
+    """One open channel: what a session writes to and pauses."""
 
-    async def _qanat_config(self, payload: bytes) -> None:
+    __slots__ = (
+        "_eof_held",
+        "_held",
+        "_reading",
+        "_window_full",
+        "closed",
+        "id",
+        "owner",
+        "session",
+    )
+
+    def __init__(self, owner: _SshProtocol, chan_id: int, session: Any) -> None:
+        self.owner = owner
+        self.id = chan_id
+        self.session = session
+        self.closed = False
+        self._reading = True
+        self._window_full = False
+        self._held: list[bytes] = []
+        self._eof_held = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self.closed:
+            return
+        conn = self.owner.conn
         try:
-            error = await self.qanat_hooks.on_config(payload)
-        except Exception as exc:  # a bug must not leave the client hanging
-            log.exception("config handler failed")
-            error = f"internal error handling config: {exc}"
-        if self._transport is not None:
-            self._qanat_reply(error is None, (error or "").encode())
+            full = conn.send_data(self.id, data)  # type: ignore[arg-type]
+        except SshLocalError:
+            if conn.closed or conn.pending_bytes(self.id) == 0:
+                return  # closing or closed for sending: dropped, like a closing transport
+            raise
+        if full and not self._window_full:
+            self._window_full = True
+            self.session.pause_writing()
+        owner = self.owner
+        if owner._scheduled and not owner.in_batch:
+            # One TCP read is one write: send it now rather than one loop
+            # iteration later (all packets of the read go in one writelines).
+            owner._flush()
 
-    def _process_drain_at_qanat_global_request(self, _packet: Any) -> None:
-        # qanat's own request (see DRAIN_REQUEST); asyncssh answers failure to
-        # requests it has no handler for, a stock chisel server never answers.
-        self._qanat_reply(self.qanat_hooks.on_drain())
+    def call_after_batch(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` when the data being delivered now has all been
+        delivered (the end of this socket read), or soon if not delivering."""
+        owner = self.owner
+        if owner.in_batch:
+            owner.after.append(callback)
+        else:
+            owner.loop.call_soon(callback)
 
-    def _process_describe_at_qanat_global_request(self, packet: Any) -> None:
-        # Like config: answered in order once the hook is done (it writes to
-        # the portal's database in a worker thread).
-        self.create_task(self._qanat_describe(packet.get_remaining_payload()))
+    def writable(self) -> None:
+        if self._window_full:
+            self._window_full = False
+            self.session.resume_writing()
 
-    async def _qanat_describe(self, payload: bytes) -> None:
-        hook = getattr(self.qanat_hooks, "on_describe", None)
+    def write_eof(self) -> None:
+        if not self.closed:
+            self.owner.conn.send_eof(self.id)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.owner.conn.close_channel(self.id)
+
+    def abort(self) -> None:
+        if not self.closed:
+            self.owner.conn.close_channel(self.id, discard=True)
+
+    def pause_reading(self) -> None:
+        if self._reading:
+            self._reading = False
+            self.owner.conn.pause_channel(self.id)
+
+    def resume_reading(self) -> None:
+        if self._reading:
+            return
+        self._reading = True
+        held, self._held = self._held, []
+        session = self.session
+        for i, data in enumerate(held):
+            session.data_received(data, None)
+            if not self._reading:  # paused again: keep the rest in order
+                self._held[:0] = held[i + 1 :]
+                return
+        if self._eof_held:
+            self._eof_held = False
+            self.eof()
+        if not self.closed:
+            self.owner.conn.resume_channel(self.id)
+
+    def is_reading(self) -> bool:
+        return self._reading
+
+    def data(self, data: bytes) -> None:
+        if self._reading:
+            self.session.data_received(data, None)
+        else:
+            self._held.append(data)
+
+    def eof(self) -> None:
+        if not self._reading and self._held:
+            self._eof_held = True
+            return
+        if not self.session.eof_received():
+            self.close()
+
+    def lost(self, exc: BaseException | None) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        # Data held for a paused reader is dropped with the channel, as a
+        # closed transport drops its buffer; the reader paused because its
+        # own side is gone or stuck.
+        self._held = []
+        self.session.connection_lost(exc)
+
+
+# -- the protocol driving the core ------------------------------------------------
+
+
+class _SshProtocol(asyncio.Protocol):
+    """asyncio protocol + :class:`~qanat.wire.ssh.SshHandler` for one tunnel."""
+
+    def __init__(self, conn_factory: Callable[[_SshProtocol], SshConnection], window: int) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.conn = conn_factory(self)
+        self.conn.on_output = self._schedule
+        self.window = window
+        self.transport: asyncio.Transport | None = None
+        self.ready: asyncio.Future[None] = self.loop.create_future()
+        self.closed: asyncio.Future[None] = self.loop.create_future()
+        self.channels: dict[int, _Channel] = {}
+        self.opening: dict[int, tuple[asyncio.Future[Any], Callable[[], Any]]] = {}
+        self.replies: deque[asyncio.Future[tuple[bool, bytes]]] = deque()
+        self.tasks = TaskOwner("ssh")
+        self.error: BaseException | None = None
+        self._scheduled = False
+        self._writing_paused = False
+        self.in_batch = False
+        self.after: list[Callable[[], None]] = []
+        # Global requests wanting a reply, answered strictly in order.
+        self._requests: deque[tuple[str, bytes]] = deque()
+        self._request_busy = False
+
+    # -- output: one writelines per loop iteration -------------------------------------
+
+    def _schedule(self) -> None:
+        if not self._scheduled:
+            self._scheduled = True
+            self.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        out = self.conn.data_to_send()
+        transport = self.transport
+        if not out or transport is None or transport.is_closing():
+            return
+        # One write per loop iteration for every channel, cut into frames of
+        # at most MAX_WRITE_BYTES: the peer's WebSocket bounds frame sizes
+        # (1 MiB here), and a flush after a window opens can hold megabytes.
+        size = 0
+        start = 0
+        for i, chunk in enumerate(out):
+            size += len(chunk)
+            if size >= MAX_WRITE_BYTES:
+                transport.writelines(out[start : i + 1])
+                start = i + 1
+                size = 0
+        if start < len(out):
+            transport.writelines(out[start:] if start else out)
+
+    # -- asyncio.Protocol ------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        # The version line goes out alone (its own WebSocket frame, as chisel).
+        self._flush()
+
+    def data_received(self, data: bytes) -> None:
+        # Everything one read brings is one batch: what sessions write in
+        # reply and what they queue with call_after_batch goes out right
+        # after it, not one event-loop iteration later (latency).
+        self.in_batch = True
         try:
-            error = "describe@qanat is not handled here" if hook is None else await hook(payload)
-        except Exception as exc:  # a bug must not leave the client hanging
-            log.exception("describe handler failed")
-            error = f"internal error handling describe@qanat: {exc}"
-        if self._transport is not None:
-            self._qanat_reply(error is None, (error or "").encode())
+            self.conn.receive_data(data)
+        except SshRemoteError as exc:
+            self._fail(exc)
+        except SshLocalError as exc:  # a handler asked for something invalid: a bug
+            log.exception("SSH handler error")
+            self._fail(exc)
+        finally:
+            self.in_batch = False
+        after = self.after
+        if after:
+            self.after = []
+            for callback in after:
+                callback()
+        if self._scheduled:
+            self._flush()
 
+    def _fail(self, exc: BaseException) -> None:
+        if self.error is None:
+            self.error = exc
+        log.debug("SSH connection failed: %s", exc)
+        self._flush()
+        if self.transport is not None:
+            self.transport.close()
+        if not self.ready.done():
+            self.ready.set_exception(exc)
+            self.ready.exception()
 
-class _ServerOwner(asyncssh.SSHServer):
-    """asyncssh's per-connection server object: no user auth (the token
-    already authenticated the connector), no sessions, no forwarding.
-
-    Whatever user name and method the client tries first succeeds: Go's
-    client sends an empty name and ``none`` (then ``password`` with an empty
-    password, if ``none`` failed); OpenSSH-style clients send a name.
-    """
-
-    def __init__(self, hooks: ServerHooks) -> None:
-        self._hooks = hooks
-
-    def begin_auth(self, username: str) -> bool:
+    def eof_received(self) -> bool:
         return False
 
-    def connection_lost(self, exc: BaseException | None) -> None:
-        self._hooks.on_lost(exc)
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.tasks.cancel()
+        self.conn.closed = True
+        error: BaseException = self.error or exc or ConnectionResetError("SSH connection closed")
+        if not self.ready.done():
+            self.ready.set_exception(error)
+            self.ready.exception()
+        while self.replies:
+            fut = self.replies.popleft()
+            if not fut.done():
+                fut.set_exception(TunnelError(f"SSH connection lost: {error}"))
+        opening, self.opening = self.opening, {}
+        for fut, _ in opening.values():
+            if not fut.done():
+                fut.set_exception(
+                    ChannelOpenFailed(f"channel failed: {error}", reason=str(error), code=0)
+                )
+        channels, self.channels = self.channels, {}
+        for chan in channels.values():
+            chan.lost(exc)
+        if not self.closed.done():
+            self.closed.set_result(None)
+        self.on_lost(self.error or exc)
+
+    def on_lost(self, exc: BaseException | None) -> None:
+        pass
+
+    def pause_writing(self) -> None:
+        # The socket's buffer is full: every channel's writer waits.
+        self._writing_paused = True
+        for chan in list(self.channels.values()):
+            chan.session.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        for chan in list(self.channels.values()):
+            if not chan._window_full:
+                chan.session.resume_writing()
+
+    # -- SshHandler ------------------------------------------------------------------
+
+    def ssh_ready(self) -> None:
+        if not self.ready.done():
+            self.ready.set_result(None)
+
+    def ssh_global_request(self, name: str, payload: bytes, want_reply: bool) -> None:
+        if not want_reply:
+            return
+        self._requests.append((name, payload))
+        if not self._request_busy:
+            self._serve_requests()
+
+    def _serve_requests(self) -> None:
+        while self._requests and not self._request_busy:
+            name, payload = self._requests.popleft()
+            self.handle_request(name, payload)
+
+    def handle_request(self, name: str, payload: bytes) -> None:
+        if name == PING_REQUEST:
+            self.conn.reply_global(True, PONG_PAYLOAD)
+        else:
+            self.conn.reply_global(False)
+
+    def ssh_global_reply(self, ok: bool, payload: bytes) -> None:
+        if self.replies:
+            fut = self.replies.popleft()
+            if not fut.done():
+                fut.set_result((ok, payload))
+
+    def ssh_channel_open(self, chan_id: int, kind: bytes, extra: bytes) -> None:
+        self.conn.reject_channel(chan_id, OPEN_ADMINISTRATIVELY_PROHIBITED, "no channels here")
+
+    def ssh_channel_open_result(self, chan_id: int, ok: bool, code: int, text: str) -> None:
+        entry = self.opening.pop(chan_id, None)
+        if entry is None:
+            return
+        fut, factory = entry
+        if not ok:
+            fut.set_exception(ChannelOpenFailed(f"channel refused: {text}", reason=text, code=code))
+            return
+        # The session exists before this callback returns: data right after
+        # the confirmation (an SMTP banner) has somewhere to go.
+        self.attach(chan_id, factory())
+        fut.set_result(self.channels[chan_id].session)
+
+    def attach(self, chan_id: int, session: Any) -> None:
+        chan = _Channel(self, chan_id, session)
+        self.channels[chan_id] = chan
+        session.connection_made(chan)
+        session.session_started()
+        if self._writing_paused:
+            session.pause_writing()
+
+    def ssh_channel_data(self, chan_id: int, data: bytes) -> None:
+        chan = self.channels.get(chan_id)
+        if chan is not None:
+            chan.data(data)
+
+    def ssh_channel_eof(self, chan_id: int) -> None:
+        chan = self.channels.get(chan_id)
+        if chan is not None:
+            chan.eof()
+
+    def ssh_channel_closed(self, chan_id: int) -> None:
+        chan = self.channels.pop(chan_id, None)
+        if chan is not None:
+            chan.lost(None)
+
+    def ssh_channel_writable(self, chan_id: int) -> None:
+        chan = self.channels.get(chan_id)
+        if chan is not None and not self._writing_paused:
+            chan.writable()
 
 
-class _ClientConnection(_ChiselDialect, asyncssh.SSHClientConnection):
-    _qanat_version = CLIENT_VERSION
-    qanat_dialer: Callable[[str], Awaitable[Any]]
-    qanat_window: int = DEFAULT_WINDOW_BYTES
+class _ServerProtocol(_SshProtocol):
+    def __init__(
+        self, host_key: HostKey, hooks: ServerHooks, window: int, login_timeout_s: float
+    ) -> None:
+        def conn(handler: _SshProtocol) -> SshConnection:
+            return SshConnection(
+                client=False,
+                handler=handler,
+                version=SERVER_VERSION,
+                host_key=host_key.key,
+                kex_algorithms=KEX_ALGS,
+                ciphers=ENCRYPTION_ALGS,
+            )
 
-    def _process_chisel_open(self, packet: Any) -> tuple[Any, Awaitable[Any]]:
-        target = packet.get_remaining_payload().decode("utf-8", "replace")
-        chan = self.create_tcp_channel(
-            window=self.qanat_window, max_pktsize=DEFAULT_MAX_PACKET_BYTES
-        )
-        return chan, self._qanat_dial(target)
+        super().__init__(conn, window)
+        self.hooks = hooks
+        self._login_timer = self.loop.call_later(login_timeout_s, self._login_timeout)
 
-    async def _qanat_dial(self, target: str) -> Any:
+    def _login_timeout(self) -> None:
+        if not self.ready.done():
+            self.error = TunnelError("SSH login did not finish in time")
+            self.conn.disconnect(DISCONNECT_BY_APPLICATION, "login timeout")
+            self._fail(self.error)
+
+    def ssh_ready(self) -> None:
+        self._login_timer.cancel()
+        super().ssh_ready()
+
+    def handle_request(self, name: str, payload: bytes) -> None:
+        if name == CONFIG_REQUEST:
+            # Binding listeners is asynchronous; later requests wait their turn.
+            self._request_busy = True
+            self.tasks.spawn(self._answer(name, self.hooks.on_config, payload), name="ssh-config")
+        elif name == DESCRIBE_REQUEST:
+            # Like config: it writes to the portal's database in a worker thread.
+            hook = getattr(self.hooks, "on_describe", None)
+            self._request_busy = True
+            self.tasks.spawn(self._answer(name, hook, payload), name="ssh-describe")
+        elif name == DRAIN_REQUEST:
+            self.conn.reply_global(self.hooks.on_drain())
+        else:
+            super().handle_request(name, payload)
+
+    async def _answer(
+        self,
+        name: str,
+        hook: Callable[[bytes], Awaitable[str | None]] | None,
+        payload: bytes,
+    ) -> None:
         try:
-            return await self.qanat_dialer(target)
+            error = f"{name} is not handled here" if hook is None else await hook(payload)
+        except Exception as exc:  # a bug must not leave the client hanging
+            log.exception("%s handler failed", name)
+            error = f"internal error handling {name}: {exc}"
+        if not self.conn.closed:
+            self.conn.reply_global(error is None, (error or "").encode())
+        self._request_busy = False
+        self._serve_requests()
+
+    def on_lost(self, exc: BaseException | None) -> None:
+        self._login_timer.cancel()
+        self.hooks.on_lost(exc)
+
+
+class _ClientProtocol(_SshProtocol):
+    def __init__(
+        self,
+        dialer: Callable[[str], Awaitable[Any]],
+        window: int,
+        username: str,
+        password: str,
+        auth_methods: tuple[str, ...],
+    ) -> None:
+        def conn(handler: _SshProtocol) -> SshConnection:
+            return SshConnection(
+                client=True,
+                handler=handler,
+                version=CLIENT_VERSION,
+                username=username,
+                password=password,
+                auth_methods=auth_methods,
+                kex_algorithms=KEX_ALGS,
+                ciphers=ENCRYPTION_ALGS,
+            )
+
+        super().__init__(conn, window)
+        self.dialer = dialer
+
+    def ssh_channel_open(self, chan_id: int, kind: bytes, extra: bytes) -> None:
+        if kind != CHANNEL_TYPE:
+            self.conn.reject_channel(
+                chan_id, OPEN_UNKNOWN_CHANNEL_TYPE, f"unknown channel type {kind[:40]!r}"
+            )
+            return
+        target = extra.decode("utf-8", "replace")
+        self.tasks.spawn(self._dial(chan_id, target), name=f"ssh-dial-{chan_id}")
+
+    async def _dial(self, chan_id: int, target: str) -> None:
+        try:
+            session = await self.dialer(target)
         except ChannelOpenFailed as exc:
             code = (
                 OPEN_ADMINISTRATIVELY_PROHIBITED
                 if exc.code == ChannelOpenFailed.ADMINISTRATIVELY_PROHIBITED
                 else OPEN_CONNECT_FAILED
             )
-            raise asyncssh.ChannelOpenError(code, exc.reason or str(exc)) from None
+            self._refuse(chan_id, exc.reason or str(exc), code)
+            return
         except Exception as exc:
             log.exception("dialer failed for %s", target)
-            raise asyncssh.ChannelOpenError(OPEN_CONNECT_FAILED, f"internal error: {exc}") from None
+            self._refuse(chan_id, f"internal error: {exc}")
+            return
+        if self.conn.closed:
+            session.connection_lost(ConnectionResetError("SSH connection closed"))
+            return
+        self.conn.accept_channel(chan_id, self.window, DEFAULT_MAX_PACKET_BYTES)
+        self.attach(chan_id, session)
 
-
-class _Discard:
-    """Session for a channel whose opener gave up waiting: closes it at once."""
-
-    def connection_made(self, chan: Any) -> None:
-        chan.close()
-
-    def session_started(self) -> None:
-        pass
-
-    def data_received(self, data: bytes, datatype: Any = None) -> None:
-        pass
-
-    def eof_received(self) -> bool:
-        return False
-
-    def connection_lost(self, exc: BaseException | None) -> None:
-        pass
-
-    def pause_writing(self) -> None:
-        pass
-
-    def resume_writing(self) -> None:
-        pass
-
-
-class _LateOpen:
-    """Hands the real session to a channel only if it opens in time."""
-
-    def __init__(self, session_factory: Callable[[], Any]) -> None:
-        self._factory = session_factory
-        self._abandoned = False
-
-    def factory(self) -> Any:
-        return _Discard() if self._abandoned else self._factory()
-
-    def abandon(self, task: asyncio.Future[Any], chan: Any) -> None:
-        self._abandoned = True
-        if not task.done():
-            task.add_done_callback(_retrieve)
-        elif not task.cancelled() and task.exception() is None:
-            # It opened just as the waiter gave up: the session exists, so
-            # close the channel (the session sees connection_lost).
-            chan.close()
-
-
-def _retrieve(task: asyncio.Future[Any]) -> None:
-    if not task.cancelled():
-        task.exception()
+    def _refuse(self, chan_id: int, reason: str, code: int = OPEN_CONNECT_FAILED) -> None:
+        if not self.conn.closed:
+            self.conn.reject_channel(chan_id, code, reason)
 
 
 # -- the tunnel object both sides use -----------------------------------------
@@ -391,19 +622,23 @@ def _retrieve(task: asyncio.Future[Any]) -> None:
 class SshTunnel:
     """One SSH connection inside a WebSocket, as the gateway or connector sees it."""
 
-    def __init__(self, conn: Any, window_bytes: int = DEFAULT_WINDOW_BYTES) -> None:
-        self._conn = conn
+    def __init__(self, proto: _SshProtocol, window_bytes: int = DEFAULT_WINDOW_BYTES) -> None:
+        self._proto = proto
         self._window = window_bytes
-        self._late: set[asyncio.Future[Any]] = set()
 
     @property
     def peer_version(self) -> str:
-        return str(self._conn.get_extra_info("peer_version", ""))
+        return (self._proto.conn.peer_version or b"").decode("ascii", "replace")
 
     @property
     def server_fingerprint(self) -> str:
-        key = self._conn.get_server_host_key()
-        return chisel_fingerprint(key.public_data) if key is not None else ""
+        blob = self._proto.conn.peer_host_key
+        return chisel_fingerprint(blob) if blob else ""
+
+    @property
+    def cipher(self) -> str:
+        """The negotiated cipher we send with (for logs and tests)."""
+        return self._proto.conn.cipher_names[0]
 
     async def open_channel(
         self,
@@ -423,38 +658,29 @@ class SshTunnel:
                 or the connection is gone.
             TimeoutError: no answer within ``timeout_s``.
         """
+        proto = self._proto
         try:
-            chan = self._conn.create_tcp_channel(
-                window=self._window, max_pktsize=DEFAULT_MAX_PACKET_BYTES
+            chan_id = proto.conn.open_channel(
+                CHANNEL_TYPE, extra, self._window, DEFAULT_MAX_PACKET_BYTES
             )
-        except (OSError, asyncssh.Error) as exc:  # the connection is closing
-            raise ChannelOpenFailed(f"channel failed: {exc}", reason=str(exc)) from None
-        if timeout_s is None:
-            opening: Awaitable[Any] = chan._open_forward(session_factory, CHANNEL_TYPE, extra)
-            return await self._translate_open(opening)
-        late = _LateOpen(session_factory)
-        task = asyncio.ensure_future(chan._open_forward(late.factory, CHANNEL_TYPE, extra))
-        try:
-            async with asyncio.timeout(timeout_s):
-                return await self._translate_open(asyncio.shield(task))
-        except (TimeoutError, asyncio.CancelledError):
-            # Whatever the peer answers later is thrown away.
-            late.abandon(task, chan)
-            if not task.done():
-                self._late.add(task)
-                task.add_done_callback(self._late.discard)
-            raise
-
-    @staticmethod
-    async def _translate_open(opening: Awaitable[Any]) -> Any:
-        try:
-            return await opening
-        except asyncssh.ChannelOpenError as exc:
-            raise ChannelOpenFailed(
-                f"channel refused: {exc.reason}", reason=exc.reason, code=exc.code
-            ) from None
-        except (OSError, asyncssh.Error) as exc:
+        except SshLocalError as exc:  # closing, not ready, too many channels
             raise ChannelOpenFailed(f"channel failed: {exc}", reason=str(exc), code=0) from None
+        fut: asyncio.Future[Any] = proto.loop.create_future()
+        proto.opening[chan_id] = (fut, session_factory)
+        try:
+            if timeout_s is None:
+                return await fut
+            async with asyncio.timeout(timeout_s):
+                return await fut
+        except (TimeoutError, asyncio.CancelledError):
+            if proto.opening.pop(chan_id, None) is not None:
+                # Whatever the peer answers later is thrown away.
+                proto.conn.close_channel(chan_id)
+            elif chan_id in proto.channels:
+                # It opened just as the waiter gave up: close it (the session
+                # sees connection_lost).
+                proto.channels[chan_id].close()
+            raise
 
     async def request(self, name: str, payload: bytes = b"") -> tuple[bool, bytes]:
         """Send a global request (``config``, ``ping``) and wait for the reply.
@@ -462,11 +688,14 @@ class SshTunnel:
         Raises:
             TunnelError: the connection closed before a reply came.
         """
+        proto = self._proto
         try:
-            result: tuple[bool, bytes] = await self._conn.qanat_request(name, payload)
-        except (OSError, asyncssh.Error) as exc:
+            proto.conn.global_request(name, payload, True)
+        except SshLocalError as exc:
             raise TunnelError(f"SSH request {name!r} failed: {exc}") from None
-        return result
+        fut: asyncio.Future[tuple[bool, bytes]] = proto.loop.create_future()
+        proto.replies.append(fut)
+        return await fut
 
     async def ping(self, timeout_s: float) -> float:
         """Round-trip one ``ping``; return seconds.
@@ -483,13 +712,19 @@ class SshTunnel:
         return time.perf_counter() - start
 
     def close(self) -> None:
-        self._conn.close()
+        proto = self._proto
+        if not proto.conn.closed:
+            proto.conn.disconnect(DISCONNECT_BY_APPLICATION, "closed by application")
+        proto._flush()
+        if proto.transport is not None:
+            proto.transport.close()
 
     def abort(self) -> None:
-        self._conn.abort()
+        if self._proto.transport is not None:
+            self._proto.transport.abort()
 
     async def wait_closed(self) -> None:
-        await self._conn.wait_closed()
+        await asyncio.shield(self._proto.closed)
 
 
 def serve_tunnel(
@@ -505,28 +740,9 @@ def serve_tunnel(
     ``transport_attach(protocol)`` must hand the byte stream to ``protocol``
     (call its ``connection_made``) and return the transport.
     """
-    loop = asyncio.get_running_loop()
-    options = asyncssh.SSHServerConnectionOptions(
-        server_factory=lambda: _ServerOwner(hooks),
-        server_host_keys=[host_key.asyncssh_key],
-        config=None,
-        login_timeout=login_timeout_s,
-        keepalive_interval=0,
-        allow_pty=False,
-        agent_forwarding=False,
-        x11_forwarding=False,
-        allow_scp=False,
-        tcp_keepalive=False,
-        kex_algs=sshalgs.KEX_ALGS,
-        encryption_algs=sshalgs.ENCRYPTION_ALGS,
-        mac_algs=sshalgs.MAC_ALGS,
-        compression_algs=sshalgs.COMPRESSION_ALGS,
-        signature_algs=sshalgs.HOST_KEY_ALGS,
-    )
-    conn = _ServerConnection(loop, options, wait=None)
-    conn.qanat_hooks = hooks
-    transport_attach(conn)
-    return SshTunnel(conn, window_bytes)
+    proto = _ServerProtocol(host_key, hooks, window_bytes, login_timeout_s)
+    transport_attach(proto)
+    return SshTunnel(proto, window_bytes)
 
 
 async def connect_tunnel(
@@ -551,39 +767,20 @@ async def connect_tunnel(
     Raises:
         TunnelError: the SSH handshake failed or timed out.
     """
-    loop = asyncio.get_running_loop()
-    options = asyncssh.SSHClientConnectionOptions(
-        config=None,
-        username=username,
-        password=password,
-        known_hosts=None,
-        client_keys=None,
-        agent_path=None,
-        preferred_auth=",".join(auth_methods),
-        keepalive_interval=0,
-        tcp_keepalive=False,
-        kex_algs=sshalgs.KEX_ALGS,
-        encryption_algs=sshalgs.ENCRYPTION_ALGS,
-        mac_algs=sshalgs.MAC_ALGS,
-        compression_algs=sshalgs.COMPRESSION_ALGS,
-        server_host_key_algs=sshalgs.HOST_KEY_ALGS,
-        signature_algs=sshalgs.HOST_KEY_ALGS,
-    )
-    options.waiter = loop.create_future()
-    conn = _ClientConnection(loop, options, wait="auth")
-    conn.qanat_dialer = dialer
-    conn.qanat_window = window_bytes
+    proto = _ClientProtocol(dialer, window_bytes, username, password, auth_methods)
     try:
         async with asyncio.timeout(timeout_s):
-            await transport_attach(conn)
-            await options.waiter
+            await transport_attach(proto)
+            await proto.ready
     except TimeoutError:
-        conn.abort()
+        if proto.transport is not None:
+            proto.transport.abort()
         raise TunnelError(f"SSH handshake did not finish within {timeout_s:g}s") from None
-    except (OSError, asyncssh.Error) as exc:
-        conn.abort()
+    except (OSError, SshRemoteError, SshLocalError) as exc:
+        if proto.transport is not None:
+            proto.transport.abort()
         raise TunnelError(f"SSH handshake failed: {exc}") from None
-    return SshTunnel(conn, window_bytes)
+    return SshTunnel(proto, window_bytes)
 
 
 async def send_drain(tunnel: SshTunnel, timeout_s: float) -> bool:

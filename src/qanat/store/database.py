@@ -8,7 +8,8 @@ is written whole or not at all. Database failures come out as the
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 
 from sqlalchemy import select, update
@@ -29,6 +30,11 @@ from qanat.store.migrate import current_revision, head_revision, migrate_engine
 from qanat.store.models import StageRevision
 from qanat.store.tenancy import TenancyQueries
 
+log = logging.getLogger("qanat.store")
+
+#: Told after a commit that changed stages: (new stage revision, stage keys).
+StageListener = Callable[[int, Iterable[str]], None]
+
 
 class Transaction(TenancyQueries, IdentityQueries, ActivityQueries, CatalogueQueries):
     """Everything one operation may read or write, inside one transaction."""
@@ -36,16 +42,19 @@ class Transaction(TenancyQueries, IdentityQueries, ActivityQueries, CatalogueQue
     def __init__(self, session: Session) -> None:
         self._session = session
         self._stages_changed = False
+        self._changed_stages = set()
+        self.revision: int | None = None  # the stage revision this transaction wrote
 
     def _finish(self) -> None:
         # Gateways poll this counter; bump it in the same transaction as the
         # change so that they never see the new number before the new data.
         if self._stages_changed:
-            self._session.execute(
+            self.revision = self._session.execute(
                 update(StageRevision)
                 .where(StageRevision.id == 1)
                 .values(value=StageRevision.value + 1)
-            )
+                .returning(StageRevision.value)
+            ).scalar_one()
 
 
 class Store:
@@ -55,6 +64,9 @@ class Store:
         self.config = config
         self._engine = create_store_engine(config)
         self._write_engine = self._engine.execution_options(**{WRITE_OPTION: True})
+        #: Called after every commit that changed stages (in the committing
+        #: thread; listeners must not block): the control bus publishes there.
+        self.stage_listeners: list[StageListener] = []
 
     @property
     def display_url(self) -> str:
@@ -80,6 +92,12 @@ class Store:
             tx = Transaction(session)
             yield tx
             tx._finish()
+        if tx.revision is not None:
+            for listener in list(self.stage_listeners):
+                try:
+                    listener(tx.revision, frozenset(tx._changed_stages))
+                except Exception:
+                    log.exception("stage listener %r failed", listener)
 
     def stage_revision(self) -> int:
         """The change counter of stages and gateways: one tiny query.

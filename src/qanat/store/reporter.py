@@ -191,13 +191,25 @@ class DatabasePart:
     A :class:`~qanat.gateway.serve.GatewayPart`.
     """
 
-    def __init__(self, store: Store, node: str, *, refresh_s: float = DEFAULT_REFRESH_S) -> None:
+    def __init__(
+        self,
+        store: Store,
+        node: str,
+        *,
+        refresh_s: float = DEFAULT_REFRESH_S,
+        readiness: bool = True,
+    ) -> None:
         self.store = store
         self.reporter = GatewayReporter(ConnectorRegistry(store, node), node, refresh_s=refresh_s)
+        # A cluster node passes False: it serves from its last view while the
+        # database is away, and a balancer following /readyz must not take
+        # every node out at once during a database restart (docs/cluster.md).
+        self.readiness = readiness
 
     def attach(self, gateway: Gateway) -> None:
         self.reporter.attach(gateway)
-        gateway.add_check("database", self._check)
+        if self.readiness:
+            gateway.add_check("database", self._check)
 
     async def _check(self) -> str | None:
         try:

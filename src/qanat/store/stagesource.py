@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 
 from qanat.errors import StoreError
 from qanat.gateway.stages import MemoryStageSource, StageConfig
@@ -56,16 +57,36 @@ class DatabaseStageSource(MemoryStageSource):
 
     Args:
         store: the database to follow; not closed by :meth:`close`.
-        poll_interval_s: time between two polls.
+        poll_interval_s: time between two polls (an attribute: a message
+            bus that tells of changes switches it, see qanat.cluster.control).
+        transform: applied to every stage read (a node's own bind address
+            for the stages' endpoints, see ``--bind-map``).
     """
 
-    def __init__(self, store: Store, *, poll_interval_s: float = DEFAULT_POLL_INTERVAL_S) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        poll_interval_s: float = DEFAULT_POLL_INTERVAL_S,
+        transform: Callable[[StageConfig], StageConfig] | None = None,
+    ) -> None:
         super().__init__()
         self._store = store
-        self._poll_interval_s = poll_interval_s
+        self.poll_interval_s = poll_interval_s
+        self._transform = transform
         self._revision: int | None = None
         self._task: asyncio.Task[None] | None = None
         self._failing = False
+        self._wake = asyncio.Event()
+
+    @property
+    def revision(self) -> int | None:
+        """The stage revision of the view held now (None before the first load)."""
+        return self._revision
+
+    def poke(self) -> None:
+        """Poll now instead of at the end of the interval (a change was announced)."""
+        self._wake.set()
 
     async def start(self) -> None:
         """Load the current stages and start following changes.
@@ -116,11 +137,16 @@ class DatabaseStageSource(MemoryStageSource):
             return None
         # Read the counter before the data: a change landing in between is
         # included now and read once more at the next poll, never missed.
-        return revision, stage_configs(self._store)
+        stages = stage_configs(self._store)
+        if self._transform is not None:
+            stages = {a: self._transform(s) for a, s in stages.items()}
+        return revision, stages
 
     async def _poll_forever(self) -> None:
         while True:
-            await asyncio.sleep(self._poll_interval_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=self.poll_interval_s)
+            self._wake.clear()
             try:
                 await self.refresh()
             except StoreError as exc:

@@ -27,6 +27,7 @@ class TenancyQueries:
 
     _session: Session
     _stages_changed: bool
+    _changed_stages: set[str]
 
     # -- organisations -------------------------------------------------------
 
@@ -208,6 +209,7 @@ class TenancyQueries:
                 )
         self._session.flush()
         self._stages_changed = True
+        self._changed_stages.add(record.key)
         return self._gateway_records(_gateway_query().where(Gateway.id == record.id))[0]
 
     def _bindings(self, exclude: int | None = None) -> list[Binding]:

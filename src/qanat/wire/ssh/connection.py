@@ -212,6 +212,7 @@ class SshConnection(Transport):
         username: str = "",
         password: str = "",
         client_key: EcdsaKey | None = None,
+        auth_methods: tuple[str, ...] = ("none", "publickey", "password"),
         limits: SshLimits | None = None,
         pending_high_bytes: int = 256 * 1024,
         clock: Callable[[], float] = time.monotonic,
@@ -231,6 +232,7 @@ class SshConnection(Transport):
         self.username = username
         self._password = password
         self._client_key = client_key
+        self._auth_methods = auth_methods
         self._pending_high = pending_high_bytes
         self.authenticated = False
         self.auth_user = ""
@@ -260,8 +262,7 @@ class SshConnection(Transport):
                 )
             self.send_payload(bytes((MSG_SERVICE_ACCEPT,)) + string(name))
         elif msg == MSG_SERVICE_ACCEPT and self.client and not self._auth_tried:
-            self._auth_tried.append("none")
-            self._send_auth("none", b"")
+            self._next_auth(("none", "publickey", "password"))
         else:
             raise SshRemoteError(f"unexpected service message {msg}")
 
@@ -284,31 +285,41 @@ class SshConnection(Transport):
             self.auth_method = self._auth_tried[-1] if self._auth_tried else ""
             self.handler.ssh_ready()
         elif msg == MSG_USERAUTH_FAILURE:
-            r = Reader(payload, 1)
-            methods = r.namelist()
-            key = self._client_key
-            if "publickey" in methods and key is not None and "publickey" not in self._auth_tried:
-                self._auth_tried.append("publickey")
+            self._next_auth(Reader(payload, 1).namelist())
+        elif msg in (MSG_USERAUTH_BANNER, MSG_USERAUTH_PK_OK):
+            pass
+        else:
+            raise SshRemoteError(f"message {msg} before user authentication finished")
+
+    def _next_auth(self, offered: tuple[str, ...]) -> None:
+        """Try the next of our methods that the server offers, in our order."""
+        key = self._client_key
+        for method in self._auth_methods:
+            if method in self._auth_tried or method not in offered:
+                continue
+            if method == "none":
+                self._auth_tried.append(method)
+                self._send_auth("none", b"")
+                return
+            if method == "publickey" and key is not None:
+                self._auth_tried.append(method)
                 alg = string(key.algorithm.encode())
                 blob = string(key.public_blob)
                 signed = (
                     string(self.session_id) + self._auth_head("publickey") + b"\x01" + alg + blob
                 )
                 self._send_auth("publickey", b"\x01" + alg + blob + string(key.sign(signed)))
-            elif "password" in methods and "password" not in self._auth_tried:
-                self._auth_tried.append("password")
+                return
+            if method == "password":
+                self._auth_tried.append(method)
                 self._send_auth("password", b"\x00" + string(self._password.encode()))
-            else:
-                raise SshRemoteError(
-                    "ssh: unable to authenticate, attempted methods "
-                    f"[{' '.join(self._auth_tried)}], the server offers "
-                    f"[{' '.join(methods)}]",
-                    DISCONNECT_NO_MORE_AUTH_METHODS_AVAILABLE,
-                )
-        elif msg in (MSG_USERAUTH_BANNER, MSG_USERAUTH_PK_OK):
-            pass
-        else:
-            raise SshRemoteError(f"message {msg} before user authentication finished")
+                return
+        raise SshRemoteError(
+            "ssh: unable to authenticate, attempted methods "
+            f"[{' '.join(self._auth_tried)}], no supported methods remain "
+            f"(the server offers [{' '.join(offered)}])",
+            DISCONNECT_NO_MORE_AUTH_METHODS_AVAILABLE,
+        )
 
     def _server_auth(self, msg: int, payload: bytes) -> None:
         if msg != MSG_USERAUTH_REQUEST:

@@ -240,7 +240,7 @@ class Transport:
             if idx < 0:
                 if len(buf) > limit + 1:
                     raise SshRemoteError(
-                        "peer sent no SSH version line (not an SSH stream?)",
+                        "peer sent no SSH version line (not an SSH stream)",
                         DISCONNECT_PROTOCOL_VERSION_NOT_SUPPORTED,
                     )
                 return False
