@@ -373,6 +373,18 @@ def _user_remove(client: Client, args: argparse.Namespace) -> None:
     )
 
 
+def _user_platform_admin(client: Client, args: argparse.Namespace) -> None:
+    value = not args.revoke
+    path = _path("users", args.username) + "/platform-admin"
+    doc = client.call("PUT", path, {"platform_admin": value})
+    text = (
+        f"user {doc['username']} is now a platform admin (may create organisations)"
+        if value
+        else f"user {doc['username']} is no longer a platform admin"
+    )
+    _emit(args, {"username": doc["username"], "platform_admin": doc["platform_admin"]}, text)
+
+
 def _apikey_list(client: Client, args: argparse.Namespace) -> None:
     keys = client.call("GET", _path("orgs", args.org) + "/apikeys")["api_keys"]
     rows = [(k["id"], k["name"], k["role"], k["state"], k["expires_at"] or "-") for k in keys]
@@ -614,6 +626,14 @@ def add_admin_parser(sub: Any, default_data_dir: Path) -> None:
     p = command(user, "remove", _user_remove, "remove a user's role in an organisation")
     p.add_argument("--org", required=True)
     p.add_argument("--username", required=True)
+    p = command(
+        user,
+        "platform-admin",
+        _user_platform_admin,
+        "give a user the platform admin role (may create organisations), or take it",
+    )
+    p.add_argument("--username", required=True)
+    p.add_argument("--revoke", action="store_true", help="take the role instead of giving it")
 
     apikey = group("apikey", "API keys")
     p = command(apikey, "create", _apikey_create, "create an API key (shown once)")

@@ -34,6 +34,7 @@ import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 from qanat import __version__
 from qanat.cluster.control import ControlPublisher
@@ -41,6 +42,8 @@ from qanat.cluster.natsbus import Bus, NatsSettings
 from qanat.cluster.node import ClusterNode, ClusterSettings
 from qanat.datadir import secure_data_dir
 from qanat.errors import ConfigError
+from qanat.gateway.gated import HttpFactory, serve_http_door
+from qanat.gateway.pressure import DoorPressure
 from qanat.gateway.serve import GatewayPart, GatewayService, serve_gateway
 from qanat.gateway.server import Gateway
 from qanat.gateway.settings import GatewaySettings
@@ -418,6 +421,8 @@ async def run_portal(
     make_data_dir(data_dir)
     store = await asyncio.to_thread(open_store, StoreConfig(url=database_url))
     http: PortalHttp | None = None
+    server: asyncio.Server | None = None
+    door: DoorPressure | None = None
     bus: Bus | None = None
     publisher: ControlPublisher | None = None
     try:
@@ -435,7 +440,12 @@ async def run_portal(
         )
         http = PortalHttp(app)
         await http.start()
-        host, port = await http.listen(*listen)
+        # The same door as the gateway's front door: head and idle deadlines,
+        # caps on connections per source and in all, pressure logged.
+        factory = cast(HttpFactory, http.protocol_factory())
+        server, door = await serve_http_door(factory, *listen)
+        sockname = server.sockets[0].getsockname()
+        host, port = str(sockname[0]), int(sockname[1])
         url = f"http://{host}:{port}"
         first, local = await asyncio.to_thread(bootstrap, portal, data_dir, url)
         set_local_admin(app, local)
@@ -446,8 +456,12 @@ async def run_portal(
         _announce_first_admin(first, data_dir)
         await _until_signal()
     finally:
+        if server is not None:
+            server.close()
         if http is not None:
             await http.close()
+        if door is not None:
+            door.close()
         if publisher is not None:
             await publisher.close()
         if bus is not None:

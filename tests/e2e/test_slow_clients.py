@@ -8,6 +8,10 @@ then failed, with nothing logged. Here ``qanat up`` runs with RLIMIT_NOFILE
 connection has a head deadline, a source has at most 64 unproven ones),
 the pressure is logged once per interval, and the tunnel established before
 keeps carrying its apps' connections; the portal keeps answering.
+
+A standalone ``qanat portal`` (the form used with several gateway nodes)
+has the same door: before, it was aiohttp alone and 1100 slow clients used
+up its descriptors, so the API stopped answering.
 """
 
 from __future__ import annotations
@@ -151,3 +155,51 @@ def test_1100_slow_clients_cannot_starve_established_tunnels(
             for sock in socks:
                 sock.close()
     assert len(up.find(r"connection pressure:")) <= 3
+
+
+def _closed_by_peer(sock: socket.socket) -> bool:
+    try:
+        return sock.recv(1) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+
+
+def test_a_standalone_portal_has_the_same_door(tmp_path: Path, procs: ProcessGroup) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 4 * CLIENTS:
+        pytest.skip(f"needs a descriptor limit of {4 * CLIENTS} for the clients (hard {hard})")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 4 * CLIENTS), hard))
+    data = tmp_path / "portal"
+    with nofile(1024):
+        portal: QanatProcess = procs.start(
+            "portal", "portal", "--data-dir", str(data), "--listen", "127.0.0.1:0"
+        )
+    base = portal.wait_for(r"qanat portal on (http://127\.0\.0\.1:\d+)/", timeout_s=20).group(1)
+    port = int(base.rsplit(":", 1)[1])
+    key = json.loads((data / "local-admin.json").read_text())["api_key"]
+    # A client that sends nothing at all, from the normal clients' address.
+    silent = socket.create_connection(("127.0.0.1", port), timeout=scaled(5))
+    silent.setblocking(False)
+    socks = _slow_clients(port, CLIENTS)
+    try:
+        # The API answers a normal client (another loopback address).
+        _api(base, key, "POST", "/orgs", b'{"name": "acme"}')
+        with urllib.request.urlopen(base + "/api/v1/openapi.json", timeout=scaled(10)) as r:
+            assert r.status == 200
+        portal.wait_for(r"connection pressure: closed \d+ unproven connections", timeout_s=20)
+        assert _still_open(socks) <= 64
+        # The head deadline closes the silent client and every slow one.
+        deadline = time.monotonic() + scaled(20)
+        while (_still_open(socks) or not _closed_by_peer(silent)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _closed_by_peer(silent), "a client sending nothing was not closed"
+        assert _still_open(socks) == 0
+        assert portal.find(r"no complete HTTP request within the timeout")
+        doc = _api(base, key, "GET", "/orgs", b"")
+        assert "acme" in json.dumps(doc)
+    finally:
+        silent.close()
+        for sock in socks:
+            sock.close()

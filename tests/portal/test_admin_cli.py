@@ -2,6 +2,7 @@
 
 - the endpoint catalogue from the command line (set with an OpenAPI file,
   list, download), users' roles, API keys, traffic and audit filters;
+- the platform admin role (who may create organisations), given and taken;
 - the options that say where the portal is work before or after the command;
 - a certificate that does not verify is named, with --tls-ca / QANAT_CA_FILE;
 - a call imports none of the heavy modules of the server side (the reason
@@ -14,7 +15,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 from test_processes import _admin, _process, _wait_for, _wait_for_text
@@ -158,3 +162,66 @@ def test_admin_catalogue_roles_keys_and_options_anywhere(
             m for m in report["modules"] if any(m == h or m.startswith(h + ".") for h in HEAVY)
         ]
         assert loaded == [], f"qanat admin imported server-side modules: {loaded}"
+
+
+def _as_user(base: str, method: str, path: str, body: Any, auth: dict[str, str]) -> int:
+    request = urllib.request.Request(
+        base + "/api/v1" + path, data=json.dumps(body).encode(), method=method
+    )
+    request.add_header("Content-Type", "application/json")
+    for name, value in auth.items():
+        request.add_header(name, value)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return int(answer.status)
+    except urllib.error.HTTPError as error:
+        return int(error.code)
+
+
+def _sign_in(base: str, username: str, password: str) -> dict[str, str]:
+    request = urllib.request.Request(
+        base + "/api/v1/session",
+        data=json.dumps({"username": username, "password": password}).encode(),
+        method="POST",
+    )
+    request.add_header("Content-Type", "application/json")
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        doc = json.loads(answer.read())
+        cookie = answer.headers["Set-Cookie"].split(";", 1)[0]
+    return {"Cookie": cookie, "X-CSRF-Token": doc["csrf_token"]}
+
+
+def test_admin_gives_and_takes_the_platform_admin_role(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("QANAT_URL", "QANAT_API_KEY", "QANAT_CA_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    data = tmp_path / "data"
+    log = tmp_path / "up.log"
+    args = ["up", "--data-dir", str(data), "--listen", "127.0.0.1:0", "--plain-http"]
+    with _process(args, log) as up:
+        _wait_for(data / "local-admin.json", up, log)
+        _wait_for_text(log, "Ctrl-C", up)
+        base = json.loads((data / "local-admin.json").read_text())["url"]
+        d = ["--data-dir", str(data)]
+        assert _admin(capsys, *d, "org", "create", "acme")[0] == 0
+        olga = ["--org", "acme", "--username", "olga", "--password", "olga password 1"]
+        assert _admin(capsys, "user", "create", *olga, *d)[0] == 0
+        auth = _sign_in(base, "olga", "olga password 1")
+        assert _as_user(base, "POST", "/orgs", {"name": "olgas"}, auth) == 403
+
+        code, out, err = _admin(capsys, "user", "platform-admin", "--username", "olga", *d)
+        assert code == 0, err
+        assert "olga is now a platform admin" in out
+        assert _as_user(base, "POST", "/orgs", {"name": "olgas"}, auth) == 201
+
+        code, out, err = _admin(
+            capsys, "user", "platform-admin", "--username", "olga", "--revoke", "--json", *d
+        )
+        assert code == 0, err
+        assert json.loads(out) == {"username": "olga", "platform_admin": False}
+        assert _as_user(base, "POST", "/orgs", {"name": "again"}, auth) == 403
+
+        code, _, err = _admin(capsys, "user", "platform-admin", "--username", "nobody", *d)
+        assert code == 1
+        assert "nobody" in err

@@ -39,11 +39,11 @@ from qanat import __version__
 from qanat.errors import HandshakeError
 from qanat.gateway.admission import Admitted, Peer, TunnelRequest, admit
 from qanat.gateway.context import GatewayContext, TunnelHost
-from qanat.gateway.idle import IdleGuard
+from qanat.gateway.gated import DoorSettings, GatedDoor
 from qanat.gateway.stages import StageConfig
 from qanat.gateway.tunnel import Tunnel
 from qanat.net.ssh import serve_tunnel
-from qanat.net.websocket import ServerUpgrade, UpgradeRequest, response_bytes
+from qanat.net.websocket import ServerUpgrade, UpgradeRequest
 from qanat.telemetry import httpd
 from qanat.wire.describe import FEATURE_DESCRIBE
 from qanat.wire.forwarded import client_address
@@ -112,53 +112,29 @@ def tunnel_request(
     )
 
 
-class FrontDoor(asyncio.Protocol):
+class FrontDoor(GatedDoor):
     """Reads the first request of a connection and hands it to its owner."""
 
     def __init__(self, ctx: GatewayContext, host: TunnelHost, routes: Routes) -> None:
+        settings = ctx.settings
+        super().__init__(
+            ctx.limiters.door,
+            DoorSettings(
+                settings.request_head_timeout_s,
+                settings.idle_timeout_s,
+                settings.max_request_head_bytes,
+            ),
+        )
         self.ctx = ctx
         self.host = host
         self.routes = routes
-        self.transport: asyncio.Transport | None = None
-        self.buffer = bytearray()
-        self.timer: asyncio.TimerHandle | None = None
-        self.peer = "?"
-        self.routed = False
-        self.source = "?"
-        self.gated = False  # counted in the connection gate (unproven)
+        self.peer_address = Peer("?", 0)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         self.peer_address = Peer(str(peer[0]), int(peer[1])) if peer else Peer("?", 0)
+        super().connection_made(transport)
         self.peer = str(self.peer_address) if peer else "?"
-        self.source = str(peer[0]) if peer else "?"
-        door = self.ctx.limiters.door
-        if not door.gate.admit(self.source):
-            # Over the unproven-connection caps: closed before anything is read.
-            self.routed = True
-            door.noted()
-            transport.abort()  # type: ignore[attr-defined]
-            return
-        self.gated = True
-        loop = asyncio.get_running_loop()
-        self.timer = loop.call_later(self.ctx.settings.request_head_timeout_s, self._head_timeout)
-
-    def _head_timeout(self) -> None:
-        if not self.routed and self.transport is not None:
-            log.info("%s: no complete HTTP request within the timeout; closing", self.peer)
-            self.transport.abort()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-        self._release()
-
-    def _release(self) -> None:
-        """This connection no longer counts as unproven (a tunnel, or gone)."""
-        if self.gated:
-            self.gated = False
-            self.ctx.limiters.door.gate.release(self.source)
 
     def data_received(self, data: bytes) -> None:
         if self.routed:  # late bytes before the new protocol took over
@@ -179,7 +155,7 @@ class FrontDoor(asyncio.Protocol):
         path = target.split("?", 1)[0]
         tunnel_path = _TUNNEL_PATH.match(path)
         # Every path waits for its complete head under the head deadline.
-        if b"\r\n\r\n" not in self.buffer and b"\n\n" not in self.buffer:
+        if not self._head_complete():
             if len(self.buffer) > limit:
                 self._bad("request head too large")
             return
@@ -204,20 +180,7 @@ class FrontDoor(asyncio.Protocol):
             self._route_done()
             self._respond(404, b"not found\n")
             return
-        self._route_done()
-        assert self.transport is not None
-        # The portal's connection keeps counting as unproven until it closes,
-        # and is closed when idle (its own keep-alive timer is long).
-        guarded = IdleGuard(factory(), self.ctx.settings.idle_timeout_s, self._release)
-        self.transport.set_protocol(guarded)
-        guarded.connection_made(self.transport)
-        guarded.data_received(bytes(self.buffer))
-
-    def _route_done(self) -> None:
-        self.routed = True
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        self._hand_to_http(factory)
 
     def _client(self, head: bytes | bytearray) -> str:
         """The client's address: the peer's, or (from a trusted proxy) the
@@ -245,22 +208,6 @@ class FrontDoor(asyncio.Protocol):
             b"may declare at most 1000 remotes; split them over several connectors\n",
         )
         return True
-
-    def _bad(self, why: str) -> None:
-        self._route_done()
-        log.info("%s: %s; answered 400", self.peer, why)
-        self._respond(400, f"bad request: {why}\n".encode())
-
-    def _respond(
-        self,
-        status: int,
-        body: bytes,
-        content_type: str = "text/plain; charset=utf-8",
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        assert self.transport is not None
-        self.transport.write(response_bytes(status, body, content_type, headers))
-        self.transport.close()
 
     # -- tunnel requests ------------------------------------------------------
 

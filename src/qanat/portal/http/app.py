@@ -5,7 +5,10 @@ Two ways to serve it, one object (:class:`PortalHttp`):
 - inside ``qanat up`` / a gateway: ``protocol_factory`` is given to the
   gateway as its ``http_fallback``; the front door reads the first request
   line, sees it is not a tunnel and hands the connection over;
-- alone (``qanat portal``): :meth:`PortalHttp.listen` opens its own socket.
+- alone (``qanat portal``): ``protocol_factory`` is served behind the same
+  door (:func:`qanat.gateway.gated.serve_http_door`: head and idle
+  deadlines, connection caps); :meth:`PortalHttp.listen` opens a plain
+  aiohttp socket without that door (tests).
 """
 
 from __future__ import annotations
