@@ -7,7 +7,10 @@ max gap < 150 ms (measured ~16 ms on a quiet 2-core machine). The test
 ``tests/adapter/test_pool_bind.py`` runs the same measurement and asserts
 only behaviour (all bound, all closed, the loop kept running)::
 
-    python bench/bindstall.py            # prints JSON, exit 1 over target
+    python bench/bindstall.py            # one line with pass/miss, JSON in .bench/
+
+As every benchmark here it exits 1 only when something broke (ports not
+bound or not closed), never because the target was missed.
 """
 
 from __future__ import annotations
@@ -106,8 +109,16 @@ async def measure(base: int) -> dict[str, Any]:
 def main() -> int:
     result = uvloop.run(measure(free_port_range(1000)))
     result["target_max_gap_ms"] = TARGET_MAX_GAP_MS
-    print(json.dumps(result))
-    return 0 if result["max_gap_ms"] < TARGET_MAX_GAP_MS else 1
+    verdict = "pass" if result["max_gap_ms"] < TARGET_MAX_GAP_MS else "miss"
+    print(
+        f"bind stall: 1000 ports bound and closed twice, longest loop stall "
+        f"{result['max_gap_ms']:.1f} ms (target < {TARGET_MAX_GAP_MS:g} ms) {verdict}"
+    )
+    out = Path(".bench")
+    out.mkdir(exist_ok=True)
+    (out / "bindstall.json").write_text(json.dumps(result, indent=2))
+    broke = result["ports"] != 1000 or result["left"] != 0
+    return 1 if broke else 0
 
 
 if __name__ == "__main__":

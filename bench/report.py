@@ -175,6 +175,7 @@ def render(results: dict[str, Any]) -> str:
     for label, phase, unit in (
         ("gateway / connector CPU per MiB, us", "bulk", "MiB"),
         ("gateway / connector CPU per round trip, us", "rtt", "rt"),
+        ("gateway / connector CPU per connect + round trip, us", "connect", "conn"),
     ):
         row(
             label,

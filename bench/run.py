@@ -202,6 +202,7 @@ def measure_path(path: paths.Path, plan: Plan) -> dict[str, Any]:
     cpu.attribute(res["rtt"], "rt", plan.rtt_count + plan.rtt_warmup)
     if "p50_us" in res["rtt"]:
         progress(f"  {path.name}: round trip p50 {res['rtt']['p50_us']:.0f} us")
+    cpu = CpuMeter(path)
     res["connect"] = guarded(
         f"{path.name} connect",
         lambda: loadgen.summarize_ns(
@@ -210,6 +211,7 @@ def measure_path(path: paths.Path, plan: Plan) -> dict[str, Any]:
             )
         ),
     )
+    cpu.attribute(res["connect"], "conn", plan.connect_count + plan.connect_warmup)
     if "p50_us" in res["connect"]:
         progress(f"  {path.name}: connect + round trip p50 {res['connect']['p50_us']:.0f} us")
     return res

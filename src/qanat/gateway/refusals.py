@@ -16,6 +16,7 @@ import logging
 from collections import Counter
 
 from qanat.logs import ContextLogger
+from qanat.telemetry.throttle import Throttle
 
 log = logging.getLogger("qanat.gateway.refusals")
 
@@ -28,11 +29,16 @@ class RefusalLog:
         self.window_s = window_s
         self.max_sources = max_sources
         self.total = 0
-        self._logged = 0
+        # The decision (first ``burst`` per window) is the shared throttle's;
+        # what is held back is summed up here, by source and port.
+        self._throttle = Throttle(burst, window_s, clock=self._now, max_keys=1)
         self._suppressed: Counter[str] = Counter()
         self._suppressed_other = 0
-        self._window_end = 0.0
         self._flush: asyncio.TimerHandle | None = None
+
+    @staticmethod
+    def _now() -> float:
+        return asyncio.get_running_loop().time()
 
     def refused(self, where: ContextLogger, label: str, source: str, port_total: int) -> None:
         """Record one refused connection (called from ``connection_made``).
@@ -45,12 +51,9 @@ class RefusalLog:
         """
         self.total += 1
         loop = asyncio.get_running_loop()
-        now = loop.time()
-        if now >= self._window_end:
-            self._window_end = now + self.window_s
-            self._logged = 0
-        if self._logged < self.burst:
-            self._logged += 1
+        # (What the throttle held back in the last window was summed up by
+        # _summary already, so its count is not repeated here.)
+        if self._throttle.allow() is not None:
             where.warning(
                 "refused app connection from %s: not in the stage allowlist "
                 "(%d refused on this port so far)",
@@ -64,7 +67,8 @@ class RefusalLog:
         else:
             self._suppressed_other += 1
         if self._flush is None:
-            self._flush = loop.call_at(self._window_end, self._summary)
+            end = self._throttle.window_end()
+            self._flush = loop.call_at(end if end is not None else loop.time(), self._summary)
 
     def _summary(self) -> None:
         self._flush = None

@@ -20,12 +20,10 @@ Modules:
   endpoint checks; ``explain`` what each failure most likely means and the
   fix (pure, all wording in one place); ``httphead`` the tiny HTTP
   response-head parser they share (pure).
-- (instrumentation lives in ``qanat.telemetry``; the collectors next to what
-  (gateway status, connector statistics); only true events (token failures,
-  dead peers, channel-open latency) are counted where they happen, by one
-  call into this module.
-- ``health``: readiness checks (``/readyz``) with a hook for the portal's
-  database; ``httpd`` serves ``/metrics``, ``/healthz`` and ``/readyz`` on
-  the gateway's front door and on the connector's ``--metrics`` address.
+- Instrumentation (metrics, health, the ``/metrics`` responder, log
+  throttling) is not here: it is the leaf package ``qanat.telemetry``, and
+  the collectors live next to what they observe (``gateway/metrics.py``,
+  ``connector/metrics.py``). TLS failures are worded once, in
+  ``qanat.explain``, which ``explain`` here reuses.
 - ``commands``: the argparse wiring, so ``qanat.cli`` only registers it.
 """

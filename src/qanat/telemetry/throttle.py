@@ -63,6 +63,11 @@ class Throttle:
         window.held += 1
         return None
 
+    def window_end(self, key: str = "") -> float | None:
+        """When the current window of ``key`` ends (clock time), or None."""
+        window = self._windows.get(key)
+        return None if window is None else window.start + self.window_s
+
     def pending(self) -> int:
         """Events held back and not yet reported, over every key."""
         return sum(w.held for w in self._windows.values())

@@ -25,8 +25,8 @@ from qanat.portal.http import render
 from qanat.portal.http.api import audit_query
 from qanat.portal.http.context import deps, session_actor, source_of
 from qanat.portal.http.problems import classify
-from qanat.portal.http.sessions import CSRF_FIELD, Session
-from qanat.portal.http.web import _page, _require_session
+from qanat.portal.http.sessions import Session
+from qanat.portal.http.web import _form, _page, _require_session
 from qanat.store import Role, utc_now
 
 AUDIT_PAGE = 50
@@ -41,18 +41,6 @@ ACTION_FAMILIES = ("org", "stage", "gateway", "endpoint", "user", "role", "apike
 
 def _org_url(org: str, page: str) -> str:
     return f"/orgs/{quote(org, safe='')}/{page}"
-
-
-async def _form(request: web.Request, session: Session) -> dict[str, str]:
-    d = deps(request)
-    data = await request.post()
-    form = {k: v for k, v in data.items() if isinstance(v, str)}
-    if not d.signer.csrf_ok(session, form.get(CSRF_FIELD)):
-        raise Forbidden(
-            "this form has expired or did not come from this portal (CSRF check failed);"
-            " reload the page and try again"
-        )
-    return form
 
 
 async def _org_frame(request: web.Request, session: Session, org: str) -> dict[str, Any]:
