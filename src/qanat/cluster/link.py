@@ -33,6 +33,7 @@ from typing import Any, cast
 
 from qanat.cluster import linkwire
 from qanat.errors import ChannelOpenFailed
+from qanat.runtime import TaskOwner
 
 log = logging.getLogger("qanat.cluster.link")
 
@@ -146,6 +147,8 @@ class RemoteTunnel:
 
     def __init__(self, node: str, link: tuple[str, int], dialer: LinkDialer) -> None:
         self.id = next(_remote_ids)
+        # A UDP endpoint's link connection to this node opens in a task of its own.
+        self.tasks = TaskOwner(f"node {node} link")
         self.node = node
         self.link = link
         self.draining = False
@@ -172,9 +175,16 @@ class LinkDialer:
     """Opens link connections to one remote node for one (stage, port)."""
 
     def __init__(
-        self, secret: bytes, node: str, link: tuple[str, int], stage: str, port: int
+        self,
+        secret: bytes,
+        node: str,
+        link: tuple[str, int],
+        stage: str,
+        port: int,
+        kind: str = "tcp",
     ) -> None:
         self.secret = secret
+        self.kind = kind
         self.node = node  # this node's name (the request's "from")
         self.link = link
         self.stage = stage
@@ -211,6 +221,7 @@ class LinkDialer:
                         port=self.port,
                         now_ms=_now_ms(),
                         nonce=nonce,
+                        kind=self.kind,
                     )
                 )
                 try:

@@ -5,11 +5,19 @@ it (the *client* node) to a node holding a connector for the port (the
 *serving* node). Before any app byte, one line each way::
 
     client -> serving   QLINK1 {"t": <unix ms>, "n": "<nonce hex>", "from": "<node>",
-                                "stage": "<stage key>", "port": <port>, "mac": "<hex>"}\\n
+                                "stage": "<stage key>", "port": <port>, "mac": "<hex>"
+                                [, "kind": "udp"]}\\n
     serving -> client   OK <mac hex>\\n            (a connector opened the channel)
                         NO <mac hex> <reason>\\n   (none could; the client tries elsewhere)
 
 then raw bytes both ways, half-close and back-pressure included (TCP's own).
+
+A request with ``"kind": "udp"`` asks for a stage's UDP endpoint instead: after
+``OK`` the connection carries the same gob stream of ``udpPacket{Src,
+Payload}`` a connector's UDP channel carries (:mod:`qanat.wire.gob`, each
+message length-prefixed and bounded by the UDP payload limit), for all the
+client node's flows to that port. ``kind`` is covered by the MAC; a request
+without it is a TCP one (and signed as before).
 
 ``mac`` is HMAC-SHA256 with the cluster secret over the request's fields
 (client side), and over ``OK|<nonce>`` or ``NO|<nonce>|<reason>`` (serving
@@ -37,6 +45,8 @@ MAGIC = b"QLINK1 "
 MAX_LINE = 4096
 #: How far a request's clock may be from the serving node's, either way.
 WINDOW_S = 30.0
+#: What a link connection can carry.
+KINDS = ("tcp", "udp")
 #: Shortest cluster secret accepted.
 MIN_SECRET_BYTES = 16
 
@@ -54,6 +64,7 @@ class LinkRequest:
     port: int
     nonce: str
     time_ms: int
+    kind: str = "tcp"
 
 
 def new_nonce() -> str:
@@ -64,22 +75,34 @@ def _mac(secret: bytes, *parts: str) -> str:
     return hmac.new(secret, "|".join(parts).encode(), hashlib.sha256).hexdigest()
 
 
-def _request_mac(secret: bytes, time_ms: int, nonce: str, node: str, stage: str, port: int) -> str:
-    return _mac(secret, "QLINK1", str(time_ms), nonce, node, stage, str(port))
+def _request_mac(
+    secret: bytes, time_ms: int, nonce: str, node: str, stage: str, port: int, kind: str
+) -> str:
+    extra = () if kind == "tcp" else (kind,)
+    return _mac(secret, "QLINK1", str(time_ms), nonce, node, stage, str(port), *extra)
 
 
 def request_line(
-    secret: bytes, *, node: str, stage: str, port: int, now_ms: int, nonce: str
+    secret: bytes,
+    *,
+    node: str,
+    stage: str,
+    port: int,
+    now_ms: int,
+    nonce: str,
+    kind: str = "tcp",
 ) -> bytes:
     """The client's first line."""
-    body = {
+    body: dict[str, object] = {
         "t": now_ms,
         "n": nonce,
         "from": node,
         "stage": stage,
         "port": port,
-        "mac": _request_mac(secret, now_ms, nonce, node, stage, port),
+        "mac": _request_mac(secret, now_ms, nonce, node, stage, port, kind),
     }
+    if kind != "tcp":
+        body["kind"] = kind
     return MAGIC + json.dumps(body, separators=(",", ":")).encode() + b"\n"
 
 
@@ -95,10 +118,12 @@ def parse_request(line: bytes, secret: bytes, now_ms: int, seen: NonceCache) -> 
         body = json.loads(line[len(MAGIC) :])
         time_ms, nonce = int(body["t"]), str(body["n"])
         node, stage, port = str(body["from"]), str(body["stage"]), int(body["port"])
-        mac = str(body["mac"])
-    except (ValueError, KeyError, TypeError):
+        mac, kind = str(body["mac"]), str(body.get("kind", "tcp"))
+    except (ValueError, KeyError, TypeError, AttributeError):
         raise LinkRefused("malformed node link request") from None
-    if not hmac.compare_digest(mac, _request_mac(secret, time_ms, nonce, node, stage, port)):
+    if kind not in KINDS:
+        raise LinkRefused(f"node link request for unknown kind {kind[:20]!r}")
+    if not hmac.compare_digest(mac, _request_mac(secret, time_ms, nonce, node, stage, port, kind)):
         raise LinkRefused("node link request not signed with this cluster's secret")
     if abs(now_ms - time_ms) > WINDOW_S * 1000:
         raise LinkRefused(
@@ -107,7 +132,7 @@ def parse_request(line: bytes, secret: bytes, now_ms: int, seen: NonceCache) -> 
         )
     if not seen.add(nonce, now_ms):
         raise LinkRefused(f"node link request from {node} replayed")
-    return LinkRequest(node, stage, port, nonce, time_ms)
+    return LinkRequest(node, stage, port, nonce, time_ms, kind)
 
 
 def reply_line(secret: bytes, nonce: str, reason: str | None) -> bytes:

@@ -27,6 +27,7 @@ node can take it.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ from qanat.cluster.presence import DEFAULT_TTL_S, Holding, Presence
 from qanat.errors import ConfigError
 from qanat.gateway.ports import AppConnection, TcpPort, is_remote
 from qanat.gateway.stages import StageConfig, StageEvent
+from qanat.gateway.udp import RelayedFlows, UdpPort
 from qanat.runtime import TaskOwner
 from qanat.store.stagesource import DatabaseStageSource
 from qanat.wire.remotes import decode_remote
@@ -128,8 +130,9 @@ class ClusterNode:
         self.link = LinkServer(settings.secret, self._relay)
         self.link_address = ""
         self.draining = False
-        self._remote: dict[tuple[str, int, str], RemoteTunnel] = {}
+        self._remote: dict[tuple[str, int, str, str], RemoteTunnel] = {}
         self._sync_wanted = asyncio.Event()
+        self._udp_links = itertools.count(1)
         self._tasks = TaskOwner("cluster node")
 
     @property
@@ -216,13 +219,19 @@ class ClusterNode:
     def _publish_local(self) -> None:
         holdings = []
         for endpoint in self.gateway.ports.open.values():
-            if endpoint.proto != "tcp":
-                continue  # UDP is served by the node holding its connector only
             local = [m for m in endpoint.pool.members if not is_remote(m)]
             if not local:
                 continue
             tunnel = cast("Tunnel", local[0].tunnel)
-            remote = next((r for r in tunnel.remotes if r.local_port == str(endpoint.port)), None)
+            remote = next(
+                (
+                    r
+                    for r in tunnel.remotes
+                    if r.local_port == str(endpoint.port)
+                    and ("udp" if r.remote_proto == "udp" else "tcp") == endpoint.proto
+                ),
+                None,
+            )
             if remote is None:
                 continue
             holdings.append(
@@ -263,10 +272,10 @@ class ClusterNode:
 
     async def _sync(self) -> None:
         stages = self._stage_by_key()
-        wanted: dict[tuple[str, int, str], Holding] = {}
+        wanted: dict[tuple[str, int, str, str], Holding] = {}
         for holding in self.presence.remote():
             if holding.stage in stages:
-                wanted[(holding.stage, holding.port, holding.node)] = holding
+                wanted[(holding.stage, holding.port, holding.proto, holding.node)] = holding
         for key in [k for k in self._remote if k not in wanted]:
             self._drop(key)
         for key, holding in wanted.items():
@@ -285,10 +294,13 @@ class ClusterNode:
         except Exception:
             log.warning("node %s announced an unreadable remote %r", holding.node, holding.remote)
             return
-        if remote.remote_proto == "udp":
-            return  # UDP is not carried between nodes (docs/cluster.md)
         dialer = LinkDialer(
-            self.settings.secret, self.settings.node, holding.link_address, stage.key, holding.port
+            self.settings.secret,
+            self.settings.node,
+            holding.link_address,
+            stage.key,
+            holding.port,
+            kind=remote.remote_proto,
         )
         tunnel = RemoteTunnel(holding.node, holding.link_address, dialer)
         tunnel.draining = holding.draining
@@ -303,7 +315,7 @@ class ClusterNode:
                 problem,
             )
             return
-        self._remote[(stage.key, holding.port, holding.node)] = tunnel
+        self._remote[(stage.key, holding.port, holding.proto, holding.node)] = tunnel
         log.info(
             "stage %s: port %d also served by node %s (%d connector(s))",
             stage.key,
@@ -312,10 +324,11 @@ class ClusterNode:
             holding.connectors,
         )
 
-    def _drop(self, key: tuple[str, int, str]) -> None:
+    def _drop(self, key: tuple[str, int, str, str]) -> None:
         tunnel = self._remote.pop(key, None)
         if tunnel is not None:
             tunnel.closed = True
+            tunnel.tasks.cancel()
             self.gateway.ports.unbind(tunnel)  # type: ignore[arg-type]
 
     # -- the node link, serving side -------------------------------------------
@@ -323,6 +336,9 @@ class ClusterNode:
     def _relay(
         self, request: linkwire.LinkRequest, transport: asyncio.Transport, rest: bytes
     ) -> None:
+        if request.kind == "udp":
+            self._relay_udp(request, transport, rest)
+            return
         stage = self._stage_by_key().get(request.stage)
         endpoint: TcpPort | None = None
         if stage is not None:
@@ -343,6 +359,31 @@ class ClusterNode:
         app.connection_made(transport)
         if rest:
             app.early.append(rest)
+
+    def _relay_udp(
+        self, request: linkwire.LinkRequest, transport: asyncio.Transport, rest: bytes
+    ) -> None:
+        stage = self._stage_by_key().get(request.stage)
+        endpoint: UdpPort | None = None
+        if stage is not None:
+            found = self.gateway.ports.open.get((stage.bind_host, request.port, "udp"))
+            endpoint = found if isinstance(found, UdpPort) else None
+        if (
+            endpoint is None
+            or endpoint.stage_key != request.stage
+            or not any(not is_remote(m) for m in endpoint.pool.members)
+        ):
+            reason = (
+                f"node {self.settings.node} has no connector for {request.stage}:{request.port}/udp"
+            )
+            self.link.answer(transport, request.nonce, reason)
+            return
+        self.link.answer(transport, request.nonce, None)
+        flows = RelayedFlows(endpoint, f"{request.node}#{next(self._udp_links)}")
+        transport.set_protocol(flows)
+        flows.connection_made(transport)
+        if rest:
+            flows.data_received(rest)
 
     # -- drain -------------------------------------------------------------------
 

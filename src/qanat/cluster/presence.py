@@ -3,7 +3,7 @@
 Each node writes one entry per (stage, port) it serves with at least one
 connector into the JetStream key-value bucket ``qanat-presence``::
 
-    key    <node>.<stage hash>.<port>
+    key    <node>.<stage hash>.<port>[u]     (u: a UDP endpoint)
     value  {"node", "link": "host:port", "stage", "port", "remote": "<remote text>",
             "connectors": n, "draining": bool}
 
@@ -57,8 +57,13 @@ class Holding:
     draining: bool = False
 
     @property
+    def proto(self) -> str:
+        """``udp`` for a UDP endpoint (its remote ends in ``/udp``), else ``tcp``."""
+        return "udp" if self.remote.endswith("/udp") else "tcp"
+
+    @property
     def key(self) -> str:
-        return holding_key(self.node, self.stage, self.port)
+        return holding_key(self.node, self.stage, self.port, self.proto)
 
     @property
     def link_address(self) -> tuple[str, int]:
@@ -92,8 +97,10 @@ def node_token(node: str) -> str:
     return re.sub(r"[^-_=a-zA-Z0-9]", "_", node) or "_"
 
 
-def holding_key(node: str, stage: str, port: int) -> str:
-    return f"{node_token(node)}.{hashlib.sha256(stage.encode()).hexdigest()[:16]}.{port}"
+def holding_key(node: str, stage: str, port: int, proto: str = "tcp") -> str:
+    """``<node>.<stage hash>.<port>``, with ``u`` after the port for UDP."""
+    suffix = "u" if proto == "udp" else ""
+    return f"{node_token(node)}.{hashlib.sha256(stage.encode()).hexdigest()[:16]}.{port}{suffix}"
 
 
 class Presence:

@@ -26,6 +26,17 @@ datagrams, and a full channel window drops datagrams rather than queueing.
 A tunnel whose connector refused the channel is not asked again for
 ``udp_reopen_delay_s``. Nothing here raises into the event loop.
 
+Across gateway nodes (:mod:`qanat.cluster`): another node holding
+connectors for the port is a pool member like a tunnel (a
+``RemoteTunnel``); its "channel" is one node link connection of kind
+``udp`` carrying the same gob stream for all this node's flows to it. On
+the serving node that connection is a :class:`RelayedFlows`: its packets
+become flows of the local endpoint (keyed by the link and the app's
+``Src``, so flows of different nodes and apps stay apart), subject to the
+same limits and idle expiry, and tried only on that node's *own* tunnels,
+so nothing loops. Answers go back over the link; a link whose socket is
+full drops them (counted), it never queues.
+
 UDP endpoints are bound, joined and closed by the same
 :class:`~qanat.gateway.ports.PortTable` path as TCP ones (so two connectors
 declaring one UDP port at once join one socket), and a new flow picks its
@@ -60,11 +71,13 @@ def format_src(addr: Any) -> str:
 
 
 class _Flow:
-    __slots__ = ("addr", "last_active", "member", "src", "tunnel")
+    __slots__ = ("addr", "last_active", "member", "sink", "src", "tunnel")
 
-    def __init__(self, src: str, addr: Any, member: Member) -> None:
+    def __init__(self, src: str, addr: Any, member: Member, sink: RelayedFlows | None) -> None:
         self.src = src
+        # The app's address (local flow), or its Src on the node that relays it.
         self.addr = addr
+        self.sink = sink
         self.member = member
         self.tunnel = cast("Tunnel", member.tunnel)
         self.last_active = time.monotonic()
@@ -187,6 +200,70 @@ class UdpChannel:
         self.paused = False
 
 
+class RelayedFlows(asyncio.Protocol):
+    """Serving side of a ``udp`` node link connection: another node's flows.
+
+    Reads the gob stream of ``udpPacket{Src, Payload}`` the other node's
+    :class:`UdpChannel` writes and hands each packet to the endpoint; writes
+    answers back the same way, dropping them while the socket is full.
+    """
+
+    def __init__(self, endpoint: UdpPort, name: str) -> None:
+        self.endpoint = endpoint
+        self.name = name
+        self.transport: asyncio.Transport | None = None
+        self.paused = False
+        settings = endpoint.ctx.settings
+        self._encoder = GobEncoder(max_payload_bytes=settings.udp_max_payload_bytes)
+        self._decoder = GobDecoder(max_payload_bytes=settings.udp_max_payload_bytes)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self.endpoint.links.add(self)
+        self.transport.resume_reading()
+
+    def data_received(self, data: bytes) -> None:
+        if self.transport is None:
+            return
+        try:
+            packets = self._decoder.feed(data)
+        except GobError as exc:
+            self.endpoint.log.warning(
+                "%s broke the UDP link's gob stream (%s); closing it", self.name, exc
+            )
+            self.close()
+            return
+        for packet in packets:
+            self.endpoint.relayed_datagram(self, packet)
+
+    def answer(self, src: str, payload: bytes) -> bool:
+        """Send one answer back; False when it was dropped."""
+        if self.transport is None or self.transport.is_closing() or self.paused:
+            return False
+        try:
+            self.transport.write(self._encoder.encode(UdpPacket(src, payload)))
+        except LocalProtocolError:
+            return False
+        return True
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self.endpoint.link_lost(self)
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+
+
 class UdpPort(GatewayPort, asyncio.DatagramProtocol):
     """One UDP ``secure-gateway:<port>`` of one stage."""
 
@@ -197,6 +274,7 @@ class UdpPort(GatewayPort, asyncio.DatagramProtocol):
         self.flows: dict[str, _Flow] = {}
         self.channels: dict[int, UdpChannel] = {}
         self.refused_until: dict[int, float] = {}
+        self.links: set[RelayedFlows] = set()
         self.transport: asyncio.DatagramTransport | None = None
         self._timer: asyncio.TimerHandle | None = None
         self.packets_in = 0
@@ -205,6 +283,7 @@ class UdpPort(GatewayPort, asyncio.DatagramProtocol):
         self.refused_flows = 0
         self.oversized = 0
         self.unknown_answers = 0
+        self.no_tunnel = 0
         # Dropped datagrams: counted always, logged at most 10 per 10 s per reason.
         self._drops = Throttle(burst=10, window_s=10.0)
 
@@ -219,6 +298,9 @@ class UdpPort(GatewayPort, asyncio.DatagramProtocol):
         for channel in list(self.channels.values()):
             channel.close()
         self.channels.clear()
+        for link in list(self.links):
+            link.close()
+        self.links.clear()
         self.flows.clear()
         if self.transport is not None:
             self.transport.close()
@@ -259,14 +341,32 @@ class UdpPort(GatewayPort, asyncio.DatagramProtocol):
             flow = self._new_flow(src, addr)
             if flow is None:
                 return
+        self._forward(flow, data)
+
+    def relayed_datagram(self, link: RelayedFlows, packet: UdpPacket) -> None:
+        """A datagram another node relays (its own allowlist admitted the app)."""
+        src = f"{link.name}|{packet.src}"
+        flow = self.flows.get(src)
+        if flow is None:
+            flow = self._new_flow(src, packet.src, sink=link)
+            if flow is None:
+                return
+        self._forward(flow, packet.payload)
+
+    def _forward(self, flow: _Flow, data: bytes) -> None:
         flow.last_active = time.monotonic()
         channel = self._channel_for(flow.member)
-        if channel is not None and channel.send(UdpPacket(src, data)):
+        if channel is not None and channel.send(UdpPacket(flow.src, data)):
             self.packets_in += 1
         else:
             self.dropped += 1
 
-    def _new_flow(self, src: str, addr: Any) -> _Flow | None:
+    def link_lost(self, link: RelayedFlows) -> None:
+        self.links.discard(link)
+        for src in [s for s, f in self.flows.items() if f.sink is link]:
+            del self.flows[src]
+
+    def _new_flow(self, src: str, addr: Any, sink: RelayedFlows | None = None) -> _Flow | None:
         settings = self.ctx.settings
         if len(self.flows) >= settings.udp_max_flows:
             self.refused_flows += 1
@@ -283,22 +383,35 @@ class UdpPort(GatewayPort, asyncio.DatagramProtocol):
                     held_back(held),
                 )
             return None
-        member = self._pick()
+        member = self._pick(local_only=sink is not None)
         if member is None:
             self.dropped += 1
+            self.no_tunnel += 1
+            held = self._drops.allow("no tunnel")
+            if held is not None:
+                self.log.warning(
+                    "dropped a datagram from %s: no connector%s can take it (%d dropped so far)%s",
+                    addr,
+                    " of this node" if sink is not None else "",
+                    self.no_tunnel,
+                    held_back(held),
+                )
             return None
-        flow = _Flow(src, addr, member)
+        flow = _Flow(src, addr, member, sink)
         self.flows[src] = flow
         if self._timer is None:
             self._arm_sweep()
         return flow
 
-    def _pick(self) -> Member | None:
-        """The pool's order (balance, health, draining last), skipping tunnels
-        that just refused the channel."""
+    def _pick(self, *, local_only: bool = False) -> Member | None:
+        """The pool's order (balance, health, draining last, this node's
+        tunnels first), skipping tunnels that just refused the channel, and
+        other nodes for a flow another node relays."""
         now = time.monotonic()
         for member in self.pool.order(now):
             tunnel = cast("Tunnel", member.tunnel)
+            if local_only and getattr(tunnel, "remote", False):
+                continue
             if tunnel.serving and self.refused_until.get(tunnel.id, 0.0) <= now:
                 return member
         return None
@@ -326,7 +439,12 @@ class UdpPort(GatewayPort, asyncio.DatagramProtocol):
             self.log.debug("dropped an answer for unknown flow %r", packet.src[:100])
             return
         flow.last_active = time.monotonic()
-        self.transport.sendto(packet.payload, flow.addr)
+        if flow.sink is not None:
+            if not flow.sink.answer(flow.addr, packet.payload):
+                self.dropped += 1
+                return
+        else:
+            self.transport.sendto(packet.payload, flow.addr)
         self.packets_out += 1
 
     def channel_failed(self, channel: UdpChannel, reason: str) -> None:
@@ -341,6 +459,8 @@ class UdpPort(GatewayPort, asyncio.DatagramProtocol):
         )
         self.refused_until[tunnel.id] = time.monotonic() + delay
         channel.closed = True
+        self.dropped += len(channel.pending)  # held while it was opening: lost
+        channel.pending.clear()
         self._forget(channel)
 
     def channel_lost(self, channel: UdpChannel) -> None:
