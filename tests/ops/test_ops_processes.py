@@ -132,7 +132,7 @@ def test_full_run_logs_context_and_never_a_secret(tmp_path: Path) -> None:
                     "--stage-file",
                     str(stage_file),
                     "--keepalive",
-                    "200ms",
+                    "1s",
                 ],
                 "gateway.log",
             )
@@ -146,7 +146,7 @@ def test_full_run_logs_context_and_never_a_secret(tmp_path: Path) -> None:
                     "connect",
                     "-vvv",
                     "--keepalive",
-                    "200ms",
+                    "1s",
                     "--metrics",
                     f"127.0.0.1:{metrics_port}",
                     "--header",
