@@ -19,7 +19,7 @@ import socket
 import socketserver
 import threading
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Self
 
 from support.timing import scaled
 
@@ -135,18 +135,18 @@ class _HttpHandler(http.server.BaseHTTPRequestHandler):
         pass
 
 
-class HttpEndpoint(http.server.ThreadingHTTPServer):
-    daemon_threads = True
+class _ServedInThread(socketserver.BaseServer):
+    """Serves in a thread of its own while entered; a context manager."""
 
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _HttpHandler)
-        self._thread = threading.Thread(target=self.serve_forever, daemon=True)
+    daemon_threads = True
+    _thread: threading.Thread
 
     @property
     def port(self) -> int:
         return int(self.server_address[1])
 
-    def __enter__(self) -> HttpEndpoint:
+    def __enter__(self) -> Self:
+        self._thread = threading.Thread(target=self.serve_forever, daemon=True)
         self._thread.start()
         return self
 
@@ -156,27 +156,18 @@ class HttpEndpoint(http.server.ThreadingHTTPServer):
         self._thread.join(scaled(5))
 
 
-class UdpEchoEndpoint(socketserver.ThreadingUDPServer):
+class HttpEndpoint(_ServedInThread, http.server.ThreadingHTTPServer):
+    """Answers every GET with a fixed body; a context manager."""
+
+    def __init__(self) -> None:
+        http.server.ThreadingHTTPServer.__init__(self, ("127.0.0.1", 0), _HttpHandler)
+
+
+class UdpEchoEndpoint(_ServedInThread, socketserver.ThreadingUDPServer):
     """Echoes every datagram to its sender, prefixed with ``echo:``; a context manager."""
 
-    daemon_threads = True
-
     def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _UdpEchoHandler)
-        self._thread = threading.Thread(target=self.serve_forever, daemon=True)
-
-    @property
-    def port(self) -> int:
-        return int(self.server_address[1])
-
-    def __enter__(self) -> UdpEchoEndpoint:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.shutdown()
-        self.server_close()
-        self._thread.join(scaled(5))
+        socketserver.ThreadingUDPServer.__init__(self, ("127.0.0.1", 0), _UdpEchoHandler)
 
 
 class _UdpEchoHandler(socketserver.BaseRequestHandler):

@@ -31,7 +31,7 @@ import itertools
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Literal, TypeVar, cast
 
 from qanat.cluster import linkwire
 from qanat.cluster.control import ControlFollower
@@ -51,6 +51,9 @@ if TYPE_CHECKING:
     from qanat.gateway.tunnel import Tunnel
 
 log = logging.getLogger("qanat.cluster.node")
+
+# TcpPort or UdpPort: the kind of port a relayed request asks for.
+_PortT = TypeVar("_PortT", TcpPort, UdpPort)
 
 
 @dataclass(frozen=True, slots=True)
@@ -333,26 +336,46 @@ class ClusterNode:
 
     # -- the node link, serving side -------------------------------------------
 
+    def _serving_port(
+        self,
+        request: linkwire.LinkRequest,
+        transport: asyncio.Transport,
+        kind: type[_PortT],
+        protocol: Literal["tcp", "udp"],
+    ) -> _PortT | None:
+        """The port a relayed request is for, if a connector of this node serves it.
+
+        Otherwise the request is answered with the reason and None returned;
+        a relayed request is never passed on to a third node.
+        """
+        stage = self._stage_by_key().get(request.stage)
+        found = (
+            None
+            if stage is None
+            else self.gateway.ports.open.get((stage.bind_host, request.port, protocol))
+        )
+        if (
+            not isinstance(found, kind)
+            or found.stage_key != request.stage
+            or not any(not is_remote(m) for m in found.pool.members)
+        ):
+            suffix = "/udp" if protocol == "udp" else ""
+            reason = (
+                f"node {self.settings.node} has no connector for "
+                f"{request.stage}:{request.port}{suffix}"
+            )
+            self.link.answer(transport, request.nonce, reason)
+            return None
+        return found
+
     def _relay(
         self, request: linkwire.LinkRequest, transport: asyncio.Transport, rest: bytes
     ) -> None:
         if request.kind == "udp":
             self._relay_udp(request, transport, rest)
             return
-        stage = self._stage_by_key().get(request.stage)
-        endpoint: TcpPort | None = None
-        if stage is not None:
-            found = self.gateway.ports.open.get((stage.bind_host, request.port, "tcp"))
-            endpoint = found if isinstance(found, TcpPort) else None
-        if (
-            endpoint is None
-            or endpoint.stage_key != request.stage
-            or not any(not is_remote(m) for m in endpoint.pool.members)
-        ):
-            reason = (
-                f"node {self.settings.node} has no connector for {request.stage}:{request.port}"
-            )
-            self.link.answer(transport, request.nonce, reason)
+        endpoint = self._serving_port(request, transport, TcpPort, "tcp")
+        if endpoint is None:
             return
         app = AppConnection(endpoint, relay=_Relay(self.link, request.nonce))
         transport.set_protocol(app)
@@ -363,20 +386,8 @@ class ClusterNode:
     def _relay_udp(
         self, request: linkwire.LinkRequest, transport: asyncio.Transport, rest: bytes
     ) -> None:
-        stage = self._stage_by_key().get(request.stage)
-        endpoint: UdpPort | None = None
-        if stage is not None:
-            found = self.gateway.ports.open.get((stage.bind_host, request.port, "udp"))
-            endpoint = found if isinstance(found, UdpPort) else None
-        if (
-            endpoint is None
-            or endpoint.stage_key != request.stage
-            or not any(not is_remote(m) for m in endpoint.pool.members)
-        ):
-            reason = (
-                f"node {self.settings.node} has no connector for {request.stage}:{request.port}/udp"
-            )
-            self.link.answer(transport, request.nonce, reason)
+        endpoint = self._serving_port(request, transport, UdpPort, "udp")
+        if endpoint is None:
             return
         self.link.answer(transport, request.nonce, None)
         flows = RelayedFlows(endpoint, f"{request.node}#{next(self._udp_links)}")
