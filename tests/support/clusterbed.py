@@ -31,7 +31,7 @@ from support.haproxy import HaProxy, running_haproxy
 from support.natsserver import NatsServer, nats_server_binary
 from support.pgserver import PgServer, find_bindir
 from support.processes import ProcessGroup, QanatProcess
-from support.servers import free_port
+from support.servers import stable_port
 from support.timing import scaled, wait_until
 
 SECRET = "0123456789abcdef" * 4
@@ -101,9 +101,11 @@ class ClusterBed:
         self.nats.start()
         self.endpoint = self._stack.enter_context(EchoProcess(self.root / "echo.log"))
         self._stack.callback(self.group.close)
-        self.app_port = free_port()
+        # Nodes are restarted on the same ports: ports outside the ephemeral
+        # range, so that no outgoing connection takes one while a node is down.
+        self.app_port = stable_port()
         self.nodes = [
-            NodeProc(i, f"n{i}", free_port(), free_port(), f"127.0.1.{i + 1}")
+            NodeProc(i, f"n{i}", stable_port(), stable_port(), f"127.0.1.{i + 1}")
             for i in range(self.count)
         ]
         self.haproxy = self._stack.enter_context(

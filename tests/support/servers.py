@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -34,6 +36,37 @@ def free_port(host: str = "127.0.0.1", kind: int = socket.SOCK_STREAM) -> int:
     with socket.socket(family, kind) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        text = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text()
+        low, high = text.split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def stable_port(host: str = "127.0.0.1") -> int:
+    """A free TCP port outside the kernel's ephemeral range.
+
+    For a server that a test stops and starts again on the same port: while
+    it is down, a port from :func:`free_port` (an ephemeral one) can be taken
+    by any outgoing connection's source port, and the restart then fails
+    with "address already in use". Ports below the ephemeral range are never
+    handed out that way.
+    """
+    low, _high = _ephemeral_range()
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(20000, min(low, 32768))
+        with socket.socket() as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port between 20000 and the ephemeral range in 200 tries")
 
 
 def free_port_both(host: str = "127.0.0.1") -> int:
