@@ -1,6 +1,6 @@
-"""Flame graphs of qanat's gateway and connector during 64-byte round trips.
+"""Flame graphs of qanat's gateway and connector during round trips or connects.
 
-    .venv/bin/python bench/flame.py --out docs/flame [--qanat-bin PATH] [--seconds 8]
+    .venv/bin/python bench/flame.py --out docs/flame [--qanat-bin PATH] [--seconds 8] [--phase rtt|connect]
 
 Starts the bench endpoints and a qanat tunnel (as ``make bench`` does, over
 TLS on loopback), runs round trips through the echo for ``--seconds``, and
@@ -30,6 +30,12 @@ def main() -> int:
     parser.add_argument("--out", required=True, help="prefix of the two SVG files")
     parser.add_argument("--qanat-bin", default=None)
     parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument(
+        "--phase",
+        choices=("rtt", "connect"),
+        default="rtt",
+        help="what the load is: 64-byte round trips on one connection, or connect + first round trip",
+    )
     parser.add_argument(
         "--format",
         default="flamegraph",
@@ -73,14 +79,15 @@ def main() -> int:
             ]
             time.sleep(0.5)  # let py-spy attach before the measured loop starts
             try:
-                samples = loadgen.measure_rtt(
+                measure = loadgen.measure_rtt if args.phase == "rtt" else loadgen.measure_connect
+                samples = measure(
                     path.host, path.echo_port, count=10**6, warmup=100, limit_s=args.seconds
                 )
             except loadgen.PhaseTimeout as exc:  # the expected end: time is up
                 samples = [0] * int(str(exc).split()[1])
             for rec in recorders:
                 rec.wait(timeout=args.seconds + 30)
-            print(f"{len(samples)} round trips in {args.seconds:g}s; SVGs at {args.out}-*.svg")
+            print(f"{len(samples)} {args.phase} samples in {args.seconds:g}s; SVGs at {args.out}-*.svg")
     finally:
         procs.stop_all()
         shutil.rmtree(workdir, ignore_errors=True)

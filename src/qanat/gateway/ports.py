@@ -31,7 +31,6 @@ import asyncio
 import errno
 import logging
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from qanat.errors import ChannelOpenFailed
@@ -215,19 +214,34 @@ class TcpPort(GatewayPort):
         )
 
 
-def _session_of(splice: Splice) -> Callable[[], Any]:
-    return lambda: splice.chan_end
-
-
 class _Attempt:
-    """One channel open for one app connection on one member."""
+    """One channel open for one app connection on one member.
 
-    __slots__ = ("hedge", "member", "splice", "started", "task", "token", "tunnel")
+    A local tunnel opens by callback (:meth:`qanat.net.ssh.SshTunnel.begin_open`):
+    the request is written at once and the outcome reaches
+    :meth:`AppConnection._settled` inside the read that brought it, so the
+    app's first bytes leave with that read's replies. Another node's link
+    (qanat.cluster) only has the coroutine ``open_channel``; it runs as a
+    task whose end reports the same way.
+    """
+
+    __slots__ = (
+        "conn",
+        "handle",
+        "hedge",
+        "member",
+        "splice",
+        "started",
+        "timer",
+        "token",
+        "tunnel",
+    )
 
     def __init__(
         self, conn: AppConnection, member: Member, now: float, hedge: bool = False
     ) -> None:
         ep = conn.endpoint
+        self.conn = conn
         self.hedge = hedge
         self.member = member
         self.tunnel = cast("Tunnel", member.tunnel)
@@ -236,12 +250,47 @@ class _Attempt:
         # A fresh splice per attempt: an abandoned attempt's channel may
         # still open later, and must not touch this app connection.
         self.splice = Splice(on_done=conn._splice_done)
-        timeout_s = ep.ctx.settings.channel_open_timeout_s
-        self.task: asyncio.Task[Any] = asyncio.ensure_future(
-            self.tunnel.ssh.open_channel(
-                member.extra, _session_of(self.splice), timeout_s=timeout_s
+        self.handle: Any = None
+        self.timer: asyncio.TimerHandle | None = None
+
+    def begin(self, timeout_s: float) -> None:
+        ssh = self.tunnel.ssh
+        chan_end = self.splice.chan_end
+        begin_open = getattr(ssh, "begin_open", None)
+        if begin_open is None:
+            task = asyncio.ensure_future(
+                ssh.open_channel(self.member.extra, lambda: chan_end, timeout_s=timeout_s)
             )
-        )
+            task.add_done_callback(self._task_done)
+            self.handle = task
+            return
+        try:
+            self.handle = begin_open(self.member.extra, lambda: chan_end, self._result)
+        except ChannelOpenFailed as exc:
+            # Refused before anything was sent: reported from the loop, as
+            # any other outcome, so the caller's state is settled first.
+            asyncio.get_running_loop().call_soon(self._result, None, exc)
+            return
+        self.timer = asyncio.get_running_loop().call_later(timeout_s, self._timed_out)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        if task.cancelled():
+            self._result(None, TimeoutError())
+        else:
+            exc = task.exception()
+            self._result(None if exc is not None else task.result(), exc)
+
+    def _timed_out(self) -> None:
+        self.timer = None
+        if self.handle is not None:
+            self.handle.abandon()
+        self._result(None, TimeoutError())
+
+    def _result(self, session: Any, exc: BaseException | None) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.conn._settled(self, exc)
 
 
 class RelayReply(Protocol):
@@ -260,8 +309,14 @@ def is_remote(member: Member) -> bool:
 class AppConnection(asyncio.Protocol):
     """An app connection on an endpoint, until its channel is open.
 
+    Callbacks only, no task: the first channel open is written from
+    ``connection_made``; each attempt's outcome arrives in :meth:`_settled`;
+    a hedge is a timer. Every member is tried at most once, so the attempts
+    are bounded by the pool size and each by the open timeout; at most two
+    run at once (the second one a hedge).
+
     Reading is paused until a connector has accepted the channel, so nothing
-    the app sends early is lost or buffered by us.
+    the app sends early is lost or buffered by us beyond one read.
 
     Cluster hook: with ``relay`` the connection came from another gateway
     node over the node link (the app's source was checked there); only
@@ -273,10 +328,19 @@ class AppConnection(asyncio.Protocol):
         self.endpoint = endpoint
         self.relay = relay
         self.transport: asyncio.Transport | None = None
-        self.task: asyncio.Task[None] | None = None
         self.lost = False
         self.early: list[bytes] = []
         self.eof = False
+        # Opening state (see _next, _settled, _hedge).
+        self.finished = False  # won, failed or given up: open_connections is settled
+        self.started = 0.0
+        self.queue: list[Member] = []
+        self.running: list[_Attempt] = []
+        self.reasons: list[str] = []
+        self.tried = 0
+        self.hedged = False
+        self.hedge_ok = True  # until the next candidate turned out not to be healthy
+        self.hedge_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, base: asyncio.BaseTransport) -> None:
         ep = self.endpoint
@@ -292,105 +356,114 @@ class AppConnection(asyncio.Protocol):
         transport.pause_reading()
         ep.open_connections += 1
         ep.connections_total += 1
-        self.task = ep.ctx.tasks.spawn(self._open(), name=f"open-{ep.port}")
+        self.started = time.perf_counter()
+        relay = self.relay
+        self.queue = [
+            m
+            for m in ep.pool.order(time.monotonic())
+            if cast("Tunnel", m.tunnel).serving and (relay is None or not is_remote(m))
+        ]
+        self._next()
 
-    async def _open(self) -> None:
-        # Every member is tried at most once, so this loop is bounded by the
-        # pool size, and each try by the open timeout; at most two tries run
-        # at once (the second one a hedge).
+    # -- trying members ------------------------------------------------------------
+
+    def _next(self) -> None:
+        """Try the next serving member; fail the connection when none is left."""
         ep = self.endpoint
-        pool = ep.pool
+        while self.queue:
+            member = self.queue.pop(0)
+            if not cast("Tunnel", member.tunnel).serving:
+                continue
+            if self.tried:
+                ep.connections_retried += 1
+            self.tried += 1
+            self._start(member, hedge=False)
+            self._arm_hedge()
+            return
+        if not self.running:
+            self._fail()
+
+    def _start(self, member: Member, hedge: bool) -> None:
+        attempt = _Attempt(self, member, time.monotonic(), hedge=hedge)
+        self.running.append(attempt)
+        attempt.begin(self.endpoint.ctx.settings.channel_open_timeout_s)
+
+    def _arm_hedge(self) -> None:
+        """With one open running and another member waiting, ask that one too
+        once the first is slower than the learned bound (qanat.gateway.hedge)."""
+        settings = self.endpoint.ctx.settings
+        if self.hedge_timer is not None:
+            self.hedge_timer.cancel()
+            self.hedge_timer = None
+        if not (self.queue and len(self.running) == 1 and settings.hedge.enabled and self.hedge_ok):
+            return
+        first = self.running[0]
+        bound = hedge_after_s(self.endpoint.open_times.p90(), settings.hedge)
+        wait_s = max(0.0, first.started + bound - time.monotonic())
+        self.hedge_timer = asyncio.get_running_loop().call_later(wait_s, self._hedge)
+
+    def _hedge(self) -> None:
+        # The first connector is slow: ask the next one as well, unless it is
+        # cooling down or draining (those stay a last resort, tried in turn).
+        self.hedge_timer = None
+        if self.finished or not self.queue:
+            return
+        ep = self.endpoint
+        member = self.queue.pop(0)
+        if member.health(time.monotonic(), ep.pool.policy) in (Health.COOLING, Health.DRAINING):
+            self.queue.insert(0, member)
+            self.hedge_ok = False
+            return
+        if cast("Tunnel", member.tunnel).serving:
+            self.hedged = True
+            ep.connections_retried += 1
+            self._start(member, hedge=True)
+        else:
+            self._arm_hedge()
+
+    def _settled(self, attempt: _Attempt, exc: BaseException | None) -> None:
+        """One attempt ended: the first to open wins, the others are closed."""
+        if attempt in self.running:
+            self.running.remove(attempt)
+        reason = self._outcome(attempt, exc)
+        if reason is None:
+            if self.finished:
+                self._discard(attempt)  # another won first, or the app left
+            else:
+                self._win(attempt)
+            return
+        if self.finished:
+            return
+        self.reasons.append(f"tunnel {attempt.tunnel.id}: {reason}")
+        if self.running:
+            self._arm_hedge()  # the hedge goes on alone; the next may hedge it
+        else:
+            self._next()
+
+    def _win(self, attempt: _Attempt) -> None:
+        ep = self.endpoint
+        self._finish()
+        if self.hedged:
+            ep.ctx.events.hedged(ep.stage_key, str(ep.port), "second" if attempt.hedge else "first")
+        splice = attempt.splice
+        splice.owner = attempt.member
+        attempt.tunnel.track(splice)
+        ep.ctx.events.channel_opened(ep.stage_key, str(ep.port), time.perf_counter() - self.started)
         transport = self.transport
         assert transport is not None
-        settings = ep.ctx.settings
-        timeout_s = settings.channel_open_timeout_s
-        started = time.perf_counter()
-        reasons: list[str] = []
-        queue = [
-            m
-            for m in pool.order(time.monotonic())
-            if cast("Tunnel", m.tunnel).serving and (self.relay is None or not is_remote(m))
-        ]
-        running: dict[asyncio.Task[Any], _Attempt] = {}
-        winner: _Attempt | None = None
-        hedged = False
-        hedge_ok = True  # until the next candidate turned out not to be healthy
-        tried = 0
-        try:
-            while not self.lost and (queue or running):
-                if not running:
-                    member = queue.pop(0)
-                    if not cast("Tunnel", member.tunnel).serving:
-                        continue
-                    if tried:
-                        ep.connections_retried += 1
-                    tried += 1
-                    attempt = _Attempt(self, member, time.monotonic())
-                    running[attempt.task] = attempt
-                wait_s: float | None = None
-                if queue and len(running) == 1 and settings.hedge.enabled and hedge_ok:
-                    first = next(iter(running.values()))
-                    bound = hedge_after_s(ep.open_times.p90(), settings.hedge)
-                    wait_s = max(0.0, first.started + bound - time.monotonic())
-                done, _ = await asyncio.wait(
-                    running, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED
-                )
-                if not done:
-                    # The first connector is slow: ask the next one as well, unless
-                    # it is cooling down or draining (those stay a last resort,
-                    # tried in turn).
-                    member = queue.pop(0)
-                    now = time.monotonic()
-                    if member.health(now, pool.policy) in (Health.COOLING, Health.DRAINING):
-                        queue.insert(0, member)
-                        hedge_ok = False
-                        continue
-                    if cast("Tunnel", member.tunnel).serving:
-                        hedged = True
-                        ep.connections_retried += 1
-                        attempt = _Attempt(self, member, time.monotonic(), hedge=True)
-                        running[attempt.task] = attempt
-                    continue
-                for task in done:
-                    attempt = running.pop(task)
-                    reason = self._outcome(attempt, timeout_s)
-                    if reason is None:
-                        if winner is None:
-                            winner = attempt
-                        else:
-                            self._discard(attempt)
-                    else:
-                        reasons.append(f"tunnel {attempt.tunnel.id}: {reason}")
-                if winner is not None:
-                    break
-        finally:
-            # Losers finish on their own (each bounded by the open timeout);
-            # one that opens later is closed without touching this app.
-            for attempt in running.values():
-                ep.ctx.tasks.spawn(
-                    self._settle_loser(attempt, timeout_s), name=f"hedge-loser-{ep.port}"
-                )
-        if hedged and winner is not None:
-            ep.ctx.events.hedged(ep.stage_key, str(ep.port), "second" if winner.hedge else "first")
-        if winner is not None:
-            splice = winner.splice
-            member = winner.member
-            splice.owner = member
-            winner.tunnel.track(splice)
-            if self.lost:
-                splice.close()
-                return
-            ep.ctx.events.channel_opened(ep.stage_key, str(ep.port), time.perf_counter() - started)
-            if self.relay is not None:
-                self.relay.opened(transport)
-            splice.attach_tcp(transport, self.early, self.eof)
-            return
+        if self.relay is not None:
+            self.relay.opened(transport)
+        splice.attach_tcp(transport, self.early, self.eof)
+
+    def _fail(self) -> None:
+        ep = self.endpoint
+        self._finish()
         ep.open_connections -= 1
-        if self.lost:
-            return
         ep.connections_failed += 1
+        transport = self.transport
+        assert transport is not None
         source = str((transport.get_extra_info("peername") or ("?",))[0])
-        reason = "; ".join(reasons) or "no connector serves this port"
+        reason = "; ".join(self.reasons) or "no connector serves this port"
         ep.log.warning("app connection from %s failed: %s", source, reason)
         ep.recent_failures.add("channel", source, reason)
         if self.relay is not None:
@@ -398,13 +471,17 @@ class AppConnection(asyncio.Protocol):
             return
         tcpclose.close_after_refusal(transport)  # FIN: closed without data
 
-    def _outcome(self, attempt: _Attempt, timeout_s: float) -> str | None:
+    def _finish(self) -> None:
+        self.finished = True
+        if self.hedge_timer is not None:
+            self.hedge_timer.cancel()
+            self.hedge_timer = None
+
+    def _outcome(self, attempt: _Attempt, exc: BaseException | None) -> str | None:
         """Book one finished attempt in the pool; None when its channel opened."""
         ep = self.endpoint
         pool = ep.pool
         member, tunnel, token = attempt.member, attempt.tunnel, attempt.token
-        task = attempt.task
-        exc = task.exception() if not task.cancelled() else TimeoutError()
         if exc is None:
             now = time.monotonic()
             ep.open_times.add(now - attempt.started)
@@ -417,7 +494,7 @@ class AppConnection(asyncio.Protocol):
             return None
         if isinstance(exc, (ChannelOpenFailed, TimeoutError)):
             if isinstance(exc, TimeoutError):
-                reason = f"no answer within {timeout_s:g}s"
+                reason = f"no answer within {ep.ctx.settings.channel_open_timeout_s:g}s"
             else:
                 reason = exc.reason or str(exc)
             if not tunnel.serving:
@@ -448,16 +525,6 @@ class AppConnection(asyncio.Protocol):
         member.total -= 1
         attempt.splice.close()
 
-    async def _settle_loser(self, attempt: _Attempt, timeout_s: float) -> None:
-        try:
-            await asyncio.wait([attempt.task])
-        except asyncio.CancelledError:  # the gateway is closing
-            attempt.task.cancel()
-            self.endpoint.pool.abandoned(attempt.member, attempt.token)
-            raise
-        if self._outcome(attempt, timeout_s) is None:
-            self._discard(attempt)
-
     def _splice_done(self, splice: Splice) -> None:
         member = splice.owner
         if not isinstance(member, Member):
@@ -480,8 +547,13 @@ class AppConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         # Only reached while the channel is still opening: afterwards the
-        # splice owns the transport.
+        # splice owns the transport. Attempts still running finish on their
+        # own (each bounded by the open timeout); one that opens later is
+        # closed without touching this app.
         self.lost = True
+        if self.started and not self.finished:
+            self.endpoint.open_connections -= 1
+            self._finish()
 
 
 class PortTable:

@@ -297,7 +297,8 @@ class _SshProtocol(asyncio.Protocol):
         self.ready: asyncio.Future[None] = self.loop.create_future()
         self.closed: asyncio.Future[None] = self.loop.create_future()
         self.channels: dict[int, _Channel] = {}
-        self.opening: dict[int, tuple[asyncio.Future[Any], Callable[[], Any]]] = {}
+        # Channels we asked for: (called with the outcome, session factory).
+        self.opening: dict[int, tuple[OpenCallback, Callable[[], Any]]] = {}
         self.replies: deque[asyncio.Future[tuple[bool, bytes]]] = deque()
         self.tasks = TaskOwner("ssh")
         self.error: BaseException | None = None
@@ -391,11 +392,12 @@ class _SshProtocol(asyncio.Protocol):
             if not fut.done():
                 fut.set_exception(TunnelError(f"SSH connection lost: {error}"))
         opening, self.opening = self.opening, {}
-        for fut, _ in opening.values():
-            if not fut.done():
-                fut.set_exception(
-                    ChannelOpenFailed(f"channel failed: {error}", reason=str(error), code=0)
-                )
+        for on_done, _ in opening.values():
+            _report(
+                on_done,
+                None,
+                ChannelOpenFailed(f"channel failed: {error}", reason=str(error), code=0),
+            )
         channels, self.channels = self.channels, {}
         for chan in channels.values():
             chan.lost(exc)
@@ -455,14 +457,16 @@ class _SshProtocol(asyncio.Protocol):
         entry = self.opening.pop(chan_id, None)
         if entry is None:
             return
-        fut, factory = entry
+        on_done, factory = entry
         if not ok:
-            fut.set_exception(ChannelOpenFailed(f"channel refused: {text}", reason=text, code=code))
+            _report(
+                on_done, None, ChannelOpenFailed(f"channel refused: {text}", reason=text, code=code)
+            )
             return
         # The session exists before this callback returns: data right after
         # the confirmation (an SMTP banner) has somewhere to go.
         self.attach(chan_id, factory())
-        fut.set_result(self.channels[chan_id].session)
+        _report(on_done, self.channels[chan_id].session, None)
 
     def attach(self, chan_id: int, session: Any) -> None:
         chan = _Channel(self, chan_id, session)
@@ -610,10 +614,50 @@ class _ClientProtocol(_SshProtocol):
             return
         self.conn.accept_channel(chan_id, self.window, DEFAULT_MAX_PACKET_BYTES)
         self.attach(chan_id, session)
+        # The confirmation leaves now, not one loop iteration later: the
+        # app's first bytes wait for it at the gateway.
+        if self._scheduled and not self.in_batch:
+            self._flush()
 
     def _refuse(self, chan_id: int, reason: str, code: int = OPEN_CONNECT_FAILED) -> None:
         if not self.conn.closed:
             self.conn.reject_channel(chan_id, code, reason)
+
+
+# -- opening channels with callbacks -------------------------------------------
+
+#: Called once with the outcome of a channel open: (session, None) or (None, error).
+OpenCallback = Callable[[Any, BaseException | None], None]
+
+
+def _report(on_done: OpenCallback, session: Any, exc: BaseException | None) -> None:
+    # The callback runs inside a socket read; its bug must not end the tunnel.
+    try:
+        on_done(session, exc)
+    except Exception:
+        log.exception("channel open callback failed")
+
+
+class OpenHandle:
+    """A channel open in flight (:meth:`SshTunnel.begin_open`)."""
+
+    __slots__ = ("_proto", "chan_id")
+
+    def __init__(self, proto: _SshProtocol, chan_id: int) -> None:
+        self._proto = proto
+        self.chan_id = chan_id
+
+    def abandon(self) -> None:
+        """Give up waiting: the callback is not called any more; a channel the
+        peer confirms later is closed at once, and one that already opened is
+        closed now (its session sees ``connection_lost``)."""
+        proto = self._proto
+        if proto.opening.pop(self.chan_id, None) is not None:
+            proto.conn.close_channel(self.chan_id)
+            if proto._scheduled and not proto.in_batch:
+                proto._flush()
+        elif self.chan_id in proto.channels:
+            proto.channels[self.chan_id].close()
 
 
 # -- the tunnel object both sides use -----------------------------------------
@@ -640,6 +684,36 @@ class SshTunnel:
         """The negotiated cipher we send with (for logs and tests)."""
         return self._proto.conn.cipher_names[0]
 
+    def begin_open(
+        self, extra: bytes, session_factory: Callable[[], Any], on_done: OpenCallback
+    ) -> OpenHandle:
+        """Ask for a ``chisel`` channel with ``extra`` data, now, without a task.
+
+        The request is written at once (or with the current read's replies).
+        ``on_done(session, None)`` is called as soon as the peer confirms,
+        inside the read that brought the confirmation and right after
+        ``session_factory()``'s session saw ``connection_made``, so what it
+        writes leaves with that read's replies; ``on_done(None, exc)`` with
+        :class:`ChannelOpenFailed` when the peer refuses or the connection
+        is lost. Exactly one of the two, exactly once, unless the open is
+        abandoned first (:meth:`OpenHandle.abandon`).
+
+        Raises:
+            ChannelOpenFailed: the connection is closing, not ready, or has
+                too many channels (``on_done`` is not called).
+        """
+        proto = self._proto
+        try:
+            chan_id = proto.conn.open_channel(
+                CHANNEL_TYPE, extra, self._window, DEFAULT_MAX_PACKET_BYTES
+            )
+        except SshLocalError as exc:  # closing, not ready, too many channels
+            raise ChannelOpenFailed(f"channel failed: {exc}", reason=str(exc), code=0) from None
+        proto.opening[chan_id] = (on_done, session_factory)
+        if proto._scheduled and not proto.in_batch:
+            proto._flush()
+        return OpenHandle(proto, chan_id)
+
     async def open_channel(
         self,
         extra: bytes,
@@ -658,28 +732,24 @@ class SshTunnel:
                 or the connection is gone.
             TimeoutError: no answer within ``timeout_s``.
         """
-        proto = self._proto
-        try:
-            chan_id = proto.conn.open_channel(
-                CHANNEL_TYPE, extra, self._window, DEFAULT_MAX_PACKET_BYTES
-            )
-        except SshLocalError as exc:  # closing, not ready, too many channels
-            raise ChannelOpenFailed(f"channel failed: {exc}", reason=str(exc), code=0) from None
-        fut: asyncio.Future[Any] = proto.loop.create_future()
-        proto.opening[chan_id] = (fut, session_factory)
+        fut: asyncio.Future[Any] = self._proto.loop.create_future()
+
+        def settle(session: Any, exc: BaseException | None) -> None:
+            if fut.done():
+                return
+            if exc is None:
+                fut.set_result(session)
+            else:
+                fut.set_exception(exc)
+
+        handle = self.begin_open(extra, session_factory, settle)
         try:
             if timeout_s is None:
                 return await fut
             async with asyncio.timeout(timeout_s):
                 return await fut
         except (TimeoutError, asyncio.CancelledError):
-            if proto.opening.pop(chan_id, None) is not None:
-                # Whatever the peer answers later is thrown away.
-                proto.conn.close_channel(chan_id)
-            elif chan_id in proto.channels:
-                # It opened just as the waiter gave up: close it (the session
-                # sees connection_lost).
-                proto.channels[chan_id].close()
+            handle.abandon()
             raise
 
     async def request(self, name: str, payload: bytes = b"") -> tuple[bool, bytes]:

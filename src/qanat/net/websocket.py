@@ -37,7 +37,7 @@ import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from websockets.client import ClientProtocol
 from websockets.datastructures import Headers
@@ -83,8 +83,33 @@ def binary_frame(data: bytes, masked: bool) -> list[bytes]:
         head = bytes((0x82, bit | 127)) + n.to_bytes(8, "big")
     if not masked:
         return [head, data]
-    key = os.urandom(4)
+    key = _mask_keys.next()
     return [head, key, apply_mask(data, key)]
+
+
+class _MaskKeys:
+    """Masking keys from the OS's random source, fetched 1,024 at a time
+    (one ``getrandom`` call per frame was three system calls per app
+    connection on the connector)."""
+
+    __slots__ = ("_pool", "_pos")
+
+    BATCH = 4096
+
+    def __init__(self) -> None:
+        self._pool = b""
+        self._pos = 0
+
+    def next(self) -> bytes:
+        pos = self._pos
+        if pos >= len(self._pool):
+            self._pool = os.urandom(self.BATCH)
+            pos = 0
+        self._pos = pos + 4
+        return self._pool[pos : pos + 4]
+
+
+_mask_keys = _MaskKeys()
 
 
 class FramedTransport(asyncio.Transport):
@@ -139,8 +164,22 @@ class FramedTransport(asyncio.Transport):
         return self._link.tcp.get_extra_info(name, default)
 
 
-class _Link(asyncio.Protocol):
-    """Lower protocol on the TCP transport once the upgrade is done."""
+#: The one read buffer of a link (see _Link.get_buffer): as large as uvloop's
+#: own TLS read, so a read brings as much as before.
+READ_BUFFER_BYTES = 256 * 1024
+
+
+class _Link(asyncio.BufferedProtocol):
+    """Lower protocol on the TCP transport once the upgrade is done.
+
+    A buffered protocol: the transport reads (and uvloop's TLS decrypts)
+    straight into one buffer per link, reused for every read. As a plain
+    protocol, each TLS read allocated a fresh 256 KiB ``bytes`` and shrank
+    it, which glibc serves with mmap + mremap + munmap: three system calls
+    and fresh zeroed pages per read (measured in docs/benchmarks.md).
+    Nothing below keeps a view of the buffer past the call (the SSH
+    transport and websockets' parser copy what they keep).
+    """
 
     def __init__(self, tcp: asyncio.Transport, ws: Protocol, upper: asyncio.Protocol) -> None:
         self.tcp = tcp
@@ -168,6 +207,8 @@ class _Link(asyncio.Protocol):
         # while our output to the peer is backed up (see the module docstring).
         self.upper_paused = False
         self.output_backed_up = False
+        self._rbuffer = bytearray(READ_BUFFER_BYTES)
+        self._rview = memoryview(self._rbuffer)
 
     def set_paused(self, *, upper: bool | None = None, output: bool | None = None) -> None:
         if upper is not None:
@@ -244,9 +285,15 @@ class _Link(asyncio.Protocol):
 
     # -- wire -> upper -------------------------------------------------
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._rview
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(self._rview[:nbytes])
+
+    def data_received(self, data: bytes | memoryview) -> None:
         if not self.fast:
-            self.ws.receive_data(data)
+            self.ws.receive_data(bytes(data))
             self.deliver(self.ws.events_received())
             return
         # The data path parses frames itself (1 us a frame against
@@ -301,12 +348,12 @@ class _Link(asyncio.Protocol):
                     return
                 if size - pos < head + length:
                     break
-                self.ws.receive_data(data[pos : pos + head + length])
+                self.ws.receive_data(bytes(data[pos : pos + head + length]))
                 pos += head + length
                 self.deliver(self.ws.events_received())
                 continue
             if expect:
-                self.mask = data[pos + head - 4 : pos + head]
+                self.mask = bytes(data[pos + head - 4 : pos + head])
                 self.mask_phase = 0
             pos += head
             n = min(length, size - pos)
@@ -316,7 +363,7 @@ class _Link(asyncio.Protocol):
         if pos < size and not self.closing:
             self.rbuf = bytearray(data[pos:])  # at most a header or a control frame
 
-    def _payload(self, data: bytes, start: int, end: int) -> None:
+    def _payload(self, data: bytes | memoryview, start: int, end: int) -> None:
         """Pass ``data[start:end]``, part of the current data frame, upward."""
         if start == end:
             return
@@ -326,15 +373,16 @@ class _Link(asyncio.Protocol):
             mask = self.mask[phase:] + self.mask[:phase] if phase else self.mask
             self.mask_phase = (phase + end - start) & 3
             self.upper.data_received(apply_mask(data[start:end], mask))
-        elif start == 0 and end == len(data):
-            self.upper.data_received(data)
         else:
-            self.upper.data_received(data[start:end])
+            # A view of the read buffer: the SSH layer copies what it keeps
+            # (its receive buffer), so the view may be handed up as bytes.
+            piece = data if start == 0 and end == len(data) else data[start:end]
+            self.upper.data_received(cast(bytes, piece))
 
-    def _slow(self, rest: bytes) -> None:
+    def _slow(self, rest: bytes | memoryview) -> None:
         """Hand the rest of the stream to websockets for good."""
         self.fast = False
-        self.ws.receive_data(rest)
+        self.ws.receive_data(bytes(rest))
         self.deliver(self.ws.events_received())
 
     def deliver(self, events: list[Any]) -> None:
