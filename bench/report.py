@@ -1,5 +1,10 @@
 """Targets, pass/miss verdicts and the stdout table of the path benchmark.
 
+Two kinds of target: absolute ones (``TARGETS``, every tunnel path against a
+fixed limit) and issue 13's (``ISSUE13``, qanat against a reference path of
+the same run, or against a limit of its own). A target whose figure or
+reference is missing is judged ``None`` ("n/a"), never a pass.
+
 Units: MB/s is 10^6 bytes per second; KiB is 1,024 bytes (the memory target
 "50 KB per connection" is read as 50 KiB, the stricter of the two only by
 2%); latencies are microseconds.
@@ -9,7 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 PATH_ORDER = ("direct", "ssh", "qanat", "go")
 
@@ -40,6 +45,66 @@ TARGETS = (
 )
 
 
+@dataclass(frozen=True)
+class RelativeTarget:
+    """One issue 13 target: ``path``'s figure ``key`` against a bound.
+
+    The bound is ``factor`` times ``reference``'s figure in the same run, or,
+    without a reference, ``factor`` itself (a limit in ``unit``).
+    """
+
+    key: str  # a headline figure
+    text: str
+    op: Literal[">=", "<="]
+    factor: float
+    reference: str | None = None
+    unit: str = ""
+    path: str = "qanat"
+
+    def bound(self, reference_value: float | None) -> float | None:
+        if self.reference is None:
+            return self.factor
+        if reference_value is None or math.isnan(reference_value):
+            return None
+        return self.factor * reference_value
+
+    def judge(self, value: float | None, reference_value: float | None) -> str | None:
+        bound = self.bound(reference_value)
+        if value is None or math.isnan(value) or bound is None:
+            return None
+        ok = value >= bound if self.op == ">=" else value <= bound
+        return "pass" if ok else "miss"
+
+
+ISSUE13 = (
+    RelativeTarget("bulk_MBps", "one stream", ">=", 1.3, "go", "MB/s"),
+    RelativeTarget("bulk_MBps", "one stream", ">=", 0.5, "ssh", "MB/s"),
+    RelativeTarget("rtt_overhead_p50_us", "round trip added to direct p50", "<=", 1, "go", "us"),
+    RelativeTarget("connect_p50_us", "connect + 1st round trip p50", "<=", 1, "go", "us"),
+    RelativeTarget("gateway_KiB_per_conn", "gateway memory per open conn", "<=", 8, None, "KiB"),
+    RelativeTarget(
+        "connector_KiB_per_conn", "connector memory per open conn", "<=", 8, None, "KiB"
+    ),
+)
+
+#: The phase each headline figure comes from (to name what is missing).
+PHASE_OF = {
+    "bulk_MBps": "bulk",
+    "rtt_overhead_p50_us": "rtt",
+    "connect_p50_us": "connect",
+    "gateway_KiB_per_conn": "idle",
+    "connector_KiB_per_conn": "idle",
+}
+#: How the verdict lines write each figure.
+FIGURE_FMT = {
+    "rtt_overhead_p50_us": "+.0f",
+    "gateway_KiB_per_conn": ".1f",
+    "connector_KiB_per_conn": ".1f",
+}
+#: How the verdict lines name a reference path.
+REFERENCE_NAME = {"go": "Go", "ssh": "ssh"}
+
+
 def _get(res: dict[str, Any], phase: str, key: str) -> float | None:
     value = res.get(phase, {}).get(key)
     return float(value) if isinstance(value, int | float) else None
@@ -55,11 +120,13 @@ def headline(res: dict[str, Any], direct_rtt_p50: float | None) -> dict[str, flo
         ),
         "connect_p50_us": _get(res, "connect", "p50_us"),
         "gateway_KiB_per_conn": _get(res, "idle", "server_KiB_per_conn"),
+        "connector_KiB_per_conn": _get(res, "idle", "client_KiB_per_conn"),
     }
 
 
-def evaluate(paths: dict[str, dict[str, Any]]) -> None:
-    """Add ``headline`` and ``verdicts`` to every tunnel path that ran."""
+def evaluate(paths: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Add ``headline`` and ``verdicts`` to every tunnel path that ran, and
+    return issue 13's verdicts (for the results' ``"issue13"``)."""
     direct = paths.get("direct", {})
     direct_p50 = _get(direct, "rtt", "p50_us") if direct.get("status") == "ok" else None
     for name, res in paths.items():
@@ -68,6 +135,86 @@ def evaluate(paths: dict[str, dict[str, Any]]) -> None:
         figures = headline(res, direct_p50)
         res["headline"] = figures
         res["verdicts"] = {t.key: t.judge(figures[t.key]) for t in TARGETS}
+    return [judge_relative(t, paths) for t in ISSUE13]
+
+
+def _figure(paths: dict[str, dict[str, Any]], name: str, key: str) -> tuple[float | None, str]:
+    """One path's headline figure, or None and why there is none."""
+    res = paths.get(name)
+    if res is None:
+        return None, f"{name} not run"
+    if res.get("status") != "ok":
+        return None, f"{name} {res.get('status', 'did not run')}"
+    value = res.get("headline", {}).get(key)
+    if isinstance(value, int | float) and not math.isnan(value):
+        return float(value), ""
+    phase = PHASE_OF.get(key, key)
+    if "error" in res.get(phase, {}):
+        return None, f"{name} {phase}: error"
+    if key == "rtt_overhead_p50_us":
+        direct = paths.get("direct", {})
+        if direct.get("status") != "ok" or _get(direct, "rtt", "p50_us") is None:
+            return None, "no direct round trip"
+    return None, f"no {phase} figure for {name}"
+
+
+def judge_relative(target: RelativeTarget, paths: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """One issue 13 verdict: value, reference value, bound, ratio, verdict."""
+    value, why = _figure(paths, target.path, target.key)
+    reference_value: float | None = None
+    if target.reference is not None:
+        reference_value, why_ref = _figure(paths, target.reference, target.key)
+        why = why or why_ref
+    bound = target.bound(reference_value)
+    ratio = None
+    if value is not None and reference_value is not None and reference_value > 0:
+        ratio = value / reference_value
+    verdict = target.judge(value, reference_value)
+    return {
+        "key": target.key,
+        "text": target.text,
+        "path": target.path,
+        "reference": target.reference,
+        "op": target.op,
+        "factor": target.factor,
+        "unit": target.unit,
+        "value": value,
+        "reference_value": reference_value,
+        "bound": bound,
+        "ratio": ratio,
+        "verdict": verdict,
+        "reason": why if verdict is None else None,
+    }
+
+
+ISSUE13_TITLE = "qanat against the references (issue 13 targets)"
+
+
+def _show(value: float | None, key: str, unit: str) -> str:
+    return "n/a" if value is None else f"{format(value, FIGURE_FMT.get(key, '.0f'))} {unit}"
+
+
+def render_issue13(verdicts: list[dict[str, Any]]) -> str:
+    """The verdict block. run.py prints it just above the line with other
+    processes' share of the CPU, which says how far to trust the verdicts."""
+    lines = [f"{ISSUE13_TITLE}, this run; other processes' CPU share on the line below"]
+    for v in verdicts:
+        value = _show(v["value"], v["key"], v["unit"])
+        verdict = v["verdict"] or f"n/a ({v['reason']})"
+        ref = v["reference"]
+        if ref is None:
+            bound = f"{v['op']} {v['factor']:g} {v['unit']}"
+            lines.append(f"  {v['text']}: {value} ({bound}): {verdict}")
+            continue
+        name = REFERENCE_NAME.get(ref, ref)
+        ratio = "n/a" if v["ratio"] is None else f"{v['ratio']:.2f}x"
+        if v["factor"] == 1:
+            ref_value = _show(v["reference_value"], v["key"], v["unit"])
+            compared = f"{value} vs {name} {ref_value} = {ratio} ({v['op']} {name})"
+        else:
+            compared = f"{value} = {ratio} {name} ({v['op']} {v['factor']:g}x)"
+        lines.append(f"  {v['text']}: {compared}: {verdict}")
+    return "\n".join(lines)
 
 
 def _num(value: float | None, fmt: str = ".0f") -> str:
