@@ -1,6 +1,7 @@
 """Flame graphs of qanat's gateway and connector during round trips or connects.
 
-    .venv/bin/python bench/flame.py --out docs/flame [--qanat-bin PATH] [--seconds 8] [--phase rtt|connect]
+    .venv/bin/python bench/flame.py --out docs/flame [--qanat-bin PATH] [--seconds 8]
+        [--phase rtt|connect]
 
 Starts the bench endpoints and a qanat tunnel (as ``make bench`` does, over
 TLS on loopback), runs round trips through the echo for ``--seconds``, and
@@ -34,7 +35,7 @@ def main() -> int:
         "--phase",
         choices=("rtt", "connect"),
         default="rtt",
-        help="what the load is: 64-byte round trips on one connection, or connect + first round trip",
+        help="the load: 64-byte round trips on one connection, or connect + first round trip",
     )
     parser.add_argument(
         "--format",
@@ -87,7 +88,7 @@ def main() -> int:
                 samples = [0] * int(str(exc).split()[1])
             for rec in recorders:
                 rec.wait(timeout=args.seconds + 30)
-            print(f"{len(samples)} {args.phase} samples in {args.seconds:g}s; SVGs at {args.out}-*.svg")
+            print(f"{len(samples)} {args.phase} samples in {args.seconds:g}s: {args.out}-*")
     finally:
         procs.stop_all()
         shutil.rmtree(workdir, ignore_errors=True)

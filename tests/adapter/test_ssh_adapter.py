@@ -258,6 +258,24 @@ async def test_channel_carries_bytes_both_ways_with_half_close(tmp_path):
             assert tunnel.bytes_up == len(payload)
 
 
+async def test_a_closed_channel_is_freed_on_both_ends_with_no_other_traffic(tmp_path):
+    # The gateway's CLOSE answering the connector's only frees the channel,
+    # so it waits to go out with other output (qanat.net.ssh.LAZY_FLUSH_S);
+    # with nothing else to send it must still go out on its own.
+    async with running_gateway(tmp_path) as env, echo_server() as eport:
+        port = free_port()
+        async with serving_connector(env, [f"R:{port}:127.0.0.1:{eport}"]) as connector:
+            assert await roundtrip(port, b"one request") == b"one request"
+            session = connector.session
+            assert session is not None
+            assert session.tunnel is not None
+            core = session.tunnel._proto.conn
+            await eventually(lambda: not core.channel_ids(), "the connector's channel freed", 2)
+            (tunnel,) = env.active_tunnels()
+            gateway_core = tunnel.ssh._proto.conn
+            await eventually(lambda: not gateway_core.channel_ids(), "the gateway's freed", 2)
+
+
 async def test_channel_refusal_reason_reaches_the_gateway(tmp_path, caplog):
     caplog.set_level(logging.INFO, "qanat")
     closed = free_port()

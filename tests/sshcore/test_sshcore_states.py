@@ -277,3 +277,40 @@ def test_fuzz_connection_layer_after_authentication(messages):
             c.receive_data(b"".join(s.data_to_send()))
     except DOCUMENTED:
         pass
+
+
+def test_a_close_that_only_frees_the_channel_may_wait_but_an_eof_may_not():
+    c, s, hc, hs = ready_pair()
+    chan = s.open_channel(b"chisel", b"x:1", 65536, 32768)
+    pump(c, s)
+    (client_chan,) = [e[1] for e in hc.events if e[0] == "open"]
+    calls: list[str] = []
+    c.on_output = lambda: calls.append("now")
+    c.on_lazy_output = lambda: calls.append("lazy")
+
+    # The server ends its side: the client's EOF towards the app side is
+    # something a peer waits for, so it is urgent.
+    s.send_eof(chan)
+    pump(c, s)
+    c.send_eof(client_chan)
+    assert calls == ["now"]
+    s.receive_data(b"".join(c.data_to_send()))
+    assert ("eof", chan) in hs.events
+
+    # EOF both ways, then the server's CLOSE: the client's answering CLOSE
+    # frees the channel only, so it may wait for other output.
+    calls.clear()
+    s.close_channel(chan)
+    c.receive_data(b"".join(s.data_to_send()))
+    assert ("closed", client_chan) in hc.events
+    assert calls == ["lazy"]
+    waiting = c.data_to_send()
+    assert waiting, "the answering CLOSE is queued, not dropped"
+
+    # Urgent output queued after a lazy one still asks for a write.
+    calls.clear()
+    other = c.open_channel(b"chisel", b"y:2", 65536, 32768)
+    assert other != client_chan
+    assert calls == ["now"]
+    s.receive_data(b"".join(waiting) + b"".join(c.data_to_send()))
+    assert ("closed", chan) in hs.events

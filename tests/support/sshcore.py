@@ -19,6 +19,7 @@ class CoreProtocol(asyncio.Protocol, BaseHandler):
     def __init__(self, *, accept_opens: bool = True, echo: bool = False, **kwargs: Any) -> None:
         self.conn = SshConnection(handler=self, **kwargs)
         self.conn.on_output = self._schedule
+        self.conn.on_lazy_output = self._schedule  # this driver sends everything at once
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.ready: asyncio.Future[None] = self.loop.create_future()

@@ -53,6 +53,10 @@ if TYPE_CHECKING:
 
 _log = logging.getLogger("qanat.gateway.ports")
 
+#: What an app may send before its channel is open, held by the gateway;
+#: past this, reading the app pauses until the channel opens.
+EARLY_BYTES = 64 * 1024
+
 #: Listeners created between two yields to the event loop while binding the
 #: ports of one connector (binding 1,000 ports takes ~0.1 s in total).
 BIND_BATCH = 32
@@ -315,8 +319,9 @@ class AppConnection(asyncio.Protocol):
     are bounded by the pool size and each by the open timeout; at most two
     run at once (the second one a hedge).
 
-    Reading is paused until a connector has accepted the channel, so nothing
-    the app sends early is lost or buffered by us beyond one read.
+    What the app sends before a connector has accepted the channel is kept
+    (up to :data:`EARLY_BYTES`, then reading pauses) and goes out as soon as
+    the channel is open, with the read that brought the confirmation.
 
     Cluster hook: with ``relay`` the connection came from another gateway
     node over the node link (the app's source was checked there); only
@@ -330,6 +335,7 @@ class AppConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.lost = False
         self.early: list[bytes] = []
+        self.early_bytes = 0
         self.eof = False
         # Opening state (see _next, _settled, _hedge).
         self.finished = False  # won, failed or given up: open_connections is settled
@@ -353,7 +359,6 @@ class AppConnection(asyncio.Protocol):
             ep.refused(str(peer[0]))
             tcpclose.reset(transport)
             return
-        transport.pause_reading()
         ep.open_connections += 1
         ep.connections_total += 1
         self.started = time.perf_counter()
@@ -535,11 +540,15 @@ class AppConnection(asyncio.Protocol):
         cast("Tunnel", member.tunnel).untrack(splice)
 
     def data_received(self, data: bytes) -> None:
-        # Only while the channel is opening (see Splice.early): keep the
-        # bytes and stop reading until a connector takes the connection.
+        # Only while the channel is opening: keep the bytes; past
+        # EARLY_BYTES stop reading until a connector takes the connection.
+        # (Pausing at the first read, as before, cost two epoll changes per
+        # app connection, and bounded nothing better: one read is 256 KiB.)
         self.early.append(data)
-        assert self.transport is not None
-        self.transport.pause_reading()
+        self.early_bytes += len(data)
+        if self.early_bytes >= EARLY_BYTES:
+            assert self.transport is not None
+            self.transport.pause_reading()
 
     def eof_received(self) -> bool:
         self.eof = True

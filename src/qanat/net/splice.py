@@ -245,10 +245,13 @@ class _ChanEnd:
         s = self.s
         s.flush_pending()
         s._chan_eof = True
+        if s._tcp_eof:
+            # Both ways ended: closing sends the TCP FIN, no shutdown first.
+            s._both_eof()
+            return True
         tcp = s.tcp
         if tcp is not None and tcp.can_write_eof() and not tcp.is_closing():
             tcp.write_eof()
-        s._both_eof()
         return True
 
     def connection_lost(self, exc: BaseException | None) -> None:

@@ -79,6 +79,10 @@ DEFAULT_WINDOW_BYTES = 2 * 1024 * 1024
 DEFAULT_MAX_PACKET_BYTES = 32 * 1024
 #: Largest write handed to the transport at once (one WebSocket frame).
 MAX_WRITE_BYTES = 256 * 1024
+#: Longest a CLOSE that only frees a channel waits for other output to go
+#: with (the next channel open, as a rule): one write and one wake-up of the
+#: peer fewer per app connection; the channel id is reused that much later.
+LAZY_FLUSH_S = 0.002
 #: What the core offers: the reviewed lists of qanat.wire.sshalgs, in their
 #: order, limited to what qanat.wire.ssh implements.
 KEX_ALGS = tuple(a for a in sshalgs.KEX_ALGS if a in CORE_KEX)
@@ -292,6 +296,8 @@ class _SshProtocol(asyncio.Protocol):
         self.loop = asyncio.get_running_loop()
         self.conn = conn_factory(self)
         self.conn.on_output = self._schedule
+        self.conn.on_lazy_output = self._schedule_lazy
+        self._lazy_timer: asyncio.TimerHandle | None = None
         self.window = window
         self.transport: asyncio.Transport | None = None
         self.ready: asyncio.Future[None] = self.loop.create_future()
@@ -317,8 +323,21 @@ class _SshProtocol(asyncio.Protocol):
             self._scheduled = True
             self.loop.call_soon(self._flush)
 
+    def _schedule_lazy(self) -> None:
+        # Output nobody waits for (a CLOSE that only frees a channel): it
+        # leaves with the next write, or on its own after LAZY_FLUSH_S.
+        if self._lazy_timer is None:
+            self._lazy_timer = self.loop.call_later(LAZY_FLUSH_S, self._flush_lazy)
+
+    def _flush_lazy(self) -> None:
+        self._lazy_timer = None
+        self._flush()
+
     def _flush(self) -> None:
         self._scheduled = False
+        if self._lazy_timer is not None:
+            self._lazy_timer.cancel()
+            self._lazy_timer = None
         out = self.conn.data_to_send()
         transport = self.transport
         if not out or transport is None or transport.is_closing():
@@ -382,6 +401,9 @@ class _SshProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.tasks.cancel()
+        if self._lazy_timer is not None:
+            self._lazy_timer.cancel()
+            self._lazy_timer = None
         self.conn.closed = True
         error: BaseException = self.error or exc or ConnectionResetError("SSH connection closed")
         if not self.ready.done():

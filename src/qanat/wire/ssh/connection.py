@@ -674,7 +674,12 @@ class SshConnection(Transport):
         chan.close_sent = True
         chan.close_pending = False
         if not self.closed:
-            self.send_payload(bytes((MSG_CHANNEL_CLOSE,)) + u32(chan.remote))
+            # A CLOSE answering the peer's, or one after EOF both ways, only
+            # frees the channel: nobody's bytes wait for it, so it may leave
+            # with the next output (saves a write and a wake-up of the peer
+            # per connection).
+            lazy = chan.close_recv or (chan.eof_sent and chan.eof_recv)
+            self.send_payload(bytes((MSG_CHANNEL_CLOSE,)) + u32(chan.remote), lazy=lazy)
 
     # -- channels: receiving flow control ----------------------------------------------------
 

@@ -145,9 +145,15 @@ class Transport:
         self.host_key = host_key
         self.limits = limits or SshLimits()
         self._clock = clock
-        #: Called when output goes from empty to waiting (the adapter
-        #: schedules one write per event-loop iteration from it).
+        #: Called when output is waiting that should leave soon, once until
+        #: the next data_to_send() (the adapter schedules one write per
+        #: event-loop iteration from it).
         self.on_output: Callable[[], None] = _nothing
+        #: Called when the only output waiting may wait (a channel CLOSE
+        #: that just frees the channel, see send_payload's ``lazy``): the
+        #: adapter may send it with the next output or after a short delay.
+        self.on_lazy_output: Callable[[], None] = _nothing
+        self._urgent = False
         self._inbuf = bytearray()
         self._out: list[bytes] = [version + b"\r\n"]
         self._send: PacketCipher = PacketCipher()
@@ -181,6 +187,7 @@ class Transport:
     def data_to_send(self) -> list[bytes]:
         """Wire bytes produced since the last call, as chunks for ``writelines``."""
         out, self._out = self._out, []
+        self._urgent = False
         return out
 
     def receive_data(self, data: bytes) -> None:
@@ -304,18 +311,26 @@ class Transport:
             if pos:
                 del buf[:pos]
 
-    def _emit(self, head: bytes, data: bytes = b"") -> None:
+    def _emit(self, head: bytes, data: bytes = b"", lazy: bool = False) -> None:
         """Seal one message now, whatever the key-exchange state."""
         out = self._out
         was_empty = not out
         self._send.seal(self._sseq, out, head, data)
         self._sseq = (self._sseq + 1) & _MASK32
         self._sbytes += len(head) + len(data)
-        if was_empty:
+        if lazy:
+            if was_empty:
+                self.on_lazy_output()
+        elif not self._urgent:
+            self._urgent = True
             self.on_output()
 
-    def send_payload(self, head: bytes, data: bytes = b"") -> None:
-        """Send a non-transport message now, or after the key exchange under way."""
+    def send_payload(self, head: bytes, data: bytes = b"", *, lazy: bool = False) -> None:
+        """Send a non-transport message now, or after the key exchange under way.
+
+        ``lazy``: nobody waits for this message (on_lazy_output instead of
+        on_output); it keeps its place in the output either way.
+        """
         if self.closed:
             raise SshLocalError("the SSH connection is closed")
         if self._kex is not None:
@@ -324,7 +339,7 @@ class Transport:
                 raise SshLocalError("too much data held during the key exchange")
             self._deferred.append((head, data))
             return
-        self._emit(head, data)
+        self._emit(head, data, lazy)
         if self._sbytes > self.limits.rekey_bytes:
             self._start_kex()
 
