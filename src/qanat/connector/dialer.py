@@ -78,6 +78,7 @@ class Dialer:
         self.on_done = on_done
         self.udp = udp or UdpLimits()
         self.udp_exits: set[UdpExit] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def __call__(self, target: str) -> Any:
         if target.endswith("/udp"):
@@ -88,8 +89,10 @@ class Dialer:
             self.udp_exits.add(udp_exit)
             return udp_exit
         host, port = split_target(target)
-        splice = Splice(on_done=self.on_done)
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None:  # once: Python 3.11's get_running_loop() is a getpid()
+            loop = self._loop = asyncio.get_running_loop()
+        splice = Splice(on_done=self.on_done, loop=loop)
         try:
             async with asyncio.timeout(self.timeout_s):
                 await loop.create_connection(lambda: splice.tcp_end, host, port)

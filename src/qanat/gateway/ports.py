@@ -188,9 +188,10 @@ class TcpPort(GatewayPort):
         self.connections_retried = 0
         self.bytes_total = 0  # both directions, of finished connections
         self.open_times = OpenTimes()
+        self.loop: asyncio.AbstractEventLoop | None = None  # set by listen()
 
     async def listen(self) -> None:
-        loop = asyncio.get_running_loop()
+        self.loop = loop = asyncio.get_running_loop()
         self.server = await loop.create_server(
             lambda: AppConnection(self),
             self.bind_host,
@@ -233,6 +234,7 @@ class _Attempt:
         "conn",
         "handle",
         "hedge",
+        "loop",
         "member",
         "splice",
         "started",
@@ -253,7 +255,8 @@ class _Attempt:
         self.started = now
         # A fresh splice per attempt: an abandoned attempt's channel may
         # still open later, and must not touch this app connection.
-        self.splice = Splice(on_done=conn._splice_done)
+        self.loop = conn.loop
+        self.splice = Splice(on_done=conn._splice_done, loop=self.loop)
         self.handle: Any = None
         self.timer: asyncio.TimerHandle | None = None
 
@@ -273,9 +276,9 @@ class _Attempt:
         except ChannelOpenFailed as exc:
             # Refused before anything was sent: reported from the loop, as
             # any other outcome, so the caller's state is settled first.
-            asyncio.get_running_loop().call_soon(self._result, None, exc)
+            self.loop.call_soon(self._result, None, exc)
             return
-        self.timer = asyncio.get_running_loop().call_later(timeout_s, self._timed_out)
+        self.timer = self.loop.call_later(timeout_s, self._timed_out)
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         if task.cancelled():
@@ -332,6 +335,7 @@ class AppConnection(asyncio.Protocol):
     def __init__(self, endpoint: TcpPort, relay: RelayReply | None = None) -> None:
         self.endpoint = endpoint
         self.relay = relay
+        self.loop = endpoint.loop or asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.lost = False
         self.early: list[bytes] = []
@@ -405,7 +409,7 @@ class AppConnection(asyncio.Protocol):
         first = self.running[0]
         bound = hedge_after_s(self.endpoint.open_times.p90(), settings.hedge)
         wait_s = max(0.0, first.started + bound - time.monotonic())
-        self.hedge_timer = asyncio.get_running_loop().call_later(wait_s, self._hedge)
+        self.hedge_timer = self.loop.call_later(wait_s, self._hedge)
 
     def _hedge(self) -> None:
         # The first connector is slow: ask the next one as well, unless it is

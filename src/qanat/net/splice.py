@@ -57,7 +57,11 @@ class Splice:
         "tcp_end",
     )
 
-    def __init__(self, on_done: Callable[[Splice], None] | None = None) -> None:
+    def __init__(
+        self,
+        on_done: Callable[[Splice], None] | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
         self.tcp: asyncio.Transport | None = None
         self.chan: Any = None
         self.sent = 0
@@ -75,7 +79,9 @@ class Splice:
         # Channel data waiting for this loop iteration's single writev (see
         # _ChanEnd.data_received).
         self.pending: list[bytes] | None = None
-        self.loop = asyncio.get_running_loop()
+        # Passed by callers that make one per connection: Python 3.11's
+        # get_running_loop() is a getpid() system call.
+        self.loop = loop or asyncio.get_running_loop()
         # The reverse: channel bytes that came before the TCP side was
         # attached (gateway side, an endpoint that speaks first, such as an
         # SMTP banner, answered with the open confirmation). Held here with
