@@ -1,6 +1,10 @@
 """A test driver for the sans-IO SSH core over a real asyncio socket.
 
 Records every event the core reports, so interop tests can wait for them.
+With ``tcpip_forward=True`` a server answers ``tcpip-forward`` (RFC 4254
+§7.1) with success, and the port it "bound" when port 0 was asked: nothing
+listens, the test opens ``forwarded-tcpip`` channels itself (``forwards``
+lists what was asked for, as the peer will match it).
 It is deliberately not the product adapter (``qanat.net.ssh``): these tests
 pin the core's behaviour against other implementations on their own.
 """
@@ -13,10 +17,21 @@ from collections import defaultdict
 from typing import Any
 
 from qanat.wire.ssh import BaseHandler, SshConnection, SshRemoteError
+from qanat.wire.ssh.codec import Reader
+
+#: The first port handed out for a ``tcpip-forward`` of port 0 (a label only).
+FIRST_ALLOCATED_PORT = 50000
 
 
 class CoreProtocol(asyncio.Protocol, BaseHandler):
-    def __init__(self, *, accept_opens: bool = True, echo: bool = False, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        accept_opens: bool = True,
+        echo: bool = False,
+        tcpip_forward: bool = False,
+        **kwargs: Any,
+    ) -> None:
         self.conn = SshConnection(handler=self, **kwargs)
         self.conn.on_output = self._schedule
         self.conn.on_lazy_output = self._schedule  # this driver sends everything at once
@@ -34,6 +49,11 @@ class CoreProtocol(asyncio.Protocol, BaseHandler):
         self.closed: set[int] = set()
         self.requests: list[tuple[str, bytes, bool]] = []
         self.replies: list[asyncio.Future[tuple[bool, bytes]]] = []
+        self.tcpip_forward = tcpip_forward
+        #: (bind address, port) of each accepted ``tcpip-forward``, the port
+        #: being the allocated one when the peer asked for 0.
+        self.forwards: list[tuple[str, int]] = []
+        self._next_port = FIRST_ALLOCATED_PORT
         self._scheduled = False
 
     # -- asyncio side
@@ -82,11 +102,38 @@ class CoreProtocol(asyncio.Protocol, BaseHandler):
 
     def ssh_global_request(self, name: str, payload: bytes, want_reply: bool) -> None:
         self.requests.append((name, payload, want_reply))
+        if self.tcpip_forward and name in ("tcpip-forward", "cancel-tcpip-forward"):
+            ok, reply = self._forward_request(name, payload)
+            if want_reply:
+                self.conn.reply_global(ok, reply)
+            return
         if want_reply:
             if name == "ping":
                 self.conn.reply_global(True, b"pong")
             else:
                 self.conn.reply_global(False, b"no " + name.encode())
+
+    def _forward_request(self, name: str, payload: bytes) -> tuple[bool, bytes]:
+        try:
+            r = Reader(payload)
+            address = r.text(256)
+            port = r.u32()
+        except SshRemoteError:
+            return False, b""
+        if name == "cancel-tcpip-forward":
+            if (address, port) not in self.forwards:
+                return False, b""
+            self.forwards.remove((address, port))
+            return True, b""
+        if port > 65535:
+            return False, b""
+        if port != 0:
+            self.forwards.append((address, port))
+            return True, b""
+        port = self._next_port  # RFC 4254 §7.1: the reply carries the port bound
+        self._next_port += 1
+        self.forwards.append((address, port))
+        return True, struct.pack(">I", port)
 
     def ssh_global_reply(self, ok: bool, payload: bytes) -> None:
         fut = self.replies.pop(0)
@@ -124,8 +171,10 @@ class CoreProtocol(asyncio.Protocol, BaseHandler):
         self.conn.global_request(name, payload, True)
         return await fut  # type: ignore[no-any-return]
 
-    async def open(self, kind: bytes, extra: bytes) -> int:
-        chan_id = self.conn.open_channel(kind, extra, 1 << 20, 32768)
+    async def open(
+        self, kind: bytes, extra: bytes, window: int = 1 << 20, max_packet: int = 32768
+    ) -> int:
+        chan_id = self.conn.open_channel(kind, extra, window, max_packet)
         fut = self.results[chan_id] = self.loop.create_future()
         ok, code, text = await fut
         if not ok:
@@ -138,4 +187,15 @@ def direct_tcpip(host: str, port: int) -> bytes:
     return (
         struct.pack(">I", len(h)) + h + struct.pack(">I", port)
         + struct.pack(">I", 9) + b"127.0.0.1" + struct.pack(">I", 1)
+    )  # fmt: skip
+
+
+def forwarded_tcpip(
+    address: str, port: int, originator: str = "127.0.0.1", originator_port: int = 1
+) -> bytes:
+    """The extra data of a ``forwarded-tcpip`` open (RFC 4254 §7.2)."""
+    a, o = address.encode(), originator.encode()
+    return (
+        struct.pack(">I", len(a)) + a + struct.pack(">I", port)
+        + struct.pack(">I", len(o)) + o + struct.pack(">I", originator_port)
     )  # fmt: skip
