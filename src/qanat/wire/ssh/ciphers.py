@@ -67,11 +67,11 @@ class PacketCipher:
         pad = block - ((size + 5 if self.aligned_length else size + 1) % block)
         return pad + block if pad < 4 else pad
 
-    def seal(self, seq: int, out: list[bytes], head: bytes, data: bytes = b"") -> None:
+    def seal(self, seq: int, out: list[bytes], head: bytes, data: bytes | memoryview = b"") -> None:
         pad = self.padding(len(head) + len(data))
         out.append(_U32.pack(1 + len(head) + len(data) + pad) + bytes((pad,)) + head)
         if data:
-            out.append(data)
+            out.append(bytes(data))
         out.append(_PADS[pad])
 
 
@@ -102,7 +102,7 @@ class AesGcm(PacketCipher):
             except InvalidTag:
                 raise SshRemoteError("bad packet MAC (AES-GCM tag)", DISCONNECT_MAC_ERROR) from None
 
-    def seal(self, seq: int, out: list[bytes], head: bytes, data: bytes = b"") -> None:
+    def seal(self, seq: int, out: list[bytes], head: bytes, data: bytes | memoryview = b"") -> None:
         size = len(head) + len(data)
         pad = 16 - ((size + 1) & 15)
         if pad < 4:
@@ -155,7 +155,7 @@ class ChaChaPoly(PacketCipher):
             plain: bytes = main.update(view[pos + 4 : end])
         return plain
 
-    def seal(self, seq: int, out: list[bytes], head: bytes, data: bytes = b"") -> None:
+    def seal(self, seq: int, out: list[bytes], head: bytes, data: bytes | memoryview = b"") -> None:
         size = len(head) + len(data)
         pad = 8 - ((size + 1) & 7)
         if pad < 4:

@@ -173,7 +173,7 @@ class Transport:
         self.cipher_names = ("none", "none")
         self.kex_name = ""
         self.kex_count = 0
-        self._deferred: list[tuple[bytes, bytes]] = []
+        self._deferred: list[tuple[bytes, bytes | memoryview]] = []
         self._deferred_bytes = 0
         self._sbytes = 0
         self._rbytes = 0
@@ -311,7 +311,7 @@ class Transport:
             if pos:
                 del buf[:pos]
 
-    def _emit(self, head: bytes, data: bytes = b"", lazy: bool = False) -> None:
+    def _emit(self, head: bytes, data: bytes | memoryview = b"", lazy: bool = False) -> None:
         """Seal one message now, whatever the key-exchange state."""
         out = self._out
         was_empty = not out
@@ -325,7 +325,9 @@ class Transport:
             self._urgent = True
             self.on_output()
 
-    def send_payload(self, head: bytes, data: bytes = b"", *, lazy: bool = False) -> None:
+    def send_payload(
+        self, head: bytes, data: bytes | memoryview = b"", *, lazy: bool = False
+    ) -> None:
         """Send a non-transport message now, or after the key exchange under way.
 
         ``lazy``: nobody waits for this message (on_lazy_output instead of
