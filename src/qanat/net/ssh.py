@@ -205,11 +205,9 @@ class _Channel:
         if full and not self._window_full:
             self._window_full = True
             self.session.pause_writing()
-        owner = self.owner
-        if owner._scheduled and not owner.in_batch:
-            # One TCP read is one write: send it now rather than one loop
-            # iteration later (all packets of the read go in one writelines).
-            owner._flush()
+        # One TCP read is one write: sent now rather than one loop iteration
+        # later (all packets of the read go in one writelines).
+        self.owner.flush_now()
 
     def call_after_batch(self, callback: Callable[[], None]) -> None:
         """Run ``callback`` when the data being delivered now has all been
@@ -322,6 +320,12 @@ class _SshProtocol(asyncio.Protocol):
         if not self._scheduled:
             self._scheduled = True
             self.loop.call_soon(self._flush)
+
+    def flush_now(self) -> None:
+        """Write what is waiting now, unless a socket read is being handled
+        (its batch ends with one write for everything it caused)."""
+        if self._scheduled and not self.in_batch:
+            self._flush()
 
     def _schedule_lazy(self) -> None:
         # Output nobody waits for (a CLOSE that only frees a channel): it
@@ -638,8 +642,7 @@ class _ClientProtocol(_SshProtocol):
         self.attach(chan_id, session)
         # The confirmation leaves now, not one loop iteration later: the
         # app's first bytes wait for it at the gateway.
-        if self._scheduled and not self.in_batch:
-            self._flush()
+        self.flush_now()
 
     def _refuse(self, chan_id: int, reason: str, code: int = OPEN_CONNECT_FAILED) -> None:
         if not self.conn.closed:
@@ -676,8 +679,7 @@ class OpenHandle:
         proto = self._proto
         if proto.opening.pop(self.chan_id, None) is not None:
             proto.conn.close_channel(self.chan_id)
-            if proto._scheduled and not proto.in_batch:
-                proto._flush()
+            proto.flush_now()
         elif self.chan_id in proto.channels:
             proto.channels[self.chan_id].close()
 
@@ -732,8 +734,7 @@ class SshTunnel:
         except SshLocalError as exc:  # closing, not ready, too many channels
             raise ChannelOpenFailed(f"channel failed: {exc}", reason=str(exc), code=0) from None
         proto.opening[chan_id] = (on_done, session_factory)
-        if proto._scheduled and not proto.in_batch:
-            proto._flush()
+        proto.flush_now()
         return OpenHandle(proto, chan_id)
 
     async def open_channel(
