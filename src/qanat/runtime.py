@@ -11,8 +11,63 @@ T = TypeVar("T")
 log = logging.getLogger("qanat.runtime")
 
 
+#: glibc's mallopt() parameters (malloc.h).
+M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
+#: Blocks up to this size come from the heap, not from a mapping of their own.
+MMAP_THRESHOLD_BYTES = 1 << 20
+#: Free memory at the top of the heap kept for reuse instead of returned.
+TRIM_THRESHOLD_BYTES = 4 << 20
+#: Set by an operator, these take precedence over tune_malloc().
+MALLOC_ENV = ("GLIBC_TUNABLES", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
+
+
+def tune_malloc() -> str:
+    """Fix glibc's malloc thresholds for a process that moves bytes.
+
+    Every read of a tunnel or an app connection makes a ``bytes`` of up to
+    256 KiB that lives a few microseconds. With glibc's defaults (a
+    threshold of 128 KiB that moves with what was freed last) such blocks
+    went to ``mmap``/``munmap``, or grew and trimmed the heap with ``brk``,
+    once or twice per read; which of the two, and how often, depended on the
+    process' history, so a stream ran at 300 or 600 MB/s from one start to
+    the next (docs/benchmarks.md). Fixed thresholds keep them in the heap:
+    up to :data:`TRIM_THRESHOLD_BYTES` of freed memory stays mapped for the
+    next read.
+
+    Skipped where the operator set glibc's own variables (:data:`MALLOC_ENV`)
+    and where the C library is not glibc. Returns what was done, for the
+    debug log.
+    """
+    import os
+
+    if any(name in os.environ for name in MALLOC_ENV):
+        return "malloc: left as the environment sets it"
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None)
+        if not hasattr(libc, "gnu_get_libc_version"):
+            return "malloc: not glibc, left alone"
+        ok = libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) and libc.mallopt(
+            M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES
+        )
+    except (OSError, AttributeError) as exc:  # pragma: no cover - no libc to load
+        return f"malloc: left alone ({exc})"
+    if not ok:  # pragma: no cover - glibc accepts both values
+        return "malloc: mallopt refused the thresholds"
+    return (
+        f"malloc: mmap threshold {MMAP_THRESHOLD_BYTES >> 10} KiB, "
+        f"trim threshold {TRIM_THRESHOLD_BYTES >> 10} KiB"
+    )
+
+
 def run(main: Coroutine[Any, Any, T]) -> T:
-    """Run ``main`` on uvloop when available, else the default loop."""
+    """Run ``main`` on uvloop when available, else the default loop.
+
+    glibc's malloc is tuned first (:func:`tune_malloc`).
+    """
+    log.debug("%s", tune_malloc())
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux

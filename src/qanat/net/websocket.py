@@ -15,8 +15,14 @@ control frames and every error, and its parser always stands at a frame
 boundary.
 
 Every callback runs to completion; there is no task and no queue between the
-socket and the SSH layer. Flow control passes straight through: the SSH layer
-pausing its reading pauses the socket, and the socket's write buffer filling
+socket and the SSH layer. The link is an ``asyncio.BufferedProtocol``:
+uvloop decrypts each TLS read straight into one read buffer shared by every
+link of the process, and a data frame's payload goes up as a view of it, so
+an upper protocol copies what it keeps (the SSH layer's receive buffer
+does) and must not hold the view past ``data_received``.
+
+Flow control passes straight through: the SSH layer pausing its reading
+pauses the socket, and the socket's write buffer filling
 up pauses the SSH layer. It also pauses *reading* from the peer: whatever a
 peer sends may make us answer (a WebSocket pong, an SSH ping reply), so a
 peer that does not read what we send does not get read either. What one
@@ -164,13 +170,47 @@ class FramedTransport(asyncio.Transport):
         return self._link.tcp.get_extra_info(name, default)
 
 
-#: The one read buffer of a connector's link (_BufferedLink): as large as
-#: uvloop's own TLS read, so a read brings as much as before.
+#: The read buffer of the links: as large as uvloop's largest TLS read.
 READ_BUFFER_BYTES = 256 * 1024
 
 
-class _Link(asyncio.Protocol):
-    """Lower protocol on the TCP transport once the upgrade is done."""
+class _ReadBuffer:
+    """The one read buffer of every link in the process (they run on one loop).
+
+    A read is decrypted into it and handed up before the next read can
+    begin, so one buffer serves every tunnel; a gateway with a thousand
+    connectors does not hold a thousand of them. Should a read ever begin
+    while another is being handed up (nothing does that today), it gets a
+    buffer of its own for that read.
+    """
+
+    __slots__ = ("busy", "view")
+
+    def __init__(self) -> None:
+        self.view: memoryview | None = None
+        self.busy = False
+
+    def get(self) -> memoryview:
+        if self.busy:
+            return memoryview(bytearray(READ_BUFFER_BYTES))
+        view = self.view
+        if view is None:  # allocated at the first read, not at import
+            view = self.view = memoryview(bytearray(READ_BUFFER_BYTES))
+        return view
+
+
+_READ_BUFFER = _ReadBuffer()
+
+
+class _Link(asyncio.BufferedProtocol):
+    """Lower protocol on the TCP transport once the upgrade is done.
+
+    A ``BufferedProtocol`` and *not* an ``asyncio.Protocol``: uvloop's TLS
+    transport reads into the protocol's buffer only then. As a plain protocol
+    every TLS read allocated a fresh 256 KiB ``bytes`` (twice: the last,
+    empty read too) and shrank it, which cost glibc ``mmap``/``munmap`` or
+    ``brk`` calls and fresh pages per read (docs/benchmarks.md).
+    """
 
     def __init__(self, tcp: asyncio.Transport, ws: Protocol, upper: asyncio.Protocol) -> None:
         self.tcp = tcp
@@ -198,6 +238,7 @@ class _Link(asyncio.Protocol):
         # while our output to the peer is backed up (see the module docstring).
         self.upper_paused = False
         self.output_backed_up = False
+        self._rview: memoryview | None = None
 
     def set_paused(self, *, upper: bool | None = None, output: bool | None = None) -> None:
         if upper is not None:
@@ -273,6 +314,23 @@ class _Link(asyncio.Protocol):
         self.tcp.abort()
 
     # -- wire -> upper -------------------------------------------------
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        view = self._rview = _READ_BUFFER.get()
+        return view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        view = self._rview
+        assert view is not None
+        self._rview = None
+        shared = view is _READ_BUFFER.view
+        if shared:
+            _READ_BUFFER.busy = True
+        try:
+            self.data_received(view[:nbytes])
+        finally:
+            if shared:
+                _READ_BUFFER.busy = False
 
     def data_received(self, data: bytes | memoryview) -> None:
         if not self.fast:
@@ -402,30 +460,6 @@ class _Link(asyncio.Protocol):
     def resume_writing(self) -> None:
         self.set_paused(output=False)
         self.upper.resume_writing()
-
-
-class _BufferedLink(_Link, asyncio.BufferedProtocol):
-    """The connector's link: the transport reads (and uvloop's TLS decrypts)
-    straight into one buffer, reused for every read.
-
-    As a plain protocol each TLS read allocated a fresh 256 KiB ``bytes`` and
-    shrank it, which glibc served with mmap + mremap + munmap: three system
-    calls and fresh zeroed pages per read on the connector (strace, see
-    docs/benchmarks.md). Nothing below keeps a view of the buffer past the
-    call (the SSH transport and websockets' parser copy what they keep).
-    The gateway's links stay plain: in buffered mode its sending of a bulk
-    stream cost half as much CPU again per MiB (measured, same doc).
-    """
-
-    def __init__(self, tcp: asyncio.Transport, ws: Protocol, upper: asyncio.Protocol) -> None:
-        super().__init__(tcp, ws, upper)
-        self._rview = memoryview(bytearray(READ_BUFFER_BYTES))
-
-    def get_buffer(self, sizehint: int) -> memoryview:
-        return self._rview
-
-    def buffer_updated(self, nbytes: int) -> None:
-        self.data_received(self._rview[:nbytes])
 
 
 def attach_server(
@@ -616,7 +650,7 @@ async def client_handshake(
         raise HandshakeError("WebSocket upgrade failed: no 101 Switching Protocols")
     response = hs.events[0]
     assert isinstance(response, Response)
-    link = _BufferedLink(tcp, ws, upper)
+    link = _Link(tcp, ws, upper)
     tcp.set_protocol(link)
     upper.connection_made(link.transport)
     # Frames that came in the same read as the 101 (the server speaks first).

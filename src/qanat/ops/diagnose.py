@@ -110,7 +110,8 @@ class _Relay(asyncio.Protocol):
         if self.upper is not None:
             self.upper.data_received(data)
         else:
-            self.pending.append(data)
+            # A view of the link's shared read buffer: kept, it must be copied.
+            self.pending.append(bytes(data))
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.upper is not None:
