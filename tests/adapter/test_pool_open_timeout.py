@@ -18,6 +18,7 @@ import pytest
 import uvloop
 
 from qanat.connector import dialer as dialer_module
+from qanat.connector import session as session_module
 from qanat.connector.egress import Egress
 from qanat.connector.options import ConnectOptions
 from qanat.connector.session import Session, Stats
@@ -74,6 +75,9 @@ async def scenario(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
         return await real_call(self, target)
 
     monkeypatch.setattr(dialer_module.Dialer, "__call__", slow_call)
+    # A connector that dials first and then confirms, as with a gateway
+    # that does not offer early-open: only then is a confirmation late.
+    monkeypatch.setattr(session_module, "FEATURE_EARLY_OPEN", "not offered")
     session = Session(options, "1", Stats(), Egress(options))
     result: dict[str, Any] = {}
     try:

@@ -8,6 +8,7 @@ opens ``chisel`` channels (TCP, and UDP with gob) toward the connector.
 
 from __future__ import annotations
 
+import signal
 import socket
 import sys
 from pathlib import Path
@@ -76,6 +77,15 @@ def test_qanat_connect_serves_tcp_and_udp_through_a_go_server(peers: Peers, tls:
                 10,
             )
             assert answers[-1] == b"echo:dns?"
+        # A stock server does not offer early-open: channels were dialled
+        # first and confirmed after (never a marked confirmation).
+        mark = connector.mark()
+        connector.send(signal.SIGUSR2)
+        stats = connector.wait_for(
+            r"channels open \d+ / total (\d+) \(confirmed before the dial (\d+), ", start=mark
+        )
+        assert int(stats.group(1)) >= 1
+        assert int(stats.group(2)) == 0
     # Authenticated as Go's client does: empty user, none, then an empty password.
     auth = server.find(r'server: auth user="(.*)" method=(\S+) (\S+)')
     assert [m.groups() for m in auth] == [("", "none", "failed"), ("", "password", "accepted")]

@@ -314,3 +314,52 @@ def test_a_close_that_only_frees_the_channel_may_wait_but_an_eof_may_not():
     assert calls == ["now"]
     s.receive_data(b"".join(waiting) + b"".join(c.data_to_send()))
     assert ("closed", chan) in hs.events
+
+
+class RequestRecorder(Recorder):
+    """Confirms with qanat's early-open marker and records channel requests."""
+
+    def ssh_channel_open(self, chan_id: int, kind: bytes, extra: bytes) -> None:
+        self.events.append(("open", chan_id, kind, extra))
+        self.conn.accept_channel(chan_id, 65536, 32768, b"early-open@qanat")
+
+    def ssh_channel_open_result(self, chan_id: int, ok: bool, code: int, text: str) -> None:
+        self.events.append(("result", chan_id, ok, text))
+
+    def ssh_channel_request(self, chan_id: int, name: str, payload: bytes) -> None:
+        self.events.append(("request", chan_id, name, payload))
+
+
+def test_confirmation_extra_data_and_channel_requests_reach_the_other_side():
+    hc, hs = RequestRecorder(), RequestRecorder()
+    c = SshConnection(client=True, handler=hc, version=b"SSH-chisel-v3-client")
+    s = SshConnection(client=False, handler=hs, version=b"SSH-chisel-v3-server", host_key=KEY)
+    hc.conn, hs.conn = c, s
+    pump(c, s)
+    chan = s.open_channel(b"chisel", b"10.0.0.5:8393", 65536, 32768)
+    pump(c, s)
+    assert ("result", chan, True, "early-open@qanat") in hs.events
+    (peer_chan,) = [e[1] for e in hc.events if e[0] == "open"]
+    c.send_channel_request(peer_chan, "dial-failed@qanat", string(b"dial 10.0.0.5:8393: refused"))
+    pump(c, s)
+    assert ("request", chan, "dial-failed@qanat", string(b"dial 10.0.0.5:8393: refused")) in (
+        hs.events
+    )
+    # A request after CLOSE is not sent: the channel is closed for sending.
+    c.close_channel(peer_chan)
+    with pytest.raises(SshLocalError, match="closed for sending"):
+        c.send_channel_request(peer_chan, "dial-failed@qanat", b"")
+
+
+def test_a_channel_request_wanting_a_reply_is_still_reported():
+    c, s, hc, hs = ready_pair()
+    chan = s.open_channel(b"chisel", b"10.0.0.5:8393", 65536, 32768)
+    pump(c, s)
+    (peer_chan,) = [e[1] for e in hc.events if e[0] == "open"]
+    got: list[tuple[int, str, bytes]] = []
+    hs.ssh_channel_request = lambda *event: got.append(event)  # type: ignore[method-assign,assignment]
+    recipient = c._channels[peer_chan].remote  # the server's id of the channel
+    c.send_payload(bytes((98,)) + u32(recipient) + string(b"x@y") + b"\x01" + b"rest")
+    pump(c, s)
+    assert got == [(chan, "x@y", b"rest")]
+    assert not s.closed  # answered with CHANNEL_FAILURE, the connection goes on

@@ -36,6 +36,14 @@ def target_key(target: str) -> tuple[str, int, bool] | None:
     return host.lower(), port, udp
 
 
+def _dial_error(target: str, host: str, exc: OSError) -> ChannelOpenFailed:
+    if isinstance(exc, socket.gaierror):
+        return ChannelOpenFailed(
+            "dial failed", reason=f"dial {target}: cannot resolve {host!r} ({exc.strerror})"
+        )
+    return ChannelOpenFailed("dial failed", reason=f"dial {target}: {exc.strerror or exc}")
+
+
 class DeclaredTargets:
     """Refuses channels whose target is not one of the connector's remotes.
 
@@ -48,6 +56,9 @@ class DeclaredTargets:
     def __init__(self, dialer: Callable[[str], Any], declared: Iterable[str]) -> None:
         self.dialer = dialer
         self.declared = {key for key in map(target_key, declared) if key is not None}
+
+    def allows(self, target: str) -> bool:
+        return target_key(target) in self.declared
 
     async def __call__(self, target: str) -> Any:
         if target_key(target) not in self.declared:
@@ -88,28 +99,67 @@ class Dialer:
             )
             self.udp_exits.add(udp_exit)
             return udp_exit
-        host, port = split_target(target)
+        splice = self.splice()
+        await self.connect(splice, target)
+        self.on_splice(splice)
+        return splice.chan_end
+
+    def splice(self) -> Splice:
+        """A splice for one channel, to be dialled with :meth:`connect`."""
         loop = self._loop
         if loop is None:  # once: Python 3.11's get_running_loop() is a getpid()
             loop = self._loop = asyncio.get_running_loop()
-        splice = Splice(on_done=self.on_done, loop=loop)
+        return Splice(on_done=self.on_done, loop=loop)
+
+    async def connect(self, splice: Splice, target: str) -> None:
+        """Dial ``target`` (TCP) as the TCP end of ``splice``.
+
+        Raises:
+            ChannelOpenFailed: bad target, no answer in time, refused, unresolvable.
+        """
+        host, port = split_target(target)
+        loop = splice.loop
         try:
             async with asyncio.timeout(self.timeout_s):
                 await loop.create_connection(lambda: splice.tcp_end, host, port)
         except TimeoutError:
-            raise ChannelOpenFailed(
-                "dial timeout", reason=f"dial {target}: no answer within {self.timeout_s:g}s"
-            ) from None
-        except socket.gaierror as exc:
-            raise ChannelOpenFailed(
-                "dial failed", reason=f"dial {target}: cannot resolve {host!r} ({exc.strerror})"
-            ) from None
+            raise self._timed_out(target) from None
         except OSError as exc:
-            raise ChannelOpenFailed(
-                "dial failed", reason=f"dial {target}: {exc.strerror or exc}"
-            ) from None
-        self.on_splice(splice)
-        return splice.chan_end
+            raise _dial_error(target, host, exc) from None
+
+    def start(self, splice: Splice, target: str) -> asyncio.Future[None]:
+        """Begin dialling ``target`` (TCP) as the TCP end of ``splice``; the
+        future ends with None or ChannelOpenFailed (early open).
+
+        Callbacks and a timer, no coroutine of ours: this runs once per app
+        connection. Raises ChannelOpenFailed at once for a bad target.
+        """
+        host, port = split_target(target)
+        loop = splice.loop
+        outcome: asyncio.Future[None] = loop.create_future()
+        dial = loop.create_task(loop.create_connection(lambda: splice.tcp_end, host, port))
+        timer = loop.call_later(self.timeout_s, dial.cancel)
+
+        def finished(task: asyncio.Task[Any]) -> None:
+            timer.cancel()
+            if task.cancelled():
+                outcome.set_exception(self._timed_out(target))
+                return
+            exc = task.exception()
+            if exc is None:
+                outcome.set_result(None)
+            elif isinstance(exc, OSError):
+                outcome.set_exception(_dial_error(target, host, exc))
+            else:  # pragma: no cover - create_connection raises OSError subclasses
+                outcome.set_exception(exc)
+
+        dial.add_done_callback(finished)
+        return outcome
+
+    def _timed_out(self, target: str) -> ChannelOpenFailed:
+        return ChannelOpenFailed(
+            "dial timeout", reason=f"dial {target}: no answer within {self.timeout_s:g}s"
+        )
 
     def close(self) -> None:
         """Close every UDP channel (the session is ending)."""

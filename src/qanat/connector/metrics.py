@@ -64,6 +64,12 @@ def connector_families(connector: Connector) -> list[Family]:
             stats.channels_refused,
             "counter",
         ),
+        one(
+            "qanat_connector_channels_early",
+            "Channels confirmed before their dial (a gateway with early-open).",
+            stats.channels_early,
+            "counter",
+        ),
     ]
     traffic = Family(
         "qanat_connector_bytes",

@@ -44,17 +44,25 @@ class LoggedDialer:
         self._throttle = Throttle(burst=1, window_s=quiet_s, clock=clock, max_keys=MAX_TARGETS)
 
     async def __call__(self, target: str) -> Any:
+        return await self.watch(target, self.dialer(target))
+
+    async def watch(self, target: str, dialing: Awaitable[Any]) -> Any:
+        """Await ``dialing`` (a dial of ``target``), counting and logging its refusal."""
         try:
-            return await self.dialer(target)
+            return await dialing
         except ChannelOpenFailed as exc:
-            self.stats.channels_refused += 1
-            if exc.code == ChannelOpenFailed.ADMINISTRATIVELY_PROHIBITED:
-                # One line per interval for all undeclared targets together: a
-                # hostile gateway choosing ever new targets cannot flood the log.
-                self._note(UNDECLARED, f"{escape(target)} and others: {exc.reason}")
-            else:
-                self._note(target, exc.reason or str(exc))
+            self.refused(target, exc)
             raise
+
+    def refused(self, target: str, exc: ChannelOpenFailed) -> None:
+        """Count and log (sparingly) one refused channel to ``target``."""
+        self.stats.channels_refused += 1
+        if exc.code == ChannelOpenFailed.ADMINISTRATIVELY_PROHIBITED:
+            # One line per interval for all undeclared targets together: a
+            # hostile gateway choosing ever new targets cannot flood the log.
+            self._note(UNDECLARED, f"{escape(target)} and others: {exc.reason}")
+        else:
+            self._note(target, exc.reason or str(exc))
 
     def _note(self, target: str, reason: str) -> None:
         held = self._throttle.allow(target)

@@ -78,13 +78,16 @@ class Connector:
         )
         rtt = f"{s.last_rtt_s * 1e3:.1f}ms" if s.last_rtt_s is not None else "-"
         self.log.info(
-            "stats: %s, sessions %d, attempts %d, channels open %d / total %d, "
+            "stats: %s, sessions %d, attempts %d, channels open %d / total %d "
+            "(confirmed before the dial %d, refused %d), "
             "keepalive rtt %s, bytes to gateway %d, from gateway %d",
             since,
             s.sessions,
             s.attempts,
             s.channels_open,
             s.channels_total,
+            s.channels_early,
+            s.channels_refused,
             rtt,
             s.bytes_up,
             s.bytes_down,

@@ -18,7 +18,7 @@ from qanat.connector.options import ConnectOptions
 from qanat.connector.refusals import LoggedDialer
 from qanat.connector.resolve import resolve_address
 from qanat.connector.udp import UdpLimits
-from qanat.errors import HandshakeError, TlsError, TunnelError
+from qanat.errors import ChannelOpenFailed, HandshakeError, TlsError, TunnelError
 from qanat.logs import ContextLogger
 from qanat.net.proxy import ProxySpec
 from qanat.net.splice import Splice
@@ -38,6 +38,7 @@ from qanat.wire.describe import FEATURE_DESCRIBE
 from qanat.wire.describe import encode as encode_declaration
 from qanat.wire.handshake import (
     FEATURE_DRAIN,
+    FEATURE_EARLY_OPEN,
     FEATURES_HEADER,
     IDENTITY_HEADER,
     parse_features,
@@ -60,6 +61,9 @@ class Stats:
     channels_open: int = 0
     channels_total: int = 0
     channels_refused: int = 0
+    #: Of channels_total, confirmed before the dial (early-open); a failed
+    #: dial of one counts in channels_refused too.
+    channels_early: int = 0
     bytes_up: int = 0
     bytes_down: int = 0
 
@@ -134,8 +138,11 @@ class Session:
         )
         self.dialer = raw_dialer
         checked: Callable[[str], Awaitable[Any]] = raw_dialer
+        declared: DeclaredTargets | None = None
         if not opts.allow_any_target:
-            checked = DeclaredTargets(raw_dialer, (r.channel_extra.decode() for r in opts.remotes))
+            checked = declared = DeclaredTargets(
+                raw_dialer, (r.channel_extra.decode() for r in opts.remotes)
+            )
         dialer = LoggedDialer(checked, self.log, self.stats)
 
         async def dial(target: str) -> Any:
@@ -147,6 +154,36 @@ class Session:
                 self.dialing -= 1
                 self._check_idle()
 
+        def early(target: str) -> tuple[Any, asyncio.Future[None]] | None:
+            # A TCP channel to a declared target, on a gateway that takes a
+            # failed dial back: confirmed now, dialled meanwhile. Anything
+            # else (and a malformed target) is dialled first and answered
+            # with the outcome.
+            if (
+                FEATURE_EARLY_OPEN not in self.gateway_features
+                or target.endswith("/udp")
+                or (declared is not None and not declared.allows(target))
+            ):
+                return None
+            splice = raw_dialer.splice()
+            try:
+                dialing = raw_dialer.start(splice, target)
+            except ChannelOpenFailed:
+                return None
+            self._splice_started(splice)
+            self.stats.channels_early += 1
+            self.dialing += 1
+
+            def dialled(outcome: asyncio.Future[None]) -> None:
+                self.dialing -= 1
+                exc = outcome.exception()
+                if isinstance(exc, ChannelOpenFailed):
+                    dialer.refused(target, exc)
+                self._check_idle()
+
+            dialing.add_done_callback(dialled)
+            return splice.chan_end, dialing
+
         async def attach(upper: asyncio.Protocol) -> asyncio.BaseTransport:
             transport, response = await client_handshake(
                 tcp, self.url, headers, upper, timeout_s=opts.connect_timeout_s
@@ -156,7 +193,12 @@ class Session:
 
         try:
             self.tunnel = await connect_tunnel(
-                attach, dial, username=user, password=password, timeout_s=opts.connect_timeout_s
+                attach,
+                dial,
+                early=early,
+                username=user,
+                password=password,
+                timeout_s=opts.connect_timeout_s,
             )
         except HandshakeError as exc:
             tcp.abort()

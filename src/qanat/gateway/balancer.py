@@ -227,6 +227,14 @@ class Pool:
 
     def succeeded(self, member: Member, token: int, now: float) -> bool:
         """The channel opened. Returns True when this ends a cool-down."""
+        self.carrying(member, token, now)
+        return self.healthy(member)
+
+    @staticmethod
+    def carrying(member: Member, token: int, now: float) -> None:
+        """The channel opened and carries an app connection; whether the
+        connector reached the endpoint is not known yet (an early-open
+        confirmation): :meth:`healthy` or :meth:`failed` follows."""
         started = member.pending.pop(token, None)
         if started is not None:
             took = max(0.0, now - started)
@@ -234,6 +242,10 @@ class Pool:
             member.open_avg_s = took if avg is None else avg + (took - avg) / 8
         member.total += 1
         member.open += 1
+
+    @staticmethod
+    def healthy(member: Member) -> bool:
+        """The connector reached the endpoint. True when this ends a cool-down."""
         member.failures_in_row = 0
         member.probing = False
         if member.cooling_until:

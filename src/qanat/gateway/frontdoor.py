@@ -49,6 +49,7 @@ from qanat.wire.describe import FEATURE_DESCRIBE
 from qanat.wire.forwarded import client_address
 from qanat.wire.handshake import (
     FEATURE_DRAIN,
+    FEATURE_EARLY_OPEN,
     FEATURES_HEADER,
     IDENTITY_HEADER,
     TOKEN_HEADER,
@@ -239,7 +240,7 @@ class FrontDoor(GatedDoor):
                 log.log(decision.level, "%s", decision.log)
             self._respond(decision.status, decision.body, headers=dict(decision.headers))
             return
-        features = [FEATURE_DRAIN]
+        features = [FEATURE_DRAIN, FEATURE_EARLY_OPEN]
         if self.host.describe_sink is not None:
             features.append(FEATURE_DESCRIBE)
         accepted, answer = upgrade.accept({FEATURES_HEADER: ",".join(features)})

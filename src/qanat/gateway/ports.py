@@ -345,6 +345,7 @@ class AppConnection(asyncio.Protocol):
         self.finished = False  # won, failed or given up: open_connections is settled
         self.started = 0.0
         self.queue: list[Member] = []
+        self.used: list[Member] = []  # members tried, in order
         self.running: list[_Attempt] = []
         self.reasons: list[str] = []
         self.tried = 0
@@ -393,6 +394,7 @@ class AppConnection(asyncio.Protocol):
             self._fail()
 
     def _start(self, member: Member, hedge: bool) -> None:
+        self.used.append(member)
         attempt = _Attempt(self, member, time.monotonic(), hedge=hedge)
         self.running.append(attempt)
         attempt.begin(self.endpoint.ctx.settings.channel_open_timeout_s)
@@ -460,9 +462,16 @@ class AppConnection(asyncio.Protocol):
         ep.ctx.events.channel_opened(ep.stage_key, str(ep.port), time.perf_counter() - self.started)
         transport = self.transport
         assert transport is not None
+        if splice.tentative:
+            splice.on_verdict = lambda ok, reason: self._verdict(attempt, ok, reason)
+            if self.relay is None:
+                # Until the dial's outcome, what goes into the channel is kept.
+                splice.replay = []
+                splice.replay_left = EARLY_BYTES
         if self.relay is not None:
             self.relay.opened(transport)
         splice.attach_tcp(transport, self.early, self.eof)
+        self.early = []
 
     def _fail(self) -> None:
         ep = self.endpoint
@@ -494,12 +503,12 @@ class AppConnection(asyncio.Protocol):
         if exc is None:
             now = time.monotonic()
             ep.open_times.add(now - attempt.started)
-            if pool.succeeded(member, token, now):
-                ep.log.info(
-                    "tunnel %d (connector %s) back in rotation: a channel opened",
-                    tunnel.id,
-                    tunnel.identity,
-                )
+            if attempt.splice.tentative:
+                # Confirmed before the connector's dial: healthy or failed
+                # once it is known (_verdict).
+                pool.carrying(member, token, now)
+            elif pool.succeeded(member, token, now):
+                self._back_in_rotation(tunnel)
             return None
         if isinstance(exc, (ChannelOpenFailed, TimeoutError)):
             if isinstance(exc, TimeoutError):
@@ -509,30 +518,113 @@ class AppConnection(asyncio.Protocol):
             if not tunnel.serving:
                 pool.abandoned(member, token)  # the tunnel is going away
             else:
-                tunnel.channels_failed += 1
-                if pool.failed(member, token, time.monotonic(), reason):
-                    ep.log.warning(
-                        "tunnel %d (connector %s) taken out of rotation for %gs: "
-                        "%d channel opens in a row failed, last: %s",
-                        tunnel.id,
-                        tunnel.identity,
-                        pool.policy.cooldown_s,
-                        member.failures_in_row,
-                        reason,
-                    )
+                self._booked_failure(attempt, reason)
             return reason
         # A bug must not leave the app connection hanging.
         ep.log.error("opening a channel on tunnel %d failed unexpectedly", tunnel.id, exc_info=exc)
         pool.abandoned(member, token)
         return f"internal error {exc!r}"
 
+    def _back_in_rotation(self, tunnel: Tunnel) -> None:
+        self.endpoint.log.info(
+            "tunnel %d (connector %s) back in rotation: a channel opened",
+            tunnel.id,
+            tunnel.identity,
+        )
+
+    def _booked_failure(self, attempt: _Attempt, reason: str) -> None:
+        ep = self.endpoint
+        member, tunnel = attempt.member, attempt.tunnel
+        tunnel.channels_failed += 1
+        if ep.pool.failed(member, attempt.token, time.monotonic(), reason):
+            ep.log.warning(
+                "tunnel %d (connector %s) taken out of rotation for %gs: "
+                "%d channel opens in a row failed, last: %s",
+                tunnel.id,
+                tunnel.identity,
+                ep.pool.policy.cooldown_s,
+                member.failures_in_row,
+                reason,
+            )
+
+    def _verdict(self, attempt: _Attempt, ok: bool | None, reason: str) -> None:
+        """The outcome of the connector's dial of an early-confirmed channel."""
+        member, splice = attempt.member, attempt.splice
+        if ok:
+            if Pool.healthy(member):
+                self._back_in_rotation(attempt.tunnel)
+            return
+        if ok is None:  # the channel ended before the dial's outcome
+            self.endpoint.pool.abandoned(member, attempt.token)
+            return
+        reason = f"dial failed: {reason}"
+        self._booked_failure(attempt, reason)
+        replay = splice.replay
+        transport = self.transport
+        if (
+            replay is None
+            or self.relay is not None
+            or transport is None
+            or transport.is_closing()
+            or splice.owner is not member
+        ):
+            # Nothing to hand on (more was sent than kept, or the app is
+            # gone): the app connection ends, as with a refused open.
+            self.endpoint.log.info(
+                "tunnel %d: %s after the channel was confirmed; the app connection ends",
+                attempt.tunnel.id,
+                reason,
+            )
+            splice.close()
+            return
+        self._take_back(attempt, replay, reason)
+
+    def _take_back(self, attempt: _Attempt, replay: list[bytes], reason: str) -> None:
+        """Give the app connection, with what it sent, to the next connector."""
+        splice = attempt.splice
+        transport = self.transport
+        assert transport is not None
+        # The failed channel no longer carries this app connection.
+        splice.owner = None
+        attempt.member.open -= 1
+        attempt.member.total -= 1
+        attempt.tunnel.untrack(splice)
+        eof = splice._tcp_eof
+        splice.tcp = None
+        splice.close()
+        transport.set_protocol(self)
+        self.early = replay
+        self.early_bytes = sum(len(chunk) for chunk in replay)
+        self.eof = eof
+        if not eof and self.early_bytes < EARLY_BYTES:
+            transport.resume_reading()  # the channel may have paused it
+        self.finished = False
+        self.reasons.append(f"tunnel {attempt.tunnel.id}: {reason}")
+        # Connectors may have joined since the app connected: every serving
+        # member not tried yet, in the pool's order.
+        tried = {id(m) for m in self.used}
+        self.queue = [
+            m
+            for m in self.endpoint.pool.order(time.monotonic())
+            if id(m) not in tried and cast("Tunnel", m.tunnel).serving and not is_remote(m)
+        ]
+        if self.running:
+            self._arm_hedge()
+        else:
+            self._next()
+
     def _discard(self, attempt: _Attempt) -> None:
         """A channel that opened for an app connection another channel already took."""
         member = attempt.member
-        # succeeded() counted it as a carried connection; no app rides on it.
+        # succeeded() or carrying() counted it as a carried connection; no
+        # app rides on it.
         member.open -= 1
         member.total -= 1
-        attempt.splice.close()
+        splice = attempt.splice
+        if splice.tentative:  # no verdict on the dial is coming for it
+            splice.tentative = False
+            self.endpoint.pool.abandoned(member, attempt.token)
+        splice.close()
 
     def _splice_done(self, splice: Splice) -> None:
         member = splice.owner

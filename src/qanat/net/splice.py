@@ -49,12 +49,16 @@ class Splice:
         "early",
         "held",
         "loop",
+        "on_verdict",
         "owner",
         "pending",
         "received",
+        "replay",
+        "replay_left",
         "sent",
         "tcp",
         "tcp_end",
+        "tentative",
     )
 
     def __init__(
@@ -87,8 +91,37 @@ class Splice:
         # SMTP banner, answered with the open confirmation). Held here with
         # the channel paused until attach_tcp().
         self.held: list[bytes] = []
+        # Gateway side, a channel confirmed before the connector's dial
+        # (early open): until the connector's first data or EOF shows the
+        # dial worked, ``on_verdict(ok, reason)`` is pending, and what was
+        # sent into the channel is kept in ``replay`` (up to ``replay_left``
+        # bytes), so a failed dial can hand the app connection on.
+        self.tentative = False
+        self.on_verdict: Callable[[bool | None, str], None] | None = None
+        self.replay: list[bytes] | None = None
+        self.replay_left = 0
         self.tcp_end = _TcpEnd(self)
         self.chan_end = _ChanEnd(self)
+
+    def settle(self, ok: bool | None, reason: str = "") -> None:
+        """End the tentative state: True (the dial worked), False (it failed,
+        ``reason``), None (the channel ended first, no verdict)."""
+        self.tentative = False
+        if ok is not False:
+            self.replay = None
+        verdict, self.on_verdict = self.on_verdict, None
+        if verdict is not None:
+            verdict(ok, reason)
+
+    def keep_for_replay(self, data: bytes) -> None:
+        replay = self.replay
+        if replay is None:
+            return
+        self.replay_left -= len(data)
+        if self.replay_left < 0:
+            self.replay = None  # too much to hold: a failed dial ends the app connection
+        else:
+            replay.append(data)
 
     def attach_tcp(
         self, transport: asyncio.Transport, early: list[bytes] | None = None, eof: bool = False
@@ -160,11 +193,19 @@ class _TcpEnd(asyncio.Protocol):
         self.s = splice
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        s = self.s
+        if s._done:  # connector, early open: the channel ended during the dial
+            transport.close()
+            return
+        if s.chan is not None:
+            # Connector, early open: the channel was confirmed before the
+            # dial; what the gateway sent meanwhile is held in the splice.
+            s.attach_tcp(transport)  # type: ignore[arg-type]
+            return
         # Dialled before the channel exists (connector side): hold the
         # endpoint's first bytes (an SMTP banner) until the channel is open.
-        self.s.tcp = transport  # type: ignore[assignment]
-        if self.s.chan is None:
-            transport.pause_reading()  # type: ignore[attr-defined]
+        s.tcp = transport  # type: ignore[assignment]
+        transport.pause_reading()  # type: ignore[attr-defined]
 
     def data_received(self, data: bytes) -> None:
         s = self.s
@@ -175,6 +216,8 @@ class _TcpEnd(asyncio.Protocol):
             return
         s.sent += len(data)
         chan.write(data)
+        if s.replay is not None:
+            s.keep_for_replay(data)
 
     def eof_received(self) -> bool:
         s = self.s
@@ -224,11 +267,23 @@ class _ChanEnd:
         else:
             self.s.chan.resume_reading()
 
+    def confirmed_early(self) -> None:
+        # net/ssh: the connector confirmed before dialling (gateway side).
+        self.s.tentative = True
+
+    def dial_failed(self, reason: str) -> None:
+        # net/ssh: the connector's dial of an early-confirmed channel failed;
+        # ignored on any other channel (nothing to take back there).
+        if self.s.tentative:
+            self.s.settle(False, reason)
+
     def data_received(self, data: bytes, datatype: Any = None) -> None:
         # net/ssh hands over one SSH packet at a time, often several from one
         # socket read; they go out in one writev at the end of this loop
         # iteration instead of one syscall each.
         s = self.s
+        if s.tentative:
+            s.settle(True)
         if s.tcp is None:
             s.held.append(data)
             s.chan.pause_reading()
@@ -249,6 +304,8 @@ class _ChanEnd:
 
     def eof_received(self) -> bool:
         s = self.s
+        if s.tentative:
+            s.settle(True)
         s.flush_pending()
         s._chan_eof = True
         if s._tcp_eof:
@@ -262,6 +319,8 @@ class _ChanEnd:
 
     def connection_lost(self, exc: BaseException | None) -> None:
         s = self.s
+        if s.tentative:
+            s.settle(None)
         s.flush_pending()
         if s.tcp is not None:
             s.tcp.close()

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import logging
 import os
@@ -51,7 +52,9 @@ from qanat.wire.handshake import (
     CHANNEL_TYPE,
     CLIENT_VERSION,
     CONFIG_REQUEST,
+    DIAL_FAILED_REQUEST,
     DRAIN_REQUEST,
+    EARLY_OPEN_MARK,
     PING_REQUEST,
     PONG_PAYLOAD,
     SERVER_VERSION,
@@ -65,6 +68,7 @@ from qanat.wire.ssh import (
     SshLocalError,
     SshRemoteError,
 )
+from qanat.wire.ssh.codec import Reader, string
 from qanat.wire.ssh.errors import DISCONNECT_BY_APPLICATION
 from qanat.wire.ssh.kex import CIPHERS as CORE_CIPHERS
 from qanat.wire.ssh.kex import KEX_ALGORITHMS as CORE_KEX
@@ -83,6 +87,13 @@ MAX_WRITE_BYTES = 256 * 1024
 #: with (the next channel open, as a rule): one write and one wake-up of the
 #: peer fewer per app connection; the channel id is reused that much later.
 LAZY_FLUSH_S = 0.002
+
+
+#: ``early(target)``: for a channel to be confirmed before its dial, the
+#: session and the dial's future (None, or ChannelOpenFailed when it
+#: failed), or None to dial first and answer with the outcome.
+EarlyOpen = Callable[[str], "tuple[Any, asyncio.Future[Any]] | None"]
+EARLY_OPEN_MARK_TEXT = EARLY_OPEN_MARK.decode("ascii")
 #: What the core offers: the reviewed lists of qanat.wire.sshalgs, in their
 #: order, limited to what qanat.wire.ssh implements.
 KEX_ALGS = tuple(a for a in sshalgs.KEX_ALGS if a in CORE_KEX)
@@ -491,8 +502,15 @@ class _SshProtocol(asyncio.Protocol):
             return
         # The session exists before this callback returns: data right after
         # the confirmation (an SMTP banner) has somewhere to go.
-        self.attach(chan_id, factory())
-        _report(on_done, self.channels[chan_id].session, None)
+        session = factory()
+        self.attach(chan_id, session)
+        if text == EARLY_OPEN_MARK_TEXT:
+            # Confirmed before the connector's dial: its outcome comes later
+            # (data, or DIAL_FAILED_REQUEST).
+            marked = getattr(session, "confirmed_early", None)
+            if marked is not None:
+                marked()
+        _report(on_done, session, None)
 
     def attach(self, chan_id: int, session: Any) -> None:
         chan = _Channel(self, chan_id, session)
@@ -521,6 +539,18 @@ class _SshProtocol(asyncio.Protocol):
         chan = self.channels.get(chan_id)
         if chan is not None and not self._writing_paused:
             chan.writable()
+
+    def ssh_channel_request(self, chan_id: int, name: str, payload: bytes) -> None:
+        chan = self.channels.get(chan_id)
+        if chan is None or name != DIAL_FAILED_REQUEST:
+            return
+        notice = getattr(chan.session, "dial_failed", None)
+        if notice is not None:
+            try:
+                reason = Reader(payload).text(1024)
+            except SshRemoteError:
+                reason = "(unreadable reason)"
+            notice(reason or "dial failed")
 
 
 class _ServerProtocol(_SshProtocol):
@@ -595,6 +625,7 @@ class _ClientProtocol(_SshProtocol):
         username: str,
         password: str,
         auth_methods: tuple[str, ...],
+        early: EarlyOpen | None = None,
     ) -> None:
         def conn(handler: _SshProtocol) -> SshConnection:
             return SshConnection(
@@ -610,6 +641,7 @@ class _ClientProtocol(_SshProtocol):
 
         super().__init__(conn, window)
         self.dialer = dialer
+        self.early = early
 
     def ssh_channel_open(self, chan_id: int, kind: bytes, extra: bytes) -> None:
         if kind != CHANNEL_TYPE:
@@ -618,7 +650,44 @@ class _ClientProtocol(_SshProtocol):
             )
             return
         target = extra.decode("utf-8", "replace")
+        early = self.early
+        if early is not None:
+            try:
+                started = early(target)
+            except Exception:
+                log.exception("early open failed for %s", target)
+                started = None
+            if started is not None:
+                # Confirmed now, dialled meanwhile (see EarlyOpen).
+                session, dialing = started
+                self.conn.accept_channel(
+                    chan_id, self.window, DEFAULT_MAX_PACKET_BYTES, EARLY_OPEN_MARK
+                )
+                self.attach(chan_id, session)
+                dialing.add_done_callback(lambda outcome: self._dialled(chan_id, outcome))
+                return
         self.tasks.spawn(self._dial(chan_id, target), name=f"ssh-dial-{chan_id}")
+
+    def _dialled(self, chan_id: int, outcome: asyncio.Future[Any]) -> None:
+        exc = outcome.exception()
+        if exc is None:
+            return
+        if isinstance(exc, ChannelOpenFailed):
+            reason = exc.reason or str(exc)
+        else:
+            log.error("dialer failed for channel %d", chan_id, exc_info=exc)
+            reason = f"internal error: {exc}"
+        chan = self.channels.get(chan_id)
+        if chan is None or chan.closed or self.conn.closed:
+            return
+        # Nothing reached the endpoint: the gateway may give the app
+        # connection, with what it sent, to another connector.
+        with contextlib.suppress(SshLocalError):  # the gateway closed it meanwhile
+            self.conn.send_channel_request(
+                chan_id, DIAL_FAILED_REQUEST, string(reason.encode()[:1024])
+            )
+        chan.close()
+        self.flush_now()
 
     async def _dial(self, chan_id: int, target: str) -> None:
         try:
@@ -842,6 +911,7 @@ async def connect_tunnel(
     transport_attach: Callable[[asyncio.Protocol], Awaitable[asyncio.BaseTransport]],
     dialer: Callable[[str], Awaitable[Any]],
     *,
+    early: EarlyOpen | None = None,
     username: str = "",
     password: str = "",
     auth_methods: tuple[str, ...] = ("none", "password"),
@@ -857,10 +927,13 @@ async def connect_tunnel(
     (empty without ``--auth``) if the server lists it. ``auth_methods``
     changes the order, for tests that play other clients.
 
+    ``early`` (see :data:`EarlyOpen`) confirms channels before their dial,
+    for gateways that take a failed dial back (:data:`DIAL_FAILED`).
+
     Raises:
         TunnelError: the SSH handshake failed or timed out.
     """
-    proto = _ClientProtocol(dialer, window_bytes, username, password, auth_methods)
+    proto = _ClientProtocol(dialer, window_bytes, username, password, auth_methods, early)
     try:
         async with asyncio.timeout(timeout_s):
             await transport_attach(proto)

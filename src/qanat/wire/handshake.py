@@ -35,6 +35,17 @@ IDENTITY_HEADER = "X-Qanat-Connector-Id"
 #: 101 answer header of a qanat gateway: comma-separated extras it understands.
 FEATURES_HEADER = "X-Qanat-Features"
 FEATURE_DRAIN = "drain"
+#: The gateway takes a failed dial back: a connector may confirm a channel
+#: before dialling its endpoint, marking the confirmation with
+#: EARLY_OPEN_MARK, and report a failed dial with DIAL_FAILED_REQUEST; the
+#: gateway then gives the app connection (what it sent included) to the next
+#: connector, as if the open had been refused.
+FEATURE_EARLY_OPEN = "early-open"
+#: Channel-type specific data of such a confirmation (raw, not an SSH string).
+EARLY_OPEN_MARK = b"early-open@qanat"
+#: Channel request (connector -> gateway, no reply): the dial of a channel
+#: confirmed early failed; nothing reached the endpoint. Payload: the reason.
+DIAL_FAILED_REQUEST = "dial-failed@qanat"
 #: SSH global request (connector -> gateway, want-reply): "no new channels".
 DRAIN_REQUEST = "drain@qanat"
 

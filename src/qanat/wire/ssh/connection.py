@@ -96,7 +96,8 @@ class SshHandler(Protocol):
         """The peer opens a channel; answer with accept_channel/reject_channel."""
 
     def ssh_channel_open_result(self, chan_id: int, ok: bool, code: int, text: str) -> None:
-        """Our open_channel was confirmed (ok) or refused (code, text)."""
+        """Our open_channel was confirmed (ok; ``text`` is what followed the
+        confirmation's fields, as text, usually empty) or refused (code, text)."""
 
     def ssh_channel_data(self, chan_id: int, data: bytes) -> None: ...
 
@@ -107,6 +108,9 @@ class SshHandler(Protocol):
 
     def ssh_channel_writable(self, chan_id: int) -> None:
         """Data held for a closed window went out; the writer may resume."""
+
+    def ssh_channel_request(self, chan_id: int, name: str, payload: bytes) -> None:
+        """The peer's channel request (one wanting a reply was refused already)."""
 
 
 class BaseHandler:
@@ -140,6 +144,9 @@ class BaseHandler:
         pass
 
     def ssh_channel_writable(self, chan_id: int) -> None:
+        pass
+
+    def ssh_channel_request(self, chan_id: int, name: str, payload: bytes) -> None:
         pass
 
 
@@ -481,7 +488,11 @@ class SshConnection(Transport):
             + string(text.encode()[:1024]) + string(b"")
         )  # fmt: skip
 
-    def accept_channel(self, chan_id: int, window: int, max_packet: int) -> None:
+    def accept_channel(
+        self, chan_id: int, window: int, max_packet: int, extra: bytes = b""
+    ) -> None:
+        """Confirm the peer's open; ``extra`` is the confirmation's
+        channel-type specific data (RFC 4254 5.1), raw."""
         chan = self._channels.get(chan_id)
         if chan is None or chan.state != _OPENING_IN:
             raise SshLocalError(f"channel {chan_id} is not waiting to be accepted")
@@ -491,7 +502,7 @@ class SshConnection(Transport):
         if not self.closed:
             self.send_payload(
                 bytes((MSG_CHANNEL_OPEN_CONFIRMATION,)) + u32(chan.remote) + u32(chan_id)
-                + u32(window) + u32(max_packet)
+                + u32(window) + u32(max_packet) + extra
             )  # fmt: skip
 
     def reject_channel(self, chan_id: int, code: int, text: str) -> None:
@@ -519,7 +530,10 @@ class SshConnection(Transport):
             if chan.close_pending:  # given up on before the answer came
                 self._send_close(chan)
                 return
-            self.handler.ssh_channel_open_result(chan_id, True, 0, "")
+            # What follows is channel-type specific (RFC 4254 5.1): for
+            # chisel channels nothing, or qanat's early-open marker.
+            extra = r.rest()[:256].decode("ascii", "replace")
+            self.handler.ssh_channel_open_result(chan_id, True, 0, extra)
             return
         if msg == MSG_CHANNEL_OPEN_FAILURE:
             if chan.state != _OPENING_OUT:
@@ -557,10 +571,13 @@ class SshConnection(Transport):
             del self._channels[chan_id]
             self.handler.ssh_channel_closed(chan_id)
         elif msg == MSG_CHANNEL_REQUEST:
-            r.string(256)
+            name = r.string(256).decode("ascii", "replace")
             if r.boolean() and not chan.close_sent:
                 self.send_payload(bytes((MSG_CHANNEL_FAILURE,)) + u32(chan.remote))
-        # CHANNEL_SUCCESS / CHANNEL_FAILURE: we send no channel requests.
+            if not chan.close_sent:
+                self.handler.ssh_channel_request(chan_id, name, r.rest())
+        # CHANNEL_SUCCESS / CHANNEL_FAILURE: we send channel requests without
+        # asking for a reply only.
 
     # -- channels: sending --------------------------------------------------------------
 
@@ -634,6 +651,20 @@ class SshConnection(Transport):
     def pending_bytes(self, chan_id: int) -> int:
         chan = self._channels.get(chan_id)
         return chan.pending_bytes if chan is not None else 0
+
+    def send_channel_request(self, chan_id: int, name: str, payload: bytes = b"") -> None:
+        """A channel request that wants no reply (an extension's notice), sent
+        now, ahead of data held for the window.
+
+        Raises:
+            SshLocalError: the channel is not open for sending.
+        """
+        chan = self._open_chan(chan_id)
+        if not self.closed:
+            self.send_payload(
+                bytes((MSG_CHANNEL_REQUEST,)) + u32(chan.remote)
+                + string(name.encode("ascii")) + boolean(False) + payload
+            )  # fmt: skip
 
     def send_eof(self, chan_id: int) -> None:
         """Half-close: no more data from us (after what is held)."""
