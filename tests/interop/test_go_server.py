@@ -121,6 +121,10 @@ def test_qanat_connect_pins_the_go_server_fingerprint(peers: Peers, tls: TlsFile
         wrong = qanat_connect(peers, tls, url, remotes, *pin)
         assert wrong.wait_exit(20) != 0
         assert "fingerprint" in wrong.output.lower()
-    # The wrong pin ends the session before any config.
-    server.wait_for(r"session#2: closed")
+        assert "wrong gateway, or its key changed" in wrong.output
+    # The wrong pin ends the session before any config, and before user
+    # authentication: the pinned connector's two tries are the only ones.
+    server.wait_for(r"session#2: handshake failed: ssh: disconnect, reason 9: ")  # not verifiable
     assert [m.group(1) for m in server.find(r"session#(\d+): config")] == ["1"]
+    auth = server.find(r'server: auth user="(.*)" method=(\S+) (\S+)')
+    assert [m.groups() for m in auth] == [("", "none", "failed"), ("", "password", "accepted")]

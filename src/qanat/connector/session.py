@@ -25,7 +25,6 @@ from qanat.net.splice import Splice
 from qanat.net.ssh import (
     SshTunnel,
     connect_tunnel,
-    same_fingerprint,
     send_config,
     send_describe,
     send_drain,
@@ -196,6 +195,7 @@ class Session:
                 attach,
                 dial,
                 early=early,
+                fingerprint=opts.fingerprint or "",
                 username=user,
                 password=password,
                 timeout_s=opts.connect_timeout_s,
@@ -214,13 +214,6 @@ class Session:
             tcp.abort()
             raise
         try:
-            if opts.fingerprint and not same_fingerprint(
-                opts.fingerprint, self.tunnel.server_fingerprint
-            ):
-                raise HandshakeError(
-                    f"gateway host key fingerprint is {self.tunnel.server_fingerprint}, "
-                    f"expected {opts.fingerprint}: wrong gateway, or its key changed"
-                )
             await send_config(self.tunnel, encode_config(f"qanat-{__version__}", opts.remotes))
         except BaseException:
             self.tunnel.abort()

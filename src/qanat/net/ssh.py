@@ -44,7 +44,13 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from qanat.errors import ChannelOpenFailed, ConfigError, RemotesRejected, TunnelError
+from qanat.errors import (
+    ChannelOpenFailed,
+    ConfigError,
+    HandshakeError,
+    RemotesRejected,
+    TunnelError,
+)
 from qanat.runtime import TaskOwner
 from qanat.wire import sshalgs
 from qanat.wire.describe import DESCRIBE_REQUEST
@@ -626,10 +632,12 @@ class _ClientProtocol(_SshProtocol):
         password: str,
         auth_methods: tuple[str, ...],
         early: EarlyOpen | None = None,
+        host_key_check: Callable[[bytes], str | None] | None = None,
     ) -> None:
         def conn(handler: _SshProtocol) -> SshConnection:
             return SshConnection(
                 client=True,
+                host_key_check=host_key_check,
                 handler=handler,
                 version=CLIENT_VERSION,
                 username=username,
@@ -912,6 +920,7 @@ async def connect_tunnel(
     dialer: Callable[[str], Awaitable[Any]],
     *,
     early: EarlyOpen | None = None,
+    fingerprint: str = "",
     username: str = "",
     password: str = "",
     auth_methods: tuple[str, ...] = ("none", "password"),
@@ -927,13 +936,31 @@ async def connect_tunnel(
     (empty without ``--auth``) if the server lists it. ``auth_methods``
     changes the order, for tests that play other clients.
 
+    ``fingerprint`` pins the gateway's host key (chisel's base64 SHA-256):
+    another key ends the handshake before user authentication, so no
+    password goes to the wrong server.
+
     ``early`` (see :data:`EarlyOpen`) confirms channels before their dial,
     for gateways that take a failed dial back (:data:`DIAL_FAILED`).
 
     Raises:
         TunnelError: the SSH handshake failed or timed out.
     """
-    proto = _ClientProtocol(dialer, window_bytes, username, password, auth_methods, early)
+    check = None
+    refused: list[str] = []
+    if fingerprint:
+
+        def check(blob: bytes) -> str | None:
+            got = chisel_fingerprint(blob)
+            if same_fingerprint(fingerprint, got):
+                return None
+            refused.append(
+                f"gateway host key fingerprint is {got}, expected {fingerprint}: "
+                "wrong gateway, or its key changed"
+            )
+            return refused[-1]
+
+    proto = _ClientProtocol(dialer, window_bytes, username, password, auth_methods, early, check)
     try:
         async with asyncio.timeout(timeout_s):
             await transport_attach(proto)
@@ -945,6 +972,8 @@ async def connect_tunnel(
     except (OSError, SshRemoteError, SshLocalError) as exc:
         if proto.transport is not None:
             proto.transport.abort()
+        if refused:  # the pin, not the protocol: said as plainly as before
+            raise HandshakeError(refused[0]) from None
         raise TunnelError(f"SSH handshake failed: {exc}") from None
     return SshTunnel(proto, window_bytes)
 

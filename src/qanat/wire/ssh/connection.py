@@ -28,6 +28,7 @@ from typing import Protocol
 
 from qanat.wire.ssh.codec import Reader, boolean, string, u32
 from qanat.wire.ssh.errors import (
+    DISCONNECT_HOST_KEY_NOT_VERIFIABLE,
     DISCONNECT_NO_MORE_AUTH_METHODS_AVAILABLE,
     DISCONNECT_SERVICE_NOT_AVAILABLE,
     SshLocalError,
@@ -201,6 +202,10 @@ class SshConnection(Transport):
         host_key: the server's signing key (server only).
         username, password: what the client authenticates with.
         client_key: an optional key for ``publickey`` user authentication.
+        host_key_check: client only: called with the server's host key blob
+            once its signature is verified, before anything is sent under
+            the new keys (user authentication included); a returned text
+            refuses the key and ends the connection with it.
         limits: bounds (see :class:`SshLimits`).
         pending_high_bytes: per channel, held data above which
             ``send_data`` returns True ("pause the writer").
@@ -225,6 +230,7 @@ class SshConnection(Transport):
         clock: Callable[[], float] = time.monotonic,
         kex_algorithms: tuple[str, ...] = KEX_ALGORITHMS,
         ciphers: tuple[str, ...] = CIPHERS,
+        host_key_check: Callable[[bytes], str | None] | None = None,
     ) -> None:
         super().__init__(
             client=client,
@@ -236,6 +242,7 @@ class SshConnection(Transport):
             ciphers=ciphers,
         )
         self.handler = handler
+        self._host_key_check = host_key_check
         self.username = username
         self._password = password
         self._client_key = client_key
@@ -251,6 +258,13 @@ class SshConnection(Transport):
         self._replies_owed = 0
 
     # -- transport hooks ----------------------------------------------------------
+
+    def _check_host_key(self, blob: bytes) -> None:
+        check = self._host_key_check
+        if check is not None:
+            problem = check(blob)
+            if problem:
+                raise SshRemoteError(problem, DISCONNECT_HOST_KEY_NOT_VERIFIABLE)
 
     def _after_kex(self, first: bool) -> None:
         if first and self.client:
