@@ -193,3 +193,44 @@ async def test_an_app_that_leaves_during_the_dial_leaves_nothing_open(tmp_path, 
                 await eventually(lambda: state.open_connections == 0, "gateway settled", 10)
     finally:
         server.close()
+
+
+async def test_an_early_confirmed_channel_that_stays_silent_is_handed_on_before_any_byte(tmp_path):
+    # The first connector confirms and then its dial hangs (as if it froze):
+    # while the app has sent nothing, the endpoint cannot have anything, and
+    # after the hedge bound (at most 1 s) another connector takes the app.
+    async with (
+        running_gateway(tmp_path, allow_target_mismatch=True) as env,
+        echo_server() as echo,
+    ):
+        port = free_port()
+        with blackhole() as hole:
+            async with serving_connector(
+                env, [f"R:{port}:127.0.0.1:{hole}"], dial_timeout_s=scaled(60)
+            ) as silent:
+                await eventually(lambda: env.serves(port), "the silent connector serving", 10)
+                async with serving_connector(env, [f"R:{port}:127.0.0.1:{echo}"]) as up:
+                    await eventually(
+                        lambda: len(env.active_tunnels()) == 2, "the second connector", 10
+                    )
+                    # Round robin: within two app connections one goes to
+                    # the silent connector first.
+                    for _ in range(2):
+                        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                        await eventually(
+                            lambda: up.stats.channels_early + silent.stats.channels_early >= 1,
+                            "an open",
+                            10,
+                        )
+                        async with asyncio.timeout(scaled(20)):
+                            await eventually(
+                                lambda: up.stats.channels_open == 1, "carried by the echo", 10
+                            )
+                            writer.write(b"hello")
+                            assert await reader.readexactly(5) == b"hello"
+                        writer.close()
+                        await eventually(lambda: up.stats.channels_open == 0, "closed", 10)
+                    assert silent.stats.channels_early >= 1
+                    assert silent.stats.channels_refused == 0  # its dial never ended
+                    (endpoint,) = env.gateway.ports.open.values()
+                    assert endpoint.connections_failed == 0

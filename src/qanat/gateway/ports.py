@@ -352,6 +352,8 @@ class AppConnection(asyncio.Protocol):
         self.hedged = False
         self.hedge_ok = True  # until the next candidate turned out not to be healthy
         self.hedge_timer: asyncio.TimerHandle | None = None
+        # Early open: bounds the wait for the connector's verdict (_await_verdict).
+        self.verdict_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, base: asyncio.BaseTransport) -> None:
         ep = self.endpoint
@@ -468,6 +470,7 @@ class AppConnection(asyncio.Protocol):
                 # Until the dial's outcome, what goes into the channel is kept.
                 splice.replay = []
                 splice.replay_left = EARLY_BYTES
+                self._await_verdict(attempt)
         if self.relay is not None:
             self.relay.opened(transport)
         splice.attach_tcp(transport, self.early, self.eof)
@@ -547,8 +550,45 @@ class AppConnection(asyncio.Protocol):
                 reason,
             )
 
+    def _await_verdict(self, attempt: _Attempt) -> None:
+        """Bound the wait for an early-confirmed channel's first sign of life.
+
+        A connector that confirmed early and then went silent (frozen, or
+        its dial hangs) would hold the app connection until dead-peer
+        detection. While nothing of the app's has gone into the channel, the
+        endpoint cannot have received anything, so after the hedge bound the
+        app connection goes to another connector, if one serves the port.
+        """
+        settings = self.endpoint.ctx.settings
+        if not settings.hedge.enabled:
+            return
+        bound = hedge_after_s(self.endpoint.open_times.p90(), settings.hedge)
+        self.verdict_timer = self.loop.call_later(bound, self._verdict_overdue, attempt, bound)
+
+    def _verdict_overdue(self, attempt: _Attempt, bound: float) -> None:
+        self.verdict_timer = None
+        splice = attempt.splice
+        if not splice.tentative or splice.replay != [] or splice._tcp_eof:
+            return  # answered, or the app's bytes went in: wait as for any channel
+        if not any(self._untried()):
+            self._await_verdict(attempt)  # nowhere else to go: look again later
+            return
+        splice.settle(False, f"no sign of the endpoint within {bound:g}s of an early confirmation")
+
+    def _untried(self) -> list[Member]:
+        """Serving members not tried for this app connection, in the pool's order."""
+        tried = {id(m) for m in self.used}
+        return [
+            m
+            for m in self.endpoint.pool.order(time.monotonic())
+            if id(m) not in tried and cast("Tunnel", m.tunnel).serving and not is_remote(m)
+        ]
+
     def _verdict(self, attempt: _Attempt, ok: bool | None, reason: str) -> None:
         """The outcome of the connector's dial of an early-confirmed channel."""
+        if self.verdict_timer is not None:
+            self.verdict_timer.cancel()
+            self.verdict_timer = None
         member, splice = attempt.member, attempt.splice
         if ok:
             if Pool.healthy(member):
@@ -557,7 +597,6 @@ class AppConnection(asyncio.Protocol):
         if ok is None:  # the channel ended before the dial's outcome
             self.endpoint.pool.abandoned(member, attempt.token)
             return
-        reason = f"dial failed: {reason}"
         self._booked_failure(attempt, reason)
         replay = splice.replay
         transport = self.transport
@@ -600,14 +639,8 @@ class AppConnection(asyncio.Protocol):
             transport.resume_reading()  # the channel may have paused it
         self.finished = False
         self.reasons.append(f"tunnel {attempt.tunnel.id}: {reason}")
-        # Connectors may have joined since the app connected: every serving
-        # member not tried yet, in the pool's order.
-        tried = {id(m) for m in self.used}
-        self.queue = [
-            m
-            for m in self.endpoint.pool.order(time.monotonic())
-            if id(m) not in tried and cast("Tunnel", m.tunnel).serving and not is_remote(m)
-        ]
+        # Connectors may have joined since the app connected.
+        self.queue = self._untried()
         if self.running:
             self._arm_hedge()
         else:

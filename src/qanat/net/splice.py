@@ -275,7 +275,7 @@ class _ChanEnd:
         # net/ssh: the connector's dial of an early-confirmed channel failed;
         # ignored on any other channel (nothing to take back there).
         if self.s.tentative:
-            self.s.settle(False, reason)
+            self.s.settle(False, f"dial failed: {reason}")
 
     def data_received(self, data: bytes, datatype: Any = None) -> None:
         # net/ssh hands over one SSH packet at a time, often several from one
