@@ -68,6 +68,16 @@ async def test_an_app_on_a_node_without_the_connector_is_carried_to_the_node_wit
                 assert await roundtrip(port, payload, host=node.bind) == payload
             hops = b.gateway.ports.open[(b.bind, port, "tcp")].pool.members
             assert [m.tunnel.identity for m in hops] == ["node n0"]
+            # What /metrics says of it on each side of the node link.
+            scraped_b = b.gateway.exposition.render()[0].decode()
+            assert "qanat_cluster_nats_connected 1.0" in scraped_b
+            assert 'qanat_cluster_remote_ports{node="n0"} 1.0' in scraped_b
+            assert 'qanat_cluster_relayed_out_total{node="n0"} 1.0' in scraped_b
+            assert 'qanat_cluster_relayed_out_failed_total{node="n0"} 0.0' in scraped_b
+            scraped_a = a.gateway.exposition.render()[0].decode()
+            assert "qanat_cluster_relayed_in_total 2.0" in scraped_a  # from b and c
+            assert "qanat_cluster_remote_ports{" not in scraped_a  # its own connector
+            assert "qanat_cluster_link_refused_total 0.0" in scraped_a
 
             # Deactivation by message closes the port on every node.
             await asyncio.to_thread(portal.deactivate, operator, SRC, acme, "Test")

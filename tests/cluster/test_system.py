@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -113,6 +114,14 @@ def test_any_node_serves_an_app_and_a_killed_nodes_connectors_come_back(
     first, second = spread_two(bed, go_client)
     wait_until(lambda: all_nodes_serve(bed), "every node serving the port", 20)
     exchange(*bed.app_address, b"via haproxy" * 100)  # through the balancer too
+    # Each node's /metrics, scraped as Prometheus would, shows the cluster.
+    for node in bed.nodes:
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{node.front_port}/metrics", timeout=10
+        ) as answer:
+            scraped = answer.read().decode()
+        assert "qanat_cluster_nats_connected 1.0" in scraped, node.name
+        assert "qanat_cluster_draining 0.0" in scraped, node.name
 
     victim = bed.holder(first)
     keeper = bed.holder(second)

@@ -44,6 +44,7 @@ from qanat.gateway.stages import StageConfig, StageEvent
 from qanat.gateway.udp import RelayedFlows, UdpPort
 from qanat.runtime import TaskOwner
 from qanat.store.stagesource import DatabaseStageSource
+from qanat.telemetry.counters import Family
 from qanat.wire.remotes import decode_remote
 
 if TYPE_CHECKING:
@@ -137,6 +138,11 @@ class ClusterNode:
         self._sync_wanted = asyncio.Event()
         self._udp_links = itertools.count(1)
         self._tasks = TaskOwner("cluster node")
+        #: App connections (TCP) other nodes relayed to this node's connectors.
+        self.relayed_in = 0
+        #: Per other node: channels opened / failed on its remote members
+        #: that have been dropped since (live members count their own).
+        self._retired: dict[str, list[int]] = {}
 
     @property
     def gateway(self) -> Gateway:
@@ -144,10 +150,61 @@ class ClusterNode:
         return self._gateway
 
     def attach(self, gateway: Gateway) -> None:
-        """Before the gateway starts: hear its tunnels, add the readiness check."""
+        """Before the gateway starts: hear its tunnels, add the readiness check
+        and the cluster's families to ``/metrics``."""
         self._gateway = gateway
         gateway.tunnel_listeners.append(self)
         gateway.health.add_check("cluster", self._ready)
+        gateway.metric_sources.append(self.families)
+
+    def families(self) -> list[Family]:
+        """This node's part of ``/metrics`` (see docs/operations.md)."""
+        nats = Family("qanat_cluster_nats_connected", "1 while NATS is connected, else 0.")
+        nats.add((), 1.0 if self.bus.up else 0.0)
+        draining = Family("qanat_cluster_draining", "1 once this node drains (SIGTERM).")
+        draining.add((), 1.0 if self.draining else 0.0)
+        ports = Family(
+            "qanat_cluster_remote_ports",
+            "Ports this node serves through another node's connectors, by that node.",
+            labels=("node",),
+        )
+        out = Family(
+            "qanat_cluster_relayed_out",
+            "App connections carried to another node over the node link, by that node.",
+            "counter",
+            ("node",),
+        )
+        failed = Family(
+            "qanat_cluster_relayed_out_failed",
+            "Opens over the node link that the other node refused or did not answer.",
+            "counter",
+            ("node",),
+        )
+        held: dict[str, int] = {}
+        totals = {node: list(counts) for node, counts in self._retired.items()}
+        for tunnel in self._remote.values():
+            held[tunnel.node] = held.get(tunnel.node, 0) + 1
+            counts = totals.setdefault(tunnel.node, [0, 0])
+            counts[0] += tunnel.channels_total
+            counts[1] += tunnel.channels_failed
+        for node, count in sorted(held.items()):
+            ports.add((node,), count)
+        for node, (total, fails) in sorted(totals.items()):
+            out.add((node,), total)
+            failed.add((node,), fails)
+        relayed_in = Family(
+            "qanat_cluster_relayed_in",
+            "App connections other nodes relayed to this node's connectors.",
+            "counter",
+        )
+        relayed_in.add((), self.relayed_in)
+        refused = Family(
+            "qanat_cluster_link_refused",
+            "Node link connections refused (bad signature, replay, malformed, silent).",
+            "counter",
+        )
+        refused.add((), self.link.refused)
+        return [nats, draining, ports, out, failed, relayed_in, refused]
 
     async def stop_accepting(self) -> None:
         """First step of the shutdown: drain (see :meth:`drain`)."""
@@ -330,6 +387,9 @@ class ClusterNode:
     def _drop(self, key: tuple[str, int, str, str]) -> None:
         tunnel = self._remote.pop(key, None)
         if tunnel is not None:
+            counts = self._retired.setdefault(tunnel.node, [0, 0])
+            counts[0] += tunnel.channels_total
+            counts[1] += tunnel.channels_failed
             tunnel.closed = True
             tunnel.tasks.cancel()
             self.gateway.ports.unbind(tunnel)  # type: ignore[arg-type]
@@ -377,6 +437,7 @@ class ClusterNode:
         endpoint = self._serving_port(request, transport, TcpPort, "tcp")
         if endpoint is None:
             return
+        self.relayed_in += 1
         app = AppConnection(endpoint, relay=_Relay(self.link, request.nonce))
         transport.set_protocol(app)
         app.connection_made(transport)

@@ -28,7 +28,7 @@ from qanat.gateway.status import GatewayStatus, StageInfo, StageStatus
 from qanat.gateway.tunnel import Tunnel, TunnelState
 from qanat.net.ssh import HostKey
 from qanat.runtime import TaskOwner
-from qanat.telemetry.counters import Exposition, GatewayEvents
+from qanat.telemetry.counters import Exposition, Family, GatewayEvents
 from qanat.telemetry.health import Health
 from qanat.telemetry.httpd import OpsRoutes
 from qanat.tls import reload_certificate, server_context
@@ -99,8 +99,14 @@ class Gateway:
         self.health = Health()
         self.health.add_check("listener", self._listener_check)
         self.health.add_check("stages", self._stages_check)
+        #: More families for /metrics (a cluster node adds its own).
+        self.metric_sources: list[Callable[[], list[Family]]] = []
         self.exposition = Exposition(
-            lambda: gateway_families(self.status(), __version__), self.ctx.events
+            lambda: [
+                *gateway_families(self.status(), __version__),
+                *(family for source in self.metric_sources for family in source()),
+            ],
+            self.ctx.events,
         )
         self.routes = Routes(
             ops=OpsRoutes(
