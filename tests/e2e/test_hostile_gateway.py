@@ -33,8 +33,11 @@ async def secret_service() -> AsyncIterator[tuple[int, list[int]]]:
     accepted: list[int] = []
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        accepted.append(1)
         writer.close()
+        # Counted once closed: a test that ends as soon as it sees the count
+        # must not leave the connection to the loop's shutdown.
+        await writer.wait_closed()
+        accepted.append(1)
 
     server = await asyncio.start_server(serve, "127.0.0.1", 0)
     try:
@@ -78,7 +81,16 @@ def test_connector_refuses_targets_it_did_not_declare(tmp_path: Path, procs: Pro
             assert accepted == []
             # The declared target still works, also as the gateway names it.
             assert await roundtrip(app_port, b"declared") == b"declared"
-            (await hostile_open(env, f"127.0.0.1:{echo_port}")).close()
+            # With early open the channel is confirmed before the dial: the
+            # echo's answer shows the dial happened; then the channel ends.
+            echoed = await hostile_open(env, f"127.0.0.1:{echo_port}")
+            assert echoed.chan is not None
+            echoed.chan.write(b"named by the gateway")
+            echoed.chan.resume_reading()  # a splice without TCP end starts paused
+            await eventually(
+                lambda: b"".join(echoed.held) == b"named by the gateway", "the echo's answer", 10
+            )
+            echoed.close()
             lines = process.find(r"refused a channel to undeclared targets")
             assert 1 <= len(lines) <= 2, process.output()
 

@@ -117,8 +117,10 @@ async def echo_server(host: str = "127.0.0.1") -> AsyncIterator[int]:
         except ConnectionError:
             pass
         finally:
-            writers.discard(writer)
             writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+            writers.discard(writer)
 
     server = await asyncio.start_server(echo, host, 0)
     try:
