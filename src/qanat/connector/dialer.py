@@ -100,48 +100,39 @@ class Dialer:
             self.udp_exits.add(udp_exit)
             return udp_exit
         splice = self.splice()
-        await self.connect(splice, target)
+        await self.start(splice, target)
         self.on_splice(splice)
         return splice.chan_end
 
     def splice(self) -> Splice:
-        """A splice for one channel, to be dialled with :meth:`connect`."""
+        """A splice for one channel, to be dialled with :meth:`start`."""
         loop = self._loop
         if loop is None:  # once: Python 3.11's get_running_loop() is a getpid()
             loop = self._loop = asyncio.get_running_loop()
         return Splice(on_done=self.on_done, loop=loop)
 
-    async def connect(self, splice: Splice, target: str) -> None:
-        """Dial ``target`` (TCP) as the TCP end of ``splice``.
-
-        Raises:
-            ChannelOpenFailed: bad target, no answer in time, refused, unresolvable.
-        """
-        host, port = split_target(target)
-        loop = splice.loop
-        try:
-            async with asyncio.timeout(self.timeout_s):
-                await loop.create_connection(lambda: splice.tcp_end, host, port)
-        except TimeoutError:
-            raise self._timed_out(target) from None
-        except OSError as exc:
-            raise _dial_error(target, host, exc) from None
-
     def start(self, splice: Splice, target: str) -> asyncio.Future[None]:
         """Begin dialling ``target`` (TCP) as the TCP end of ``splice``; the
-        future ends with None or ChannelOpenFailed (early open).
+        future ends with None or ChannelOpenFailed. Cancelling the future
+        (an awaiting task cancelled) cancels the dial.
 
         Callbacks and a timer, no coroutine of ours: this runs once per app
-        connection. Raises ChannelOpenFailed at once for a bad target.
+        connection, for early opens and dial-first ones alike. Raises
+        ChannelOpenFailed at once for a bad target.
         """
         host, port = split_target(target)
         loop = splice.loop
         outcome: asyncio.Future[None] = loop.create_future()
         dial = loop.create_task(loop.create_connection(lambda: splice.tcp_end, host, port))
         timer = loop.call_later(self.timeout_s, dial.cancel)
+        outcome.add_done_callback(lambda done: dial.cancel() if done.cancelled() else None)
 
         def finished(task: asyncio.Task[Any]) -> None:
             timer.cancel()
+            if outcome.done():  # given up by whoever waited
+                if not task.cancelled() and task.exception() is None:
+                    splice.close()  # connected anyway: not kept
+                return
             if task.cancelled():
                 outcome.set_exception(self._timed_out(target))
                 return
